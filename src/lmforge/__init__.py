@@ -1,0 +1,22 @@
+"""lmforge: from data to a served Transformer, driven by one YAML config.
+
+The Python API mirrors the CLI verbs: `train`, `evaluate`, `predict`, `quickstart`, and `load`.
+They are imported on first use, so `import lmforge` (and `lmforge --help`) stays fast.
+"""
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "evaluate", "load", "predict", "quickstart", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load":
+        from lmforge.bundle import load
+
+        return load
+    if name in ("train", "evaluate", "predict", "quickstart"):
+        from lmforge import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'lmforge' has no attribute '{name}'")

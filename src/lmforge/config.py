@@ -1,0 +1,242 @@
+"""The config: pydantic models of every section, YAML/JSON load and dump, and --set overrides.
+
+Every field has a default, so `Config()` is a complete, valid config. Unknown keys are errors that
+name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmforge.errors import LmforgeError
+
+BUILTIN_SENTIMENT = "builtin:reviews-zh"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CleanConfig(Section):
+    normalize: bool = Field(True, description="Unicode NFKC and collapse runs of whitespace.")
+    strip_html: bool = Field(True, description="Remove HTML tags and unescape entities.")
+    dedupe: bool = Field(True, description="Drop exact duplicate texts (after cleaning).")
+    min_chars: int = Field(1, ge=0, description="Drop texts shorter than this (characters).")
+    max_chars: int | None = Field(
+        None, ge=1, description="Drop texts longer than this (characters); null keeps all."
+    )
+
+
+class SplitConfig(Section):
+    val: float = Field(0.1, ge=0, lt=1, description="Fraction of rows for validation.")
+    test: float = Field(0.1, ge=0, lt=1, description="Fraction of rows for the test split.")
+    seed: int = Field(0, description="Seed of the shuffle before splitting.")
+    stratify: bool = Field(True, description="Keep label proportions equal across splits.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(
+                f"data.split.val + data.split.test must be below 1 (got {self.val} + {self.test})"
+            )
+        return self
+
+
+class DataConfig(Section):
+    path: str = Field(
+        BUILTIN_SENTIMENT,
+        description="A file (csv, tsv, jsonl, parquet, txt), a folder of one subfolder of .txt "
+        f"files per label, or a built-in dataset ('{BUILTIN_SENTIMENT}').",
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "txt", "folder"] = Field(
+        "auto", description="File format; auto picks it from the extension."
+    )
+    text_column: str = Field("text", description="Column holding the text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    cache_dir: str = Field(
+        "~/.cache/lmforge", description="Tokenization cache shared between runs."
+    )
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class TokenizerConfig(Section):
+    kind: Literal["auto", "bpe", "wordpiece", "char", "pretrained"] = Field(
+        "auto",
+        description="auto: the pretrained model's tokenizer with arch=pretrained, else bpe.",
+    )
+    vocab_size: int = Field(8000, ge=32, description="Vocabulary size of a trained tokenizer.")
+    pretrained: str | None = Field(
+        None, description="Hub id or folder of a tokenizer to load instead of training one."
+    )
+
+
+class ModelConfig(Section):
+    arch: Literal["transformer", "pretrained"] = Field(
+        "transformer", description="transformer: lmforge's encoder; pretrained: a HF model."
+    )
+    pretrained: str | None = Field(None, description="Hub id or local folder (arch=pretrained).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with a hub model.")
+    max_length: int = Field(128, ge=4, description="Tokens per text; longer texts are truncated.")
+    d_model: int = Field(256, ge=8, description="Hidden size.")
+    n_layers: int = Field(2, ge=1, description="Transformer blocks.")
+    n_heads: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
+    d_ff: int = Field(1024, ge=8, description="Feed-forward inner size.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
+    pooling: Literal["cls", "mean"] = Field("mean", description="How a text becomes one vector.")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})"
+            )
+        if self.arch == "pretrained" and not self.pretrained:
+            raise ValueError("model.arch is 'pretrained' but model.pretrained is not set")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Exact number of optimizer steps; when set, epochs is ignored."
+    )
+    batch_size: int = Field(32, ge=1, description="Examples per forward pass.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    grad_accum: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null is off.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="Run the model under torch.compile.")
+    seed: int = Field(0, description="Seed of weights, dropout and batch order.")
+    eval_every: int = Field(200, ge=1, description="Steps between val evaluations/checkpoints.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    early_stopping_metric: str = Field(
+        "f1_macro", description="Val metric for early stopping and the best checkpoint."
+    )
+    class_weights: Literal["balanced"] | None = Field(
+        None, description="balanced: weight the loss by inverse class frequency."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Stop training after this many seconds (then evaluate as usual)."
+    )
+
+
+class EvalConfig(Section):
+    baselines: bool = Field(True, description="Compute the majority and TF-IDF baselines.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for intervals; 0 is off.")
+
+
+class Config(Section):
+    task: Literal["classification"] = "classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_valid_keys(annotation, dotted + "."))
+    return keys
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, _valid_keys(Config), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown config key '{key}'{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:
+        return f"invalid config: {message}"
+    return f"invalid config value for '{key}': {message} (got {first.get('input')!r})"
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a mapping into a Config, raising LmforgeError with one readable line."""
+    if not isinstance(raw, dict):
+        raise LmforgeError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise LmforgeError(_describe(error)) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a plain mapping (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmforgeError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise LmforgeError(f"{path} is not valid YAML/JSON: {first_line}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LmforgeError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` strings; values are parsed as YAML scalars (5, 0.1, true, null)."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LmforgeError(f"--set expects key=value, got '{item}'")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise LmforgeError(f"--set {key}: '{part}' is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return raw
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config, overrides: list[str] | None = None
+) -> Config:
+    """A Config from a file path, a mapping or a Config, with --set style overrides applied."""
+    if isinstance(source, Config):
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = source
+    else:
+        raw = read_config_file(source)
+    return parse_config(apply_overrides(raw, overrides or []))
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,19 @@
+"""Evaluate: metrics with bootstrap intervals, cheap baselines, and the eval.json report."""
+
+from lmforge.evaluate.baselines import majority_baseline, tfidf_logreg_baseline
+from lmforge.evaluate.metrics import (
+    bootstrap_intervals,
+    classification_metrics,
+    paired_bootstrap_difference,
+)
+from lmforge.evaluate.report import build_eval_report, render_table
+
+__all__ = [
+    "bootstrap_intervals",
+    "build_eval_report",
+    "classification_metrics",
+    "majority_baseline",
+    "paired_bootstrap_difference",
+    "render_table",
+    "tfidf_logreg_baseline",
+]

@@ -1,0 +1,64 @@
+"""Cheap baselines that every model is reported beside: the majority class and TF-IDF + LogReg."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from lmforge.errors import LmforgeError
+from lmforge.evaluate.metrics import encode_labels
+
+# Below this many training texts, dropping n-grams seen only once could leave no vocabulary.
+_MIN_TEXTS_FOR_MIN_DF = 100
+
+
+def majority_baseline(
+    train_labels: Sequence[str], test_size: int, labels: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """Predict the most frequent training label everywhere; probabilities are the train prior."""
+    if len(train_labels) == 0:
+        raise LmforgeError("the majority baseline needs at least one training label")
+    counts = np.bincount(encode_labels(train_labels, labels, "train labels"), minlength=len(labels))
+    prior = counts / counts.sum()
+    # argmax breaks ties by the first label in `labels` order, so the result is deterministic.
+    majority = labels[int(np.argmax(counts))]
+    return [majority] * test_size, np.tile(prior, (test_size, 1))
+
+
+def tfidf_logreg_baseline(
+    train_texts: Sequence[str],
+    train_labels: Sequence[str],
+    test_texts: Sequence[str],
+    labels: list[str],
+    seed: int = 0,
+) -> tuple[list[str], np.ndarray]:
+    """Logistic regression on TF-IDF of character 1-3-grams; probabilities in `labels` order."""
+    if len(train_texts) != len(train_labels):
+        raise LmforgeError(f"{len(train_texts)} training texts but {len(train_labels)} labels")
+    y = encode_labels(train_labels, labels, "train labels")
+    present = np.unique(y)
+    if len(present) < 2:
+        # Logistic regression cannot fit one class; the only honest answer is the majority one.
+        return majority_baseline(train_labels, len(test_texts), labels)
+    # Character n-grams need no word segmentation, so the same baseline works for Chinese and
+    # English; char_wb keeps n-grams inside word boundaries where there are spaces.
+    vectorizer = TfidfVectorizer(
+        analyzer="char_wb",
+        ngram_range=(1, 3),
+        sublinear_tf=True,
+        min_df=2 if len(train_texts) >= _MIN_TEXTS_FOR_MIN_DF else 1,
+        dtype=np.float32,
+    )
+    x_train = vectorizer.fit_transform(list(train_texts))
+    classifier = LogisticRegression(C=4.0, max_iter=1000, random_state=seed)
+    classifier.fit(x_train, y)
+    probs = np.zeros((len(test_texts), len(labels)))
+    if len(test_texts):
+        # classes_ holds only the label indices seen in training; unseen labels keep probability 0.
+        x_test = vectorizer.transform(list(test_texts))
+        probs[:, classifier.classes_] = classifier.predict_proba(x_test)
+    predictions = [labels[i] for i in probs.argmax(axis=1)]
+    return predictions, probs

@@ -1,0 +1,359 @@
+"""The verbs as Python functions: train, evaluate, predict, init, quickstart.
+
+Each composes the stages (data, tokenization, task, training, evaluation, bundle); the CLI and
+users' scripts both call these.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from lmforge import provenance
+from lmforge.bundle import META_FILE, Predictor, load, read_meta, save_bundle
+from lmforge.config import (
+    CleanConfig,
+    Config,
+    DataConfig,
+    dump_config,
+    load_config,
+    read_config_file,
+)
+from lmforge.data import (
+    PreparedData,
+    Split,
+    detect_columns,
+    prepare_classification_data,
+    read_labelled,
+    read_texts,
+)
+from lmforge.errors import LmforgeError
+from lmforge.evaluate import build_eval_report, render_table
+from lmforge.tasks import classification as task
+from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
+from lmforge.train import fit, seed_everything
+from lmforge.train.checkpoint import load_checkpoint
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    bundle_dir: Path
+    eval_report: dict[str, Any] | None
+    resumed_from: int | None
+    steps: int
+
+
+def _console() -> Console:
+    return Console(stderr=True, width=max(120, Console(stderr=True).width))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (run_dir / "checkpoints" / "last").exists():
+            raise LmforgeError(f"--resume given but {run_dir} has no checkpoint to resume from")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise LmforgeError(
+                f"run directory {run_dir} already exists; pass --resume to continue it or "
+                "--force to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _quantiles(values: Iterable[int]) -> dict[str, float]:
+    arr = np.fromiter(values, dtype=np.int64)
+    if arr.size == 0:
+        return {}
+    q = np.quantile(arr, [0.5, 0.9, 0.99])
+    return {"min": int(arr.min()), "p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]),
+            "max": int(arr.max())}
+
+
+def _tokenizer_for_run(
+    cfg: Config, data: PreparedData, run_dir: Path, resume: bool, console: Console
+) -> TextTokenizer:
+    """The run keeps its own tokenizer copy, so a resume never retrains a different one."""
+    saved = run_dir / TOKENIZER_DIR
+    if resume and saved.exists():
+        return TextTokenizer.load(saved)
+    pretrained = cfg.model.pretrained if cfg.model.arch == "pretrained" else None
+    cache = Path(cfg.data.cache_dir).expanduser() / "tokenizers"
+    key = TokenCache.key(data.data_hash, cfg.data.clean, cfg.data.split, cfg.tokenizer, pretrained)
+    cached = cache / key
+    if pretrained is None and cfg.tokenizer.pretrained is None and cached.exists():
+        console.print(f"tokenizer: reusing the one trained earlier on this data ({cached})")
+        tokenizer = TextTokenizer.load(cached)
+    else:
+        tokenizer = build_tokenizer(
+            cfg.tokenizer, data.train.texts, pretrained, cfg.model.revision,
+            cfg.model.trust_remote_code,
+        )
+        if tokenizer.hf is None:
+            tokenizer.save(cached)
+    tokenizer.save(saved)
+    return tokenizer
+
+
+def _encode_splits(
+    cfg: Config, data: PreparedData, tokenizer: TextTokenizer, console: Console
+) -> tuple[dict[str, task.TokenizedSplit], dict[str, int]]:
+    cache = TokenCache(cfg.data.cache_dir)
+    key = cache.key(data.data_hash, cfg.data.clean, cfg.data.split, tokenizer.fingerprint(),
+                    cfg.model.max_length, data.label_names)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    hit = cache.load(key)
+    if hit is not None:
+        ids, truncated = hit
+        console.print(f"tokenization: cache hit, not tokenizing again ({cache.root / key}.npz)")
+    else:
+        ids, truncated = {}, {}
+        for name, split in splits.items():
+            encoded = tokenizer.encode(split.texts, cfg.model.max_length)
+            ids[name], truncated[name] = encoded.ids, encoded.n_truncated
+        cache.save(key, ids, truncated)
+    index = {label: i for i, label in enumerate(data.label_names)}
+    out = {}
+    for name, split in splits.items():
+        labels = np.array([index[label] for label in split.labels], dtype=np.int64)
+        out[name] = task.TokenizedSplit(ids[name], labels)
+    return out, truncated
+
+
+def _bundle_meta(cfg: Config, data: PreparedData, model: Any, run_dir: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "task": cfg.task,
+        "arch": cfg.model.arch,
+        "labels": data.label_names,
+        "text_column": cfg.data.text_column,
+        "label_column": cfg.data.label_column,
+        "clean": cfg.data.clean.model_dump(),
+        "max_length": cfg.model.max_length,
+        "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path, "data_hash": data.data_hash},
+    }
+    if cfg.model.arch == "transformer":
+        meta["architecture"] = model.config.to_dict()
+    else:
+        meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
+    return meta
+
+
+def _evaluate_split(
+    predictor: Predictor, split: Split, train: Split | None, cfg: Config, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics on `split` beside the baselines (fitted on `train`), and per-text predictions."""
+    predictions = predictor.predict_batch(split.texts)
+    probs = np.array([[row["probs"][label] for label in predictor.labels]
+                      for row in predictions.rows])
+    use_baselines = cfg.eval.baselines and train is not None
+    report = build_eval_report(
+        gold=split.labels,
+        pred=[row["label"] for row in predictions.rows],
+        probs=probs,
+        labels=predictor.labels,
+        train_texts=train.texts if train else [],
+        train_labels=train.labels if train else [],
+        test_texts=split.texts,
+        config=cfg.eval.model_copy(update={"baselines": use_baselines}),
+        seed=seed,
+    )
+    rows = [{"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
+            for row, gold in zip(predictions.rows, split.labels, strict=True)]
+    return report, rows
+
+
+def _default_run_dir(config: Any) -> Path:
+    if isinstance(config, (str, Path)):
+        return Path("runs") / Path(config).stem
+    return Path("runs") / "run"
+
+
+def train(
+    config: str | Path | dict[str, Any] | Config,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+) -> RunResult:
+    """Train a model from a config (a path, a mapping or a Config) into a run directory."""
+    cfg = load_config(config, overrides)
+    run_dir = Path(out) if out else _default_run_dir(config)
+    console = _console()
+    _prepare_run_dir(run_dir, resume, force)
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    seed_everything(cfg.train.seed)
+
+    data = prepare_classification_data(cfg.data)
+    console.print(
+        f"data: {data.report['rows_read']} rows read, {len(data.train.texts)} train / "
+        f"{len(data.val.texts)} val / {len(data.test.texts)} test, labels {data.label_names}"
+    )
+    tokenizer = _tokenizer_for_run(cfg, data, run_dir, resume, console)
+    splits, truncated = _encode_splits(cfg, data, tokenizer, console)
+    report = dict(data.report)
+    report["length_tokens"] = _quantiles(len(x) for s in splits.values() for x in s.ids)
+    report["truncated_to_max_length"] = truncated
+    _write_json(run_dir / "data_report.json", report)
+
+    seed_everything(cfg.train.seed)
+    model = task.build_model(cfg.model, tokenizer, data.label_names)
+    weights = None
+    if cfg.train.class_weights == "balanced":
+        weights = task.balanced_class_weights(splits["train"].labels, len(data.label_names))
+    has_val = len(splits["val"]) > 0
+    result = fit(
+        model,
+        splits["train"],
+        task.make_collate(tokenizer.pad_id),
+        task.make_loss(weights),
+        task.make_val_metrics(splits["val"], tokenizer.pad_id) if has_val else None,
+        cfg.train,
+        run_dir,
+        resume=resume,
+        metric_mode="min" if "loss" in cfg.train.early_stopping_metric else "max",
+        show_progress=show_progress,
+    )
+    if result.best_dir is not None:
+        load_checkpoint(result.best_dir, model, with_state=False)
+        console.print(f"best checkpoint: step {result.state.best_step} "
+                      f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})")
+
+    meta = _bundle_meta(cfg, data, model, run_dir)
+    predictor = Predictor(model, tokenizer, meta)
+    eval_report = None
+    if data.test.texts:
+        eval_report, rows = _evaluate_split(predictor, data.test, data.train, cfg, cfg.train.seed)
+        _write_json(run_dir / "eval.json", eval_report)
+        with open(run_dir / "test_predictions.jsonl", "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        meta["metrics"] = {k: eval_report[k] for k in ("n", "accuracy", "f1_macro")}
+    bundle_dir = run_dir / "model"
+    save_bundle(bundle_dir, model, tokenizer, meta)
+    _write_json(run_dir / "provenance.json", provenance.collect(cfg.data.path, data.data_hash))
+    if eval_report is not None:
+        render_table(eval_report, console, title=f"Test split of {run_dir}")
+    else:
+        console.print("no test split (data.split.test is 0): evaluate with "
+                      f"`lmforge evaluate {run_dir} --data FILE`")
+    console.print(f"run written to {run_dir}; bundle at {bundle_dir}")
+    return RunResult(run_dir, bundle_dir, eval_report, result.resumed_from, result.state.step)
+
+
+def _locate(target: str | Path) -> tuple[Path, Path | None]:
+    """(bundle dir, run dir or None) from a run directory or a bundle."""
+    target = Path(target)
+    if not target.exists():
+        raise LmforgeError(f"not found: {target}")
+    if (target / META_FILE).is_file():
+        run = Path(read_meta(target).get("run", {}).get("dir", ""))
+        return target, run if (run / "config.yaml").is_file() else None
+    if (target / "model" / META_FILE).is_file():
+        return target / "model", target
+    raise LmforgeError(f"{target} is neither a run directory nor a bundle (no {META_FILE})")
+
+
+def evaluate(
+    target: str | Path, data: str | Path | None = None, show: bool = True
+) -> dict[str, Any]:
+    """Re-evaluate a run's model on its test split, or on a new labelled file (`data`)."""
+    bundle_dir, run_dir = _locate(target)
+    predictor = load(bundle_dir)
+    cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
+    prepared = prepare_classification_data(cfg.data) if run_dir else None
+    if data is not None:
+        data_cfg = DataConfig(text_column=predictor.meta["text_column"],
+                              label_column=predictor.meta["label_column"],
+                              clean=CleanConfig(**predictor.meta["clean"]))
+        split, _ = read_labelled(str(data), data_cfg)
+        out_dir = run_dir or bundle_dir
+        out_path = out_dir / f"eval-{Path(data).stem}.json"
+        title = str(data)
+    else:
+        if prepared is None:
+            raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
+                               "pass --data FILE with labelled texts")
+        if not prepared.test.texts:
+            raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
+        split, out_path, title = prepared.test, None, f"Test split of {run_dir}"
+    report, _ = _evaluate_split(predictor, split, prepared.train if prepared else None, cfg,
+                                cfg.train.seed)
+    if out_path is not None:
+        _write_json(out_path, report)
+    if show:
+        render_table(report, _console(), title=title)
+        if out_path is not None:
+            _console().print(f"written to {out_path}")
+    return report
+
+
+def predict(
+    bundle: str | Path, input: str | Path, output: str | Path | None = None
+) -> dict[str, int]:
+    """Predict every text of `input` ('-' for stdin) into JSONL at `output` (stdout if None)."""
+    predictor = load(_locate(bundle)[0])
+    if str(input) == "-":
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    else:
+        texts, _ = read_texts(str(input), predictor.meta["text_column"])
+    predictions = predictor.predict_batch(texts)
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    try:
+        for row in predictions.rows:
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            sink.close()
+    stats = {"texts": len(texts), "truncated": predictions.n_truncated}
+    print(f"{stats['texts']} texts predicted; {stats['truncated']} truncated to "
+          f"{predictor.max_length} tokens", file=sys.stderr)
+    return stats
+
+
+def init_config(task_name: str, data: str | Path) -> str:
+    """A starter config (YAML) for `data`, with its text and label columns detected."""
+    if task_name != "classification":
+        raise LmforgeError(f"unknown task '{task_name}'; available: classification")
+    detected = detect_columns(str(data))
+    cfg = Config(task=task_name, data=DataConfig(path=str(data), **detected))
+    return f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n" + dump_config(cfg)
+
+
+def quickstart_config(fast: bool = False) -> Config:
+    """The built-in sentiment corpus with a schedule that fits the quickstart's time budget."""
+    steps = 300 if fast else 2000
+    return load_config({"train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32}})
+
+
+def _free_run_dir(base: Path) -> Path:
+    if not base.exists():
+        return base
+    n = 2
+    while base.with_name(f"{base.name}-{n}").exists():
+        n += 1
+    return base.with_name(f"{base.name}-{n}")
+
+
+def quickstart(out: str | Path | None = None, fast: bool = False) -> RunResult:
+    """The whole pipeline on the built-in dataset; never overwrites an earlier quickstart."""
+    run_dir = Path(out) if out else _free_run_dir(Path("runs") / "quickstart")
+    return train(quickstart_config(fast), out=run_dir)

@@ -1,0 +1,1 @@
+"""Per-task pieces: model head, batching, loss, metrics and postprocessing."""

@@ -1,0 +1,204 @@
+"""Tokenizers: train BPE/WordPiece/char ones with HF `tokenizers`, load pretrained ones, encode, cache.
+
+Every tokenizer is used through one `tokenizers.Tokenizer` (a pretrained fast tokenizer exposes its
+own), so training, evaluation and serving share one encode path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from lmforge.config import TokenizerConfig
+from lmforge.errors import LmforgeError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+HF_TOKENIZER_FILES = ("tokenizer_config.json",)
+
+
+@dataclass
+class Encoded:
+    """Token ids per text (ragged) and how many texts were cut to max_length."""
+
+    ids: list[np.ndarray]
+    n_truncated: int
+
+
+class TextTokenizer:
+    """A `tokenizers.Tokenizer` plus the ids the model needs; `hf` is set for pretrained ones."""
+
+    def __init__(self, backend: Tokenizer, hf_tokenizer: object | None = None) -> None:
+        self.backend = backend
+        self.hf = hf_tokenizer
+        pad = backend.token_to_id(PAD)
+        if pad is None and hf_tokenizer is not None:
+            pad = getattr(hf_tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad or 0)
+        self.mask_id = backend.token_to_id(MASK)
+        if self.mask_id is None and hf_tokenizer is not None:
+            self.mask_id = getattr(hf_tokenizer, "mask_token_id", None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: list[str], max_length: int) -> Encoded:
+        """Encode with special tokens, truncating to max_length (special tokens kept)."""
+        backend = Tokenizer.from_str(self.backend.to_str())  # a private copy: truncation is state
+        backend.no_padding()
+        backend.enable_truncation(max_length)
+        encodings = backend.encode_batch(texts)
+        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        return Encoded(ids=ids, n_truncated=sum(1 for e in encodings if e.overflowing))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.hf is not None:
+            self.hf.save_pretrained(directory)  # keeps the bundle loadable by transformers
+        else:
+            self.backend.save(str(directory / "tokenizer.json"))
+
+    @classmethod
+    def load(cls, directory: Path) -> TextTokenizer:
+        if all((directory / name).is_file() for name in HF_TOKENIZER_FILES):
+            return load_pretrained_tokenizer(str(directory))
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise LmforgeError(f"no tokenizer in {directory}: expected tokenizer.json")
+        return cls(Tokenizer.from_file(str(path)))
+
+
+def load_pretrained_tokenizer(
+    name: str, revision: str | None = None, trust_remote_code: bool = False
+) -> TextTokenizer:
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, use_fast=True
+        )
+    except (OSError, ValueError) as error:
+        raise LmforgeError(f"cannot load tokenizer '{name}': {str(error).splitlines()[0]}") from None
+    if not getattr(hf, "is_fast", False):
+        raise LmforgeError(f"tokenizer '{name}' has no fast (Rust) version, which lmforge needs")
+    return TextTokenizer(hf.backend_tokenizer, hf)
+
+
+def _new_tokenizer(kind: str) -> tuple[Tokenizer, object]:
+    # Splitting on whitespace, punctuation and digits keeps merges inside words for English and
+    # inside clauses for Chinese (which has no spaces): the tokens stay words or short phrases.
+    words = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    words.append(pre_tokenizers.Digits(individual_digits=True))
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(words)
+        tokenizer.decoder = decoders.BPEDecoder()
+        return tokenizer, trainers.BpeTrainer
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(words)
+        tokenizer.decoder = decoders.WordPiece()
+        return tokenizer, trainers.WordPieceTrainer
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("."), "isolated")]
+    )
+    return tokenizer, trainers.WordLevelTrainer
+
+
+def train_tokenizer(texts: list[str], kind: str, vocab_size: int) -> TextTokenizer:
+    """Train a tokenizer of `kind` (bpe, wordpiece, char) on `texts`: the training split only."""
+    if not texts:
+        raise LmforgeError("cannot train a tokenizer on no texts")
+    tokenizer, trainer_cls = _new_tokenizer(kind)
+    trainer = trainer_cls(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", special_tokens=[(CLS, cls_id), (SEP, sep_id)]
+    )
+    return TextTokenizer(tokenizer)
+
+
+def build_tokenizer(
+    cfg: TokenizerConfig,
+    train_texts: list[str],
+    pretrained_model: str | None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> TextTokenizer:
+    """The run's tokenizer: a pretrained one when asked for (or when the model is), else trained."""
+    if cfg.pretrained:
+        return load_pretrained_tokenizer(cfg.pretrained, trust_remote_code=trust_remote_code)
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "pretrained" if pretrained_model else "bpe"
+    if kind == "pretrained":
+        if not pretrained_model:
+            raise LmforgeError("tokenizer.kind is 'pretrained' but no tokenizer.pretrained is set")
+        return load_pretrained_tokenizer(pretrained_model, revision, trust_remote_code)
+    return train_tokenizer(train_texts, kind, cfg.vocab_size)
+
+
+class TokenCache:
+    """Tokenized splits on disk, keyed by everything that changes them, shared between runs."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.root = Path(cache_dir).expanduser() / "tokens"
+
+    @staticmethod
+    def key(*parts: object) -> str:
+        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def _path(self, key: str) -> Path:
+        return self.root / f"{key}.npz"
+
+    def load(self, key: str) -> tuple[dict[str, list[np.ndarray]], dict] | None:
+        """(ids per split, info) or None on a miss."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as archive:
+                info = json.loads(str(archive["info"]))
+                names = {name.rsplit("__", 1)[0] for name in archive.files if "__" in name}
+                splits = {n: _unflatten(archive[f"{n}__flat"], archive[f"{n}__offsets"])
+                          for n in names}
+                return splits, info
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged cache entry is only a miss
+
+    def save(self, key: str, splits: dict[str, list[np.ndarray]], info: dict) -> None:
+        arrays = {"info": np.array(json.dumps(info))}
+        for name, ids in splits.items():
+            arrays[f"{name}__flat"], arrays[f"{name}__offsets"] = _flatten(ids)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._path(key))
+
+
+def _flatten(ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in ids])
+    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+    return flat.astype(np.int32), offsets
+
+
+def _unflatten(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny labelled data written in the test, and an isolated token cache."""
+
+import random
+
+import pytest
+
+POS = ["很好", "不错", "喜欢", "满意", "推荐", "great", "love it", "excellent"]
+NEG = ["很差", "失望", "难用", "退货", "垃圾", "awful", "broken", "terrible"]
+
+
+def make_reviews(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
+    """Short distinct reviews whose label is given by the sentiment word they contain."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = rng.choice(POS if label == "pos" else NEG)
+        filler = " ".join(rng.choice(["这个", "产品", "物流", "包装", "价格", "the", "item"])
+                          for _ in range(rng.randint(1, 5)))
+        rows.append((f"{filler} {word} #{i}", label))
+    return rows
+
+
+@pytest.fixture
+def reviews_csv(tmp_path):
+    import csv
+
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "review", "sentiment"])
+        for i, (text, label) in enumerate(make_reviews()):
+            writer.writerow([i, text, label])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Runs in tests never touch the user's ~/.cache."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def tiny_config(data_path, **train) -> dict:
+    """A config small enough to train in a few seconds on one CPU core."""
+    return {
+        "data": {"path": str(data_path), "text_column": "review", "label_column": "sentiment"},
+        "tokenizer": {"vocab_size": 120},
+        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_length": 24},
+        "train": {"max_steps": 40, "batch_size": 16, "lr": 3e-3, "eval_every": 20, **train},
+        "eval": {"bootstrap": 50},
+    }
