@@ -29,7 +29,7 @@ from lmforge.errors import LmforgeError
 from lmforge.models import EncoderClassifier, PretrainedClassifier, TransformerConfig
 from lmforge.tasks.classification import predict_logits, softmax
 from lmforge.tokenization import TextTokenizer
-from lmforge.train import resolve_device
+from lmforge.training import resolve_device
 
 META_FILE = "lmforge.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -36,11 +36,11 @@ from lmforge.data import (
     read_texts,
 )
 from lmforge.errors import LmforgeError
-from lmforge.evaluate import build_eval_report, render_table
+from lmforge.evaluation import build_eval_report, render_table
 from lmforge.tasks import classification as task
 from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
-from lmforge.train import fit, seed_everything
-from lmforge.train.checkpoint import load_checkpoint
+from lmforge.training import fit, seed_everything
+from lmforge.training.checkpoint import load_checkpoint
 
 TOKENIZER_DIR = "tokenizer"
 

@@ -8,8 +8,8 @@ from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 from lmforge.models import EncoderClassifier, TransformerConfig
 from lmforge.tasks import classification as task
-from lmforge.train import fit
-from lmforge.train.checkpoint import WEIGHTS
+from lmforge.training import fit
+from lmforge.training.checkpoint import WEIGHTS
 
 
 def dataset(n=96, seed=0):

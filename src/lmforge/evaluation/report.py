@@ -11,8 +11,8 @@ from rich.table import Table
 
 from lmforge.config import EvalConfig
 from lmforge.errors import LmforgeError
-from lmforge.evaluate.baselines import majority_baseline, tfidf_logreg_baseline
-from lmforge.evaluate.metrics import (
+from lmforge.evaluation.baselines import majority_baseline, tfidf_logreg_baseline
+from lmforge.evaluation.metrics import (
     bootstrap_intervals,
     classification_metrics,
     paired_bootstrap_difference,

@@ -1,12 +1,12 @@
 """Evaluate: metrics with bootstrap intervals, cheap baselines, and the eval.json report."""
 
-from lmforge.evaluate.baselines import majority_baseline, tfidf_logreg_baseline
-from lmforge.evaluate.metrics import (
+from lmforge.evaluation.baselines import majority_baseline, tfidf_logreg_baseline
+from lmforge.evaluation.metrics import (
     bootstrap_intervals,
     classification_metrics,
     paired_bootstrap_difference,
 )
-from lmforge.evaluate.report import build_eval_report, render_table
+from lmforge.evaluation.report import build_eval_report, render_table
 
 __all__ = [
     "bootstrap_intervals",

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.evaluate import (
+from lmforge.evaluation import (
     bootstrap_intervals,
     classification_metrics,
     paired_bootstrap_difference,
 )
-from lmforge.evaluate.metrics import _accuracy_and_f1
+from lmforge.evaluation.metrics import _accuracy_and_f1
 
 LABELS = ["neg", "neu", "pos"]
 # "neu" occurs once in gold and is never predicted.

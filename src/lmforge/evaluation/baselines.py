@@ -9,7 +9,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from lmforge.errors import LmforgeError
-from lmforge.evaluate.metrics import encode_labels
+from lmforge.evaluation.metrics import encode_labels
 
 # Below this many training texts, dropping n-grams seen only once could leave no vocabulary.
 _MIN_TEXTS_FOR_MIN_DF = 100

@@ -1,5 +1,5 @@
 """Training: the loop, atomic checkpoints with exact resume, and where progress is reported."""
 
-from lmforge.train.loop import FitResult, fit, resolve_device, seed_everything
+from lmforge.training.loop import FitResult, fit, resolve_device, seed_everything
 
 __all__ = ["FitResult", "fit", "resolve_device", "seed_everything"]

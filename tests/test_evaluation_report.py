@@ -7,7 +7,7 @@ import numpy as np
 from rich.console import Console
 
 from lmforge.config import EvalConfig
-from lmforge.evaluate import build_eval_report, render_table
+from lmforge.evaluation import build_eval_report, render_table
 
 LABELS = ["neg", "pos"]
 TRAIN_TEXTS = ["很好", "喜欢", "满意", "太差", "讨厌", "失望"] * 5

@@ -22,8 +22,8 @@ from torch import nn
 
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
-from lmforge.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from lmforge.train.progress import RunLog, TrainProgress
+from lmforge.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from lmforge.training.progress import RunLog, TrainProgress
 
 Batch = dict[str, torch.Tensor]
 

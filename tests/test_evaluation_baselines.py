@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.evaluate import classification_metrics, majority_baseline, tfidf_logreg_baseline
+from lmforge.evaluation import classification_metrics, majority_baseline, tfidf_logreg_baseline
 
 POSITIVE_WORDS = ["很好", "喜欢", "满意", "推荐"]
 NEGATIVE_WORDS = ["太差", "讨厌", "失望", "退货"]

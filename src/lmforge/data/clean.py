@@ -1,0 +1,104 @@
+"""Cleaning: the per-text transform shared with the predictor, and the row filters of datasets."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+
+from lmforge.config import CleanConfig
+from lmforge.data.report import DropLog, RowId
+
+_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_TAG = re.compile(r"<(/?)([a-zA-Z][\w:-]*)\b[^<>]*>|<![a-zA-Z][^<>]*>")
+_WHITESPACE = re.compile(r"\s+")
+# Tags that separate words; removing them without a space would glue "line<br>next" together.
+_BREAKING_TAGS = frozenset(
+    "address article aside blockquote br dd div dl dt footer h1 h2 h3 h4 h5 h6 header hr li "
+    "main nav ol p pre section table td th tr ul".split()
+)
+
+
+def _replace_tag(match: re.Match[str]) -> str:
+    name = (match.group(2) or "").lower()
+    return " " if name in _BREAKING_TAGS else ""
+
+
+def clean_text(text: str, clean: CleanConfig) -> str:
+    """The per-text transform of training and serving alike; it never drops a text."""
+    if clean.strip_html:
+        text = _COMMENT.sub("", _SCRIPT_OR_STYLE.sub(" ", text))
+        # Unescape after removing tags, so an escaped "&lt;b&gt;" survives as the text "<b>".
+        text = html.unescape(_TAG.sub(_replace_tag, text))
+    if clean.normalize:
+        text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    return text
+
+
+@dataclass
+class CleanedRows:
+    """Rows that survived cleaning, and the numbers the report needs about the rest."""
+
+    texts: list[str]
+    labels: list[str]
+    row_ids: list[RowId]
+    duplicates: int
+    conflicts: dict[str, int]
+    repeated_texts: int  # texts kept more than once because dedupe is off
+
+
+def _length_problem(text: str, clean: CleanConfig) -> str | None:
+    if not text.strip():
+        return "empty"
+    if len(text) < clean.min_chars:
+        return "too_short"
+    if clean.max_chars is not None and len(text) > clean.max_chars:
+        return "too_long"
+    return None
+
+
+def clean_rows(
+    texts: list[str], labels: list[str], row_ids: list[RowId], clean: CleanConfig, drops: DropLog
+) -> CleanedRows:
+    """Clean each text, then drop empty/too short/too long rows, conflicts and duplicates."""
+    kept: list[tuple[str, str, RowId]] = []
+    for text, label, row_id in zip(texts, labels, row_ids, strict=True):
+        text = clean_text(text, clean)
+        problem = _length_problem(text, clean)
+        if problem:
+            drops.add(problem, row_id)
+        else:
+            kept.append((text, label, row_id))
+
+    labels_of: defaultdict[str, set[str]] = defaultdict(set)
+    for text, label, _ in kept:
+        labels_of[text].add(label)
+    # A text labelled two ways teaches nothing and would poison evaluation: drop every copy.
+    conflicting = {text for text, seen in labels_of.items() if len(seen) > 1}
+
+    out: list[tuple[str, str, RowId]] = []
+    seen_texts: set[str] = set()
+    repeated = 0
+    for text, label, row_id in kept:
+        if text in conflicting:
+            drops.add("conflicting_labels", row_id)
+            continue
+        if text in seen_texts:
+            if clean.dedupe:
+                drops.add("duplicate", row_id)
+                continue
+            repeated += 1
+        seen_texts.add(text)
+        out.append((text, label, row_id))
+
+    return CleanedRows(
+        texts=[text for text, _, _ in out],
+        labels=[label for _, label, _ in out],
+        row_ids=[row_id for _, _, row_id in out],
+        duplicates=drops.count("duplicate"),
+        conflicts={"texts": len(conflicting), "rows": drops.count("conflicting_labels")},
+        repeated_texts=repeated,
+    )

@@ -1,0 +1,80 @@
+"""Guessing the format, text column and label column of a data file, for `lmforge init`."""
+
+from __future__ import annotations
+
+from lmforge.data.builtin import is_builtin
+from lmforge.data.records import Records, cell_str
+from lmforge.data.sources import read_table, resolve_format
+from lmforge.errors import LmforgeError
+
+TEXT_NAMES = ("text", "sentence", "review", "content", "comment", "message", "body", "document")
+LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
+MAX_CLASSES = 50
+
+
+def detect_columns(path: str) -> dict[str, str]:
+    """{"format", "text_column", "label_column"}, ready to fill a DataConfig."""
+    if is_builtin(path):
+        return {"format": "auto", "text_column": "text", "label_column": "label"}
+    fmt = resolve_format(path)
+    if fmt == "folder":
+        return {"format": "folder", "text_column": "text", "label_column": "label"}
+    if fmt == "txt":
+        raise LmforgeError(
+            f"{path} is plain text and has no labels; classification needs a table with text "
+            "and label columns (csv, tsv, jsonl, parquet) or a folder per label"
+        )
+    table = read_table(path, fmt, Records(source=path, format=fmt))
+    if not table.rows:
+        raise LmforgeError(f"{path} has no rows")
+    values = {
+        column: [v for _, cells in table.rows if (v := cell_str(cells.get(column)))]
+        for column in table.columns
+    }
+    columns = ", ".join(table.columns)
+    text_column = _text_column(values)
+    if text_column is None:
+        raise LmforgeError(f"no text column found in {path}; columns are: {columns}")
+    label_column = _label_column(values, text_column, len(table.rows))
+    if label_column is None:
+        raise LmforgeError(
+            f"no label column found in {path} (a column named label, class, ... or with "
+            f"2 to {MAX_CLASSES} distinct values); columns are: {columns}"
+        )
+    return {"format": fmt, "text_column": text_column, "label_column": label_column}
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _text_column(values: dict[str, list[str]]) -> str | None:
+    """A column of mostly non-numeric strings: a conventional name first, else the longest."""
+    strings = {
+        column: cells
+        for column, cells in values.items()
+        if cells and sum(map(_is_number, cells)) < len(cells) / 2
+    }
+    for column in strings:
+        if column.strip().lower() in TEXT_NAMES:
+            return column
+    if not strings:
+        return None
+    return max(strings, key=lambda column: sum(map(len, strings[column])) / len(strings[column]))
+
+
+def _label_column(values: dict[str, list[str]], text_column: str, n_rows: int) -> str | None:
+    """A conventional label name, else the column with the fewest (2..50) distinct values."""
+    others = {column: cells for column, cells in values.items() if column != text_column}
+    for column in others:
+        if column.strip().lower() in LABEL_NAMES:
+            return column
+    distinct = {column: len(set(cells)) for column, cells in others.items()}
+    candidates = [
+        column for column, n in distinct.items() if 2 <= n <= MAX_CLASSES and n < n_rows / 2
+    ]
+    return min(candidates, key=lambda column: distinct[column]) if candidates else None

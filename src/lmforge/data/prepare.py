@@ -1,0 +1,130 @@
+"""The data stage as functions: read, clean and split a classification dataset, with its report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.config import DataConfig
+from lmforge.data.builtin import is_builtin, read_builtin
+from lmforge.data.clean import CleanedRows, clean_rows
+from lmforge.data.records import Records
+from lmforge.data.report import CLEAN_REASONS, Tally, label_counts, length_quantiles
+from lmforge.data.sources import TABLE_FORMATS, read_records, resolve_format
+from lmforge.data.split import Split, order_labels, split_dataset
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class PreparedData:
+    train: Split
+    val: Split
+    test: Split  # empty when data.split.test is 0
+    label_names: list[str]
+    report: dict[str, Any]  # the content of data_report.json
+    data_hash: str  # sha256 of the source bytes
+
+
+def prepare_classification_data(cfg: DataConfig) -> PreparedData:
+    """Read cfg.path, clean it with cfg.clean and split it with cfg.split."""
+    records, cleaned = _read_and_clean(cfg.path, cfg)
+    label_names = order_labels(cleaned.labels)
+    if len(label_names) < 2:
+        found = ", ".join(f"'{label}'" for label in label_names)
+        raise LmforgeError(
+            f"{cfg.path}: classification needs at least 2 classes, found "
+            f"{len(label_names)}: {found} (after cleaning)"
+        )
+    train, val, test, warnings = split_dataset(cleaned.texts, cleaned.labels, cfg.split)
+    if cleaned.repeated_texts:
+        warnings.append(
+            f"data.clean.dedupe is off: {cleaned.repeated_texts} rows repeat an earlier text "
+            "and may land in both train and test"
+        )
+    splits = {"train": train, "val": val, "test": test}
+    report = _rows_report(records, cleaned) | {
+        "label_balance": {
+            name: label_counts(split.labels, label_names) for name, split in splits.items()
+        },
+        "split_sizes": {name: len(split.texts) for name, split in splits.items()},
+        "length_chars": length_quantiles(cleaned.texts),
+        "warnings": warnings,
+    }
+    return PreparedData(train, val, test, label_names, report, records.data_hash)
+
+
+def read_labelled(path: str, cfg: DataConfig) -> tuple[Split, dict[str, Any]]:
+    """A labelled evaluation file, read and cleaned like training data but not split."""
+    records, cleaned = _read_and_clean(path, cfg)
+    report = _rows_report(records, cleaned) | {
+        "label_balance": label_counts(cleaned.labels, order_labels(cleaned.labels)),
+        "length_chars": length_quantiles(cleaned.texts),
+    }
+    return Split(texts=cleaned.texts, labels=cleaned.labels), report
+
+
+def read_texts(path: str, text_column: str) -> tuple[list[str], dict[str, Any]]:
+    """Unlabelled texts to predict on: a .txt file (one per line) or a table's text column.
+
+    Nothing is cleaned here (the predictor cleans); blank and malformed rows are skipped and
+    counted, with their line numbers, so predictions can be matched back to the input.
+    """
+    fmt = resolve_format(path)
+    if fmt not in ("txt", *TABLE_FORMATS):
+        raise LmforgeError(
+            f"{path}: give a .txt file (one text per line) or a table (csv, tsv, jsonl, parquet)"
+        )
+    records = read_records(path, fmt, text_column, label_column=None)
+    skipped = records.drops.counts()
+    examples = records.drops.examples()
+    if records.blank_lines.count:
+        skipped["blank_line"] = records.blank_lines.count
+        examples["blank_line"] = records.blank_lines.examples
+    report = {
+        "source": path,
+        "format": records.format,
+        "rows_read": records.rows_read,
+        "texts": len(records.texts),
+        "skipped": skipped,
+        "examples": examples,
+        "undecodable": _tally(records.undecodable, "rows"),
+    }
+    return records.texts, report
+
+
+def _read_and_clean(path: str, cfg: DataConfig) -> tuple[Records, CleanedRows]:
+    if is_builtin(path):
+        records = read_builtin(path)
+    else:
+        records = read_records(path, cfg.format, cfg.text_column, cfg.label_column)
+    cleaned = clean_rows(
+        records.texts, records.labels or [], records.row_ids, cfg.clean, records.drops
+    )
+    if not cleaned.texts:
+        raise LmforgeError(
+            f"no rows left after cleaning {path}: {records.rows_read} read, "
+            f"dropped: {records.drops.summary()}"
+        )
+    return records, cleaned
+
+
+def _tally(tally: Tally, count_key: str) -> dict[str, Any]:
+    return {count_key: tally.count, "examples": list(tally.examples)}
+
+
+def _rows_report(records: Records, cleaned: CleanedRows) -> dict[str, Any]:
+    """The part of the report about reading and cleaning, shared by training and eval data."""
+    return {
+        "source": records.source,
+        "format": records.format,
+        "data_hash": records.data_hash,
+        "rows_read": records.rows_read,
+        "rows_kept": len(cleaned.texts),
+        "dropped": records.drops.counts(always=CLEAN_REASONS),
+        "examples": records.drops.examples(),
+        "duplicates": cleaned.duplicates,
+        "conflicts": cleaned.conflicts,
+        "undecodable": _tally(records.undecodable, "rows"),
+        "blank_lines": records.blank_lines.count,
+        "ignored_files": _tally(records.ignored_files, "count"),
+    }

@@ -1,0 +1,138 @@
+"""Readers: a csv/tsv/jsonl/parquet/txt file or a folder of labelled .txt files into raw rows.
+
+Readers never crash on a bad row: they skip it and count it with its line number, so the data
+report accounts for every row of the file. No cleaning happens here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+from pathlib import Path
+
+from lmforge.data.records import Records, add_cells, add_lines
+from lmforge.data.tables import Table, parse_table
+from lmforge.errors import LmforgeError
+
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def resolve_format(path: str, fmt: str = "auto") -> str:
+    """The format to read `path` with: `fmt` itself, or guessed from the extension for auto."""
+    where = Path(path).expanduser()
+    if not where.exists():
+        raise LmforgeError(f"data file not found: {path}")
+    if fmt == "folder" and not where.is_dir():
+        raise LmforgeError(f"data.format is 'folder' but {path} is a file")
+    if where.is_dir():
+        if fmt not in ("auto", "folder"):
+            raise LmforgeError(f"{path} is a folder; set data.format to 'folder' or 'auto'")
+        return "folder"
+    if fmt != "auto":
+        return fmt
+    ext = where.suffix.lower()
+    if ext not in EXTENSIONS:
+        raise LmforgeError(
+            f"unknown format '{ext or '(no extension)'}' for {path}; use one of csv, tsv, jsonl, "
+            "parquet, txt or a folder, or set data.format"
+        )
+    return EXTENSIONS[ext]
+
+
+def read_records(path: str, fmt: str, text_column: str, label_column: str | None) -> Records:
+    """Read texts (and labels, unless label_column is None) from a file or folder."""
+    fmt = resolve_format(path, fmt)
+    if fmt == "folder":
+        if label_column is None:
+            raise LmforgeError(f"{path} is a folder; give a .txt file or a table of texts")
+        records = _read_folder(path)
+    elif fmt == "txt":
+        if label_column is not None:
+            raise LmforgeError(
+                f"{path} is plain text and has no labels; classification needs a table with "
+                "text and label columns (csv, tsv, jsonl, parquet) or a folder per label"
+            )
+        records = Records(source=path, format="txt")
+        data = _read_bytes(path)
+        records.data_hash = hashlib.sha256(data).hexdigest()
+        add_lines(records, data, label=None, id_prefix="")
+    else:
+        records = _read_table(path, fmt, text_column, label_column)
+    if records.rows_read == 0:
+        raise LmforgeError(f"{path} has no rows")
+    return records
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as error:
+        raise LmforgeError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read_folder(path: str) -> Records:
+    """One subfolder per label, one text per .txt file; everything else is ignored and counted."""
+    root = Path(path).expanduser()
+    records = Records(source=path, format="folder", labels=[])
+    digest = hashlib.sha256()
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            records.ignored_files.add(entry.name)
+            continue
+        for file in sorted(entry.rglob("*")):
+            if file.is_dir():
+                continue
+            relative = file.relative_to(root).as_posix()
+            hidden = any(part.startswith(".") for part in relative.split("/"))
+            if hidden or file.suffix.lower() != ".txt":
+                records.ignored_files.add(relative)
+                continue
+            data = _read_bytes(file)
+            # Names go into the hash too: renaming a label folder changes the data.
+            digest.update(relative.encode() + b"\0" + data + b"\0")
+            records.rows_read += 1
+            try:
+                text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+            except UnicodeDecodeError:
+                text = data.decode("utf-8", errors="replace")
+                records.undecodable.add(relative)
+            add_cells(records, relative, text.rstrip("\r\n"), entry.name)
+    records.data_hash = digest.hexdigest()
+    if records.rows_read == 0:
+        raise LmforgeError(
+            f"{path} has no rows: a folder dataset needs one subfolder of .txt files per label"
+        )
+    return records
+
+
+def read_table(path: str, fmt: str, records: Records) -> Table:
+    """Read and parse a csv/tsv/jsonl/parquet file, setting records.data_hash."""
+    data = _read_bytes(path)
+    records.data_hash = hashlib.sha256(data).hexdigest()
+    return parse_table(path, fmt, data, records)
+
+
+def _read_table(path: str, fmt: str, text_column: str, label_column: str | None) -> Records:
+    records = Records(source=path, format=fmt, labels=None if label_column is None else [])
+    table = read_table(path, fmt, records)
+    if table.columns:
+        for column in (text_column, label_column):
+            if column is not None and column not in table.columns:
+                raise LmforgeError(
+                    f"column '{column}' not found in {path}; columns are: "
+                    + ", ".join(table.columns)
+                )
+    for row_id, cells in table.rows:
+        text = cells.get(text_column)
+        label = cells.get(label_column) if label_column is not None else None
+        add_cells(records, row_id, text, label)
+    return records

