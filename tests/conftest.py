@@ -15,8 +15,10 @@ def make_reviews(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
     for i in range(n):
         label = "pos" if i % 2 == 0 else "neg"
         word = rng.choice(POS if label == "pos" else NEG)
-        filler = " ".join(rng.choice(["这个", "产品", "物流", "包装", "价格", "the", "item"])
-                          for _ in range(rng.randint(1, 5)))
+        filler = " ".join(
+            rng.choice(["这个", "产品", "物流", "包装", "价格", "the", "item"])
+            for _ in range(rng.randint(1, 5))
+        )
         rows.append((f"{filler} {word} #{i}", label))
     return rows
 

@@ -56,3 +56,14 @@ def test_missing_config_file(tmp_path):
 def test_malformed_set_override():
     with pytest.raises(LmforgeError, match="key=value"):
         load_config({}, ["train.lr"])
+
+
+def test_readme_config_reference_lists_every_field():
+    from pathlib import Path
+
+    from lmforge.config import _valid_keys
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    sections = {"data", "data.clean", "data.split", "tokenizer", "model", "train", "eval"}
+    missing = [k for k in _valid_keys(Config) if k not in sections and f"`{k}`" not in readme]
+    assert not missing, f"README's config reference lacks {missing}"

@@ -7,8 +7,17 @@ from lmforge.models import EncoderClassifier, TransformerConfig
 
 def tiny(pooling="mean", dropout=0.0) -> EncoderClassifier:
     torch.manual_seed(0)
-    cfg = TransformerConfig(vocab_size=50, n_classes=3, max_length=16, d_model=32, n_layers=2,
-                            n_heads=4, d_ff=64, dropout=dropout, pooling=pooling)
+    cfg = TransformerConfig(
+        vocab_size=50,
+        n_classes=3,
+        max_length=16,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        dropout=dropout,
+        pooling=pooling,
+    )
     return EncoderClassifier(cfg).eval()
 
 

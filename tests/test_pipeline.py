@@ -26,14 +26,35 @@ def read_jsonl(path):
 
 def test_train_writes_the_whole_run_directory(trained):
     run = trained.run_dir
-    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "eval.json",
-                 "test_predictions.jsonl", "provenance.json", "model/lmforge.json",
-                 "model/model.safetensors", "model/tokenizer.json", "checkpoints/best",
-                 "checkpoints/last", "tb"):
+    for name in (
+        "config.yaml",
+        "data_report.json",
+        "metrics.jsonl",
+        "eval.json",
+        "test_predictions.jsonl",
+        "provenance.json",
+        "model/lmforge.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "checkpoints/best",
+        "checkpoints/last",
+        "tb",
+    ):
         assert (run / name).exists(), name
     report = json.loads((run / "eval.json").read_text())
-    for key in ("n", "labels", "accuracy", "precision_macro", "recall_macro", "f1_macro",
-                "per_class", "confusion_matrix", "roc_auc", "ci95", "vs_tfidf_logreg"):
+    for key in (
+        "n",
+        "labels",
+        "accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "per_class",
+        "confusion_matrix",
+        "roc_auc",
+        "ci95",
+        "vs_tfidf_logreg",
+    ):
         assert key in report, key
     assert set(report["baselines"]) == {"majority", "tfidf_logreg"}
     assert report["accuracy"] > report["baselines"]["majority"]["accuracy"]
@@ -73,8 +94,13 @@ def test_resume_without_checkpoint_is_refused(tmp_path, reviews_csv):
 
 
 def test_resume_continues_a_run_to_more_steps(tmp_path, reviews_csv, trained):
-    result = lmforge.train(tiny_config(reviews_csv), out=trained.run_dir, resume=True,
-                           overrides=["train.max_steps=60"], show_progress=False)
+    result = lmforge.train(
+        tiny_config(reviews_csv),
+        out=trained.run_dir,
+        resume=True,
+        overrides=["train.max_steps=60"],
+        show_progress=False,
+    )
     assert result.resumed_from == 40 and result.steps == 60
 
 
@@ -99,7 +125,10 @@ def test_predict_writes_one_json_object_per_text(tmp_path, trained):
     out = tmp_path / "preds.jsonl"
     stats = lmforge.predict(trained.bundle_dir, texts, out)
     rows = read_jsonl(out)
-    assert stats["texts"] == 2 and [r["text"] for r in rows] == ["这个 产品 很好", "awful broken thing"]
+    assert stats["texts"] == 2 and [r["text"] for r in rows] == [
+        "这个 产品 很好",
+        "awful broken thing",
+    ]
     for row in rows:
         assert set(row) == {"text", "label", "score", "probs"}
         assert set(row["probs"]) == {"neg", "pos"}
@@ -109,8 +138,10 @@ def test_predict_writes_one_json_object_per_text(tmp_path, trained):
 
 def test_integer_labels_are_strings_in_numeric_order(tmp_path):
     path = tmp_path / "stars.jsonl"
-    rows = [{"review": text, "sentiment": 10 if label == "pos" else 2}
-            for text, label in make_reviews(120)]
+    rows = [
+        {"review": text, "sentiment": 10 if label == "pos" else 2}
+        for text, label in make_reviews(120)
+    ]
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     result = lmforge.train(tiny_config(path, max_steps=4), out=tmp_path / "r", show_progress=False)
     assert result.eval_report["labels"] == ["2", "10"]
@@ -144,8 +175,9 @@ def test_pretrained_minilm_fine_tunes_into_a_transformers_loadable_bundle(tmp_pa
 
 def test_init_detects_the_text_and_label_columns(reviews_csv):
     text = pipeline.init_config("classification", reviews_csv)
+    import yaml
+
     from lmforge.config import load_config
 
-    import yaml
     cfg = load_config(yaml.safe_load(text))
     assert (cfg.data.text_column, cfg.data.label_column) == ("review", "sentiment")

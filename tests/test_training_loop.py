@@ -1,4 +1,4 @@
-"""The training loop: it learns, resumes exactly after a crash, and survives a damaged checkpoint."""
+"""The training loop: it learns, resumes exactly after a crash, survives a damaged checkpoint."""
 
 import numpy as np
 import pytest
@@ -26,16 +26,33 @@ def dataset(n=96, seed=0):
 
 def model(seed=0):
     torch.manual_seed(seed)
-    return EncoderClassifier(TransformerConfig(vocab_size=40, n_classes=2, max_length=16,
-                                               d_model=32, n_layers=1, n_heads=2, d_ff=64,
-                                               dropout=0.1))
+    return EncoderClassifier(
+        TransformerConfig(
+            vocab_size=40,
+            n_classes=2,
+            max_length=16,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+            d_ff=64,
+            dropout=0.1,
+        )
+    )
 
 
 def run(tmp, cfg, resume=False, loss_fn=None, m=None):
     m = m or model()
-    m.fit_result = fit(m, dataset(), task.make_collate(0), loss_fn or task.make_loss(),
-                       task.make_val_metrics(dataset(32, seed=1), 0), cfg, tmp, resume=resume,
-                       show_progress=False)
+    m.fit_result = fit(
+        m,
+        dataset(),
+        task.make_collate(0),
+        loss_fn or task.make_loss(),
+        task.make_val_metrics(dataset(32, seed=1), 0),
+        cfg,
+        tmp,
+        resume=resume,
+        show_progress=False,
+    )
     return m
 
 
@@ -105,12 +122,27 @@ def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
 
 def test_early_stopping_stops_before_max_steps(tmp_path):
     # lr 0 never improves the val metric after the first evaluation
-    cfg = TrainConfig(max_steps=200, batch_size=16, lr=1e-12, eval_every=5,
-                      early_stopping_patience=2, early_stopping_metric="val_loss")
+    cfg = TrainConfig(
+        max_steps=200,
+        batch_size=16,
+        lr=1e-12,
+        eval_every=5,
+        early_stopping_patience=2,
+        early_stopping_metric="val_loss",
+    )
     m = model()
-    fit(m, dataset(), task.make_collate(0), task.make_loss(),
-        task.make_val_metrics(dataset(32, seed=1), 0), cfg, tmp_path, metric_mode="min",
-        show_progress=False)
-    evals = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    fit(
+        m,
+        dataset(),
+        task.make_collate(0),
+        task.make_loss(),
+        task.make_val_metrics(dataset(32, seed=1), 0),
+        cfg,
+        tmp_path,
+        metric_mode="min",
+        show_progress=False,
+    )
+    evals = [
+        line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
+    ]
     assert len(evals) < 10

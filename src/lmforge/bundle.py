@@ -65,12 +65,14 @@ class Predictor:
         rows = []
         for text, p in zip(texts, probs, strict=True):
             best = int(p.argmax())
-            rows.append({
-                "text": text,
-                "label": self.labels[best],
-                "score": float(p[best]),
-                "probs": {label: float(v) for label, v in zip(self.labels, p, strict=True)},
-            })
+            rows.append(
+                {
+                    "text": text,
+                    "label": self.labels[best],
+                    "score": float(p[best]),
+                    "probs": {label: float(v) for label, v in zip(self.labels, p, strict=True)},
+                }
+            )
         return Predictions(rows, n_truncated)
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:

@@ -20,7 +20,9 @@ app = typer.Typer(
 
 @app.command()
 def quickstart(
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/quickstart).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/quickstart).")
+    ] = None,
     fast: Annotated[bool, typer.Option(help="A shorter run (about 2 minutes on 2 cores).")] = False,
 ) -> None:
     """Train, evaluate and bundle the default classifier on the built-in review corpus."""
@@ -43,7 +45,9 @@ def init(
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="YAML or JSON config file.")],
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config name>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<config name>).")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field: key.sub=value.")
     ] = None,
@@ -72,8 +76,12 @@ def evaluate(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle (a run's model/ folder) or a run.")],
-    input: Annotated[str, typer.Option("--input", "-i", help="A .txt file, a table, or - for stdin.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL file (default stdout).")] = None,
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="A .txt file, a table, or - for stdin.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="JSONL file (default stdout).")
+    ] = None,
 ) -> None:
     """Predict a label for every text of INPUT; one JSON object per line."""
     from lmforge import pipeline

@@ -130,8 +130,8 @@ class TrainConfig(Section):
         None, description="balanced: weight the loss by inverse class frequency."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    time_budget_s: float | None = Field(
-        None, gt=0, description="Stop training after this many seconds (then evaluate as usual)."
+    bucket_by_length: bool = Field(
+        True, description="Batch texts of similar length together (less padding, faster)."
     )
 
 

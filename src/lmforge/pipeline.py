@@ -84,8 +84,13 @@ def _quantiles(values: Iterable[int]) -> dict[str, float]:
     if arr.size == 0:
         return {}
     q = np.quantile(arr, [0.5, 0.9, 0.99])
-    return {"min": int(arr.min()), "p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]),
-            "max": int(arr.max())}
+    return {
+        "min": int(arr.min()),
+        "p50": float(q[0]),
+        "p90": float(q[1]),
+        "p99": float(q[2]),
+        "max": int(arr.max()),
+    }
 
 
 def _tokenizer_for_run(
@@ -104,7 +109,10 @@ def _tokenizer_for_run(
         tokenizer = TextTokenizer.load(cached)
     else:
         tokenizer = build_tokenizer(
-            cfg.tokenizer, data.train.texts, pretrained, cfg.model.revision,
+            cfg.tokenizer,
+            data.train.texts,
+            pretrained,
+            cfg.model.revision,
             cfg.model.trust_remote_code,
         )
         if tokenizer.hf is None:
@@ -117,8 +125,14 @@ def _encode_splits(
     cfg: Config, data: PreparedData, tokenizer: TextTokenizer, console: Console
 ) -> tuple[dict[str, task.TokenizedSplit], dict[str, int]]:
     cache = TokenCache(cfg.data.cache_dir)
-    key = cache.key(data.data_hash, cfg.data.clean, cfg.data.split, tokenizer.fingerprint(),
-                    cfg.model.max_length, data.label_names)
+    key = cache.key(
+        data.data_hash,
+        cfg.data.clean,
+        cfg.data.split,
+        tokenizer.fingerprint(),
+        cfg.model.max_length,
+        data.label_names,
+    )
     splits = {"train": data.train, "val": data.val, "test": data.test}
     hit = cache.load(key)
     if hit is not None:
@@ -161,8 +175,9 @@ def _evaluate_split(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics on `split` beside the baselines (fitted on `train`), and per-text predictions."""
     predictions = predictor.predict_batch(split.texts)
-    probs = np.array([[row["probs"][label] for label in predictor.labels]
-                      for row in predictions.rows])
+    probs = np.array(
+        [[row["probs"][label] for label in predictor.labels] for row in predictions.rows]
+    )
     use_baselines = cfg.eval.baselines and train is not None
     report = build_eval_report(
         gold=split.labels,
@@ -175,8 +190,10 @@ def _evaluate_split(
         config=cfg.eval.model_copy(update={"baselines": use_baselines}),
         seed=seed,
     )
-    rows = [{"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
-            for row, gold in zip(predictions.rows, split.labels, strict=True)]
+    rows = [
+        {"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
+        for row, gold in zip(predictions.rows, split.labels, strict=True)
+    ]
     return report, rows
 
 
@@ -231,11 +248,14 @@ def train(
         resume=resume,
         metric_mode="min" if "loss" in cfg.train.early_stopping_metric else "max",
         show_progress=show_progress,
+        lengths=np.array([len(x) for x in splits["train"].ids]),
     )
     if result.best_dir is not None:
         load_checkpoint(result.best_dir, model, with_state=False)
-        console.print(f"best checkpoint: step {result.state.best_step} "
-                      f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})")
+        console.print(
+            f"best checkpoint: step {result.state.best_step} "
+            f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})"
+        )
 
     meta = _bundle_meta(cfg, data, model, run_dir)
     predictor = Predictor(model, tokenizer, meta)
@@ -253,8 +273,10 @@ def train(
     if eval_report is not None:
         render_table(eval_report, console, title=f"Test split of {run_dir}")
     else:
-        console.print("no test split (data.split.test is 0): evaluate with "
-                      f"`lmforge evaluate {run_dir} --data FILE`")
+        console.print(
+            "no test split (data.split.test is 0): evaluate with "
+            f"`lmforge evaluate {run_dir} --data FILE`"
+        )
     console.print(f"run written to {run_dir}; bundle at {bundle_dir}")
     return RunResult(run_dir, bundle_dir, eval_report, result.resumed_from, result.state.step)
 
@@ -281,22 +303,27 @@ def evaluate(
     cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
     prepared = prepare_classification_data(cfg.data) if run_dir else None
     if data is not None:
-        data_cfg = DataConfig(text_column=predictor.meta["text_column"],
-                              label_column=predictor.meta["label_column"],
-                              clean=CleanConfig(**predictor.meta["clean"]))
+        data_cfg = DataConfig(
+            text_column=predictor.meta["text_column"],
+            label_column=predictor.meta["label_column"],
+            clean=CleanConfig(**predictor.meta["clean"]),
+        )
         split, _ = read_labelled(str(data), data_cfg)
         out_dir = run_dir or bundle_dir
         out_path = out_dir / f"eval-{Path(data).stem}.json"
         title = str(data)
     else:
         if prepared is None:
-            raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
-                               "pass --data FILE with labelled texts")
+            raise LmforgeError(
+                f"{bundle_dir} has no run directory with a test split; "
+                "pass --data FILE with labelled texts"
+            )
         if not prepared.test.texts:
             raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
         split, out_path, title = prepared.test, None, f"Test split of {run_dir}"
-    report, _ = _evaluate_split(predictor, split, prepared.train if prepared else None, cfg,
-                                cfg.train.seed)
+    report, _ = _evaluate_split(
+        predictor, split, prepared.train if prepared else None, cfg, cfg.train.seed
+    )
     if out_path is not None:
         _write_json(out_path, report)
     if show:
@@ -324,8 +351,11 @@ def predict(
         if output:
             sink.close()
     stats = {"texts": len(texts), "truncated": predictions.n_truncated}
-    print(f"{stats['texts']} texts predicted; {stats['truncated']} truncated to "
-          f"{predictor.max_length} tokens", file=sys.stderr)
+    print(
+        f"{stats['texts']} texts predicted; {stats['truncated']} truncated to "
+        f"{predictor.max_length} tokens",
+        file=sys.stderr,
+    )
     return stats
 
 

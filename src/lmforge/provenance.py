@@ -24,8 +24,9 @@ def _version(name: str) -> str | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
@@ -35,11 +36,16 @@ def collect(data_path: str, data_hash: str) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {name: _version(name) for name in PACKAGES} | {"python": platform.python_version()},
+        "versions": {name: _version(name) for name in PACKAGES}
+        | {"python": platform.python_version()},
         "git_commit": _git_commit(),
         "data": {"path": data_path, "sha256": data_hash},
-        "hardware": {"platform": platform.platform(), "processor": platform.machine(),
-                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                     "gpu": gpu},
+        "hardware": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": gpu,
+        },
         "command": sys.argv,
     }

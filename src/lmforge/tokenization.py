@@ -1,4 +1,4 @@
-"""Tokenizers: train BPE/WordPiece/char ones with HF `tokenizers`, load pretrained ones, encode, cache.
+"""Tokenizers: train BPE/WordPiece/char ones (HF `tokenizers`), load pretrained ones, encode, cache.
 
 Every tokenizer is used through one `tokenizers.Tokenizer` (a pretrained fast tokenizer exposes its
 own), so training, evaluation and serving share one encode path.
@@ -89,7 +89,9 @@ def load_pretrained_tokenizer(
             name, revision=revision, trust_remote_code=trust_remote_code, use_fast=True
         )
     except (OSError, ValueError) as error:
-        raise LmforgeError(f"cannot load tokenizer '{name}': {str(error).splitlines()[0]}") from None
+        raise LmforgeError(
+            f"cannot load tokenizer '{name}': {str(error).splitlines()[0]}"
+        ) from None
     if not getattr(hf, "is_fast", False):
         raise LmforgeError(f"tokenizer '{name}' has no fast (Rust) version, which lmforge needs")
     return TextTokenizer(hf.backend_tokenizer, hf)
@@ -174,8 +176,9 @@ class TokenCache:
             with np.load(path) as archive:
                 info = json.loads(str(archive["info"]))
                 names = {name.rsplit("__", 1)[0] for name in archive.files if "__" in name}
-                splits = {n: _unflatten(archive[f"{n}__flat"], archive[f"{n}__offsets"])
-                          for n in names}
+                splits = {
+                    n: _unflatten(archive[f"{n}__flat"], archive[f"{n}__offsets"]) for n in names
+                }
                 return splits, info
         except (OSError, ValueError, KeyError):
             return None  # a damaged cache entry is only a miss

@@ -46,5 +46,7 @@ def load_pretrained_classifier(
             ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as error:
-        raise LmforgeError(f"cannot load pretrained model '{name}': {str(error).splitlines()[0]}") from None
+        raise LmforgeError(
+            f"cannot load pretrained model '{name}': {str(error).splitlines()[0]}"
+        ) from None
     return PretrainedClassifier(model)

@@ -80,7 +80,7 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Token + learned position embeddings, n_layers blocks, final LayerNorm: (B, T) -> (B, T, D)."""
+    """Token + position embeddings, n_layers blocks, final LayerNorm: (B, T) -> (B, T, D)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -111,7 +111,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class EncoderClassifier(nn.Module):
-    """Encoder, pooling to one vector per text, dropout and a linear head: (B, T) -> (B, n_classes)."""
+    """Encoder, pooling to one vector per text, dropout, linear head: (B, T) -> (B, n_classes)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()

@@ -54,11 +54,15 @@ def make_collate(pad_id: int) -> Callable[[list[tuple[np.ndarray, int]]], Batch]
 
 def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -> nn.Module:
     if cfg.arch == "pretrained":
-        return load_pretrained_classifier(cfg.pretrained, labels, cfg.revision, cfg.trust_remote_code)
+        return load_pretrained_classifier(
+            cfg.pretrained, labels, cfg.revision, cfg.trust_remote_code
+        )
     return EncoderClassifier(architecture(cfg, tokenizer, labels))
 
 
-def architecture(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -> TransformerConfig:
+def architecture(
+    cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]
+) -> TransformerConfig:
     return TransformerConfig(
         vocab_size=tokenizer.vocab_size,
         n_classes=len(labels),

@@ -98,10 +98,34 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch: a permutation that depends only on (seed, epoch)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+BUCKET_BATCHES = (
+    50  # batches per length bucket: wide enough to stay random, narrow enough to pad little
+)
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """The batches of one epoch, which depend only on (seed, epoch).
+
+    With `lengths`, examples are sorted by length within random buckets of BUCKET_BATCHES
+    batches and the batches are shuffled: batches hold texts of similar length, so little
+    compute goes to padding, while the order stays random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if lengths is not None:
+        width = batch_size * BUCKET_BATCHES
+        order = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in (order[i : i + width] for i in range(0, n, width))
+            ]
+        )
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
 
 
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -112,12 +136,16 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
 
 
 def _batches_from(
-    dataset: Sequence[Any], collate: Callable[[list[Any]], Batch], cfg: TrainConfig, state: LoopState
+    dataset: Sequence[Any],
+    collate: Callable[[list[Any]], Batch],
+    cfg: TrainConfig,
+    state: LoopState,
+    lengths: np.ndarray | None,
 ) -> Iterator[tuple[int, int, Batch]]:
     """Yield (epoch, index in epoch, batch) forever, starting at the state's data position."""
     epoch, start = state.epoch, state.batch_in_epoch
     while True:
-        batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
+        batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, lengths)
         for index in range(start, len(batches)):
             yield epoch, index, collate([dataset[i] for i in batches[index]])
         epoch, start = epoch + 1, 0
@@ -144,8 +172,12 @@ def fit(
     resume: bool = False,
     metric_mode: str = "max",
     show_progress: bool = True,
+    lengths: np.ndarray | None = None,
 ) -> FitResult:
-    """Train `model` in place; checkpoints go to run_dir/checkpoints/{last,best}."""
+    """Train `model` in place; checkpoints go to run_dir/checkpoints/{last,best}.
+
+    `lengths` (one per example) turns on length bucketing when train.bucket_by_length is set.
+    """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     autocast_dtype = resolve_precision(cfg.precision, device)
@@ -208,7 +240,8 @@ def fit(
         checkpoint()
 
     model.train()
-    batches = _batches_from(dataset, collate, cfg, state)
+    bucket = lengths if cfg.bucket_by_length else None
+    batches = _batches_from(dataset, collate, cfg, state, bucket)
     window_loss, window_samples, window_t = 0.0, 0, time.perf_counter()
     ema_loss = None
     while state.step < steps and not state.stopped_early:
@@ -235,15 +268,25 @@ def fit(
         if state.step % 10 == 0 or state.step == steps:
             elapsed = time.perf_counter() - window_t
             rate = window_samples / max(elapsed, 1e-9)
-            log.log("train", state.step, {"loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                          "samples_per_s": rate, "epoch": state.epoch})
+            log.log(
+                "train",
+                state.step,
+                {
+                    "loss": step_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": rate,
+                    "epoch": state.epoch,
+                },
+            )
             progress.update(state.step, ema_loss, rate)
             window_samples, window_t = 0, time.perf_counter()
         if state.step % cfg.eval_every == 0 or state.step == steps:
             evaluate_and_checkpoint()
     if state.stopped_early:
-        progress.note(f"early stopping at step {state.step}: no improvement in "
-                      f"{cfg.early_stopping_patience} evaluations")
+        progress.note(
+            f"early stopping at step {state.step}: no improvement in "
+            f"{cfg.early_stopping_patience} evaluations"
+        )
     progress.close()
     log.close()
     best = ckpt_dir / "best" if (ckpt_dir / "best").exists() else None

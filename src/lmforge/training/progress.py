@@ -62,7 +62,9 @@ class TrainProgress:
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self._task = self._bar.add_task("train", total=total, completed=start, loss=0.0, rate=0.0)
+            self._task = self._bar.add_task(
+                "train", total=total, completed=start, loss=0.0, rate=0.0
+            )
             self._bar.start()
 
     def update(self, step: int, loss: float, samples_per_s: float) -> None:
