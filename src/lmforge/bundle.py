@@ -28,7 +28,7 @@ from lmforge.data import clean_text
 from lmforge.errors import LmforgeError
 from lmforge.models import EncoderClassifier, PretrainedClassifier, TransformerConfig
 from lmforge.tasks.classification import predict_logits, softmax
-from lmforge.tokenization import TextTokenizer
+from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
 
 META_FILE = "lmforge.json"
@@ -52,13 +52,22 @@ class Predictor:
         self.max_length: int = meta["max_length"]
         self.clean = CleanConfig(**meta["clean"])
 
+    def encode(self, texts: list[str], max_length: int | None = None) -> Encoded:
+        """Clean and tokenize exactly as training did (cut to max_length, default the model's)."""
+        cleaned = [clean_text(text, self.clean) for text in texts]
+        return self.tokenizer.encode(cleaned, max_length or self.max_length)
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+        """(n, classes) logits in `labels` order, and how many texts were truncated."""
+        encoded = self.encode(texts)
+        logits = predict_logits(self.model, encoded.ids, self.tokenizer.pad_id, batch_size)
+        return logits, encoded.n_truncated
+
     def probabilities(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
         """(n, classes) probabilities in `labels` order, and how many texts were truncated."""
-        cleaned = [clean_text(text, self.clean) for text in texts]
-        encoded = self.tokenizer.encode(cleaned, self.max_length)
-        logits = predict_logits(self.model, encoded.ids, self.tokenizer.pad_id, batch_size)
+        logits, n_truncated = self.logits(texts, batch_size)
         probs = softmax(logits) if len(texts) else np.zeros((0, len(self.labels)))
-        return probs, encoded.n_truncated
+        return probs, n_truncated
 
     def predict_batch(self, texts: list[str], batch_size: int = 64) -> Predictions:
         probs, n_truncated = self.probabilities(texts, batch_size)
@@ -113,6 +122,10 @@ def load(directory: str | Path, device: str = "auto") -> Predictor:
     if meta.get("task") != "classification":
         raise LmforgeError(f"{directory} holds a '{meta.get('task')}' model, not a classifier")
     tokenizer = TextTokenizer.load(directory)
+    if meta.get("runtime") == "onnx":  # written by `lmforge export` / `compress --quantize`
+        from lmforge.models.onnx_runtime import OnnxClassifier
+
+        return Predictor(OnnxClassifier(directory / meta["onnx"]["file"]), tokenizer, meta)
     if meta["arch"] == "pretrained":
         from transformers import AutoModelForSequenceClassification
 

@@ -53,12 +53,22 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes on this machine (launches torchrun for you).")
+    ] = 1,
 ) -> None:
     """Train a model from CONFIG into a run directory."""
-    from lmforge import pipeline
-
     if resume and force:
         raise LmforgeError("--resume and --force contradict each other; pass one")
+    if nproc > 1:
+        from lmforge.training.distributed import launch
+
+        args = ["train", str(config), *(["--out", str(out)] if out else [])]
+        args += [f"--set={item}" for item in set_ or []]
+        args += ["--resume"] * resume + ["--force"] * force
+        raise typer.Exit(launch(nproc, args))
+    from lmforge import pipeline
+
     pipeline.train(config, out=out, overrides=set_ or [], resume=resume, force=force)
 
 

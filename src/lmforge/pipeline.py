@@ -39,7 +39,7 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
 from lmforge.tasks import classification as task
 from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
-from lmforge.training import fit, seed_everything
+from lmforge.training import distributed, fit, seed_everything
 from lmforge.training.checkpoint import load_checkpoint
 
 TOKENIZER_DIR = "tokenizer"
@@ -203,46 +203,53 @@ def _default_run_dir(config: Any) -> Path:
     return Path("runs") / "run"
 
 
-def train(
-    config: str | Path | dict[str, Any] | Config,
-    out: str | Path | None = None,
-    overrides: list[str] | None = None,
-    resume: bool = False,
-    force: bool = False,
-    show_progress: bool = True,
-) -> RunResult:
-    """Train a model from a config (a path, a mapping or a Config) into a run directory."""
-    cfg = load_config(config, overrides)
-    run_dir = Path(out) if out else _default_run_dir(config)
-    console = _console()
-    _prepare_run_dir(run_dir, resume, force)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    seed_everything(cfg.train.seed)
+@dataclass
+class _Prepared:
+    """What a run trains on: the resolved config, data, tokenizer and encoded splits."""
 
+    cfg: Config
+    data: PreparedData
+    tokenizer: TextTokenizer
+    splits: dict[str, task.TokenizedSplit]
+
+
+def _prepare(cfg: Config, run_dir: Path, resume: bool, console: Console) -> _Prepared:
+    """Data, tokenizer and token ids; rank 0 writes, other ranks read what it wrote."""
     data = prepare_classification_data(cfg.data)
     console.print(
         f"data: {data.report['rows_read']} rows read, {len(data.train.texts)} train / "
         f"{len(data.val.texts)} val / {len(data.test.texts)} test, labels {data.label_names}"
     )
-    tokenizer = _tokenizer_for_run(cfg, data, run_dir, resume, console)
-    splits, truncated = _encode_splits(cfg, data, tokenizer, console)
+    distributed.on_main(lambda: _tokenizer_for_run(cfg, data, run_dir, resume, console))
+    distributed.barrier()
+    tokenizer = TextTokenizer.load(run_dir / TOKENIZER_DIR)
+    encoded = distributed.on_main(lambda: _encode_splits(cfg, data, tokenizer, console))
+    splits, truncated = encoded or _encode_splits(cfg, data, tokenizer, Console(quiet=True))
     report = dict(data.report)
     report["length_tokens"] = _quantiles(len(x) for s in splits.values() for x in s.ids)
     report["truncated_to_max_length"] = truncated
-    _write_json(run_dir / "data_report.json", report)
+    if distributed.is_main():
+        _write_json(run_dir / "data_report.json", report)
+    return _Prepared(cfg, data, tokenizer, splits)
 
+
+def _fit_classifier(
+    run: _Prepared, run_dir: Path, resume: bool, show_progress: bool, console: Console
+) -> tuple[Any, Any]:
+    cfg, splits = run.cfg, run.splits
     seed_everything(cfg.train.seed)
-    model = task.build_model(cfg.model, tokenizer, data.label_names)
+    model = task.build_model(cfg.model, run.tokenizer, run.data.label_names)
+    seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
     weights = None
     if cfg.train.class_weights == "balanced":
-        weights = task.balanced_class_weights(splits["train"].labels, len(data.label_names))
-    has_val = len(splits["val"]) > 0
+        weights = task.balanced_class_weights(splits["train"].labels, len(run.data.label_names))
+    pad = run.tokenizer.pad_id
     result = fit(
         model,
         splits["train"],
-        task.make_collate(tokenizer.pad_id),
+        task.make_collate(pad),
         task.make_loss(weights),
-        task.make_val_metrics(splits["val"], tokenizer.pad_id) if has_val else None,
+        task.make_val_metrics(splits["val"], pad) if len(splits["val"]) else None,
         cfg.train,
         run_dir,
         resume=resume,
@@ -256,19 +263,23 @@ def train(
             f"best checkpoint: step {result.state.best_step} "
             f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})"
         )
+    return model, result
 
+
+def _finish(run: _Prepared, model: Any, run_dir: Path, console: Console) -> dict | None:
+    """Test evaluation, predictions, bundle and provenance: rank 0 only."""
+    cfg, data = run.cfg, run.data
     meta = _bundle_meta(cfg, data, model, run_dir)
-    predictor = Predictor(model, tokenizer, meta)
     eval_report = None
     if data.test.texts:
+        predictor = Predictor(model, run.tokenizer, meta)
         eval_report, rows = _evaluate_split(predictor, data.test, data.train, cfg, cfg.train.seed)
         _write_json(run_dir / "eval.json", eval_report)
         with open(run_dir / "test_predictions.jsonl", "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         meta["metrics"] = {k: eval_report[k] for k in ("n", "accuracy", "f1_macro")}
-    bundle_dir = run_dir / "model"
-    save_bundle(bundle_dir, model, tokenizer, meta)
+    save_bundle(run_dir / "model", model, run.tokenizer, meta)
     _write_json(run_dir / "provenance.json", provenance.collect(cfg.data.path, data.data_hash))
     if eval_report is not None:
         render_table(eval_report, console, title=f"Test split of {run_dir}")
@@ -277,8 +288,42 @@ def train(
             "no test split (data.split.test is 0): evaluate with "
             f"`lmforge evaluate {run_dir} --data FILE`"
         )
-    console.print(f"run written to {run_dir}; bundle at {bundle_dir}")
-    return RunResult(run_dir, bundle_dir, eval_report, result.resumed_from, result.state.step)
+    console.print(f"run written to {run_dir}; bundle at {run_dir / 'model'}")
+    return eval_report
+
+
+def train(
+    config: str | Path | dict[str, Any] | Config,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+) -> RunResult:
+    """Train a model from a config (a path, a mapping or a Config) into a run directory.
+
+    Under torchrun every rank calls this; rank 0 alone writes files and prints. When torchrun
+    restarts failed workers (--max-restarts), the run resumes from its last checkpoint.
+    """
+    cfg = load_config(config, overrides)
+    run_dir = Path(out) if out else _default_run_dir(config)
+    distributed.init(cfg.train.device)
+    console = _console() if distributed.is_main() else Console(quiet=True)
+    if distributed.restart_count() > 0 and (run_dir / "checkpoints" / "last").exists():
+        resume, force = True, False
+        console.print(f"restarted by torchrun (restart {distributed.restart_count()}): resuming")
+
+    def create_run_dir() -> None:
+        _prepare_run_dir(run_dir, resume, force)
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    distributed.on_main(create_run_dir)
+    run = _prepare(cfg, run_dir, resume, console)
+    model, result = _fit_classifier(run, run_dir, resume, show_progress, console)
+    eval_report = distributed.on_main(lambda: _finish(run, model, run_dir, console))
+    distributed.shutdown()
+    return RunResult(run_dir, run_dir / "model", eval_report, result.resumed_from,
+                     result.state.step)
 
 
 def _locate(target: str | Path) -> tuple[Path, Path | None]:

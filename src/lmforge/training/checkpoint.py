@@ -42,25 +42,31 @@ def _fsync_tree(path: Path) -> None:
 
 
 def capture_rng() -> dict[str, Any]:
+    """Every random stream's state as plain Python values (bytes, ints), which pickle safely
+    across processes and load with weights_only=True."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        "torch": bytes(torch.get_rng_state().numpy()),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [bytes(s.numpy()) for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, gauss_np = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss_np))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(_byte_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["cuda"]])
 
 
 def save_checkpoint(

@@ -22,6 +22,7 @@ from torch import nn
 
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
+from lmforge.training import distributed
 from lmforge.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from lmforge.training.progress import RunLog, TrainProgress
 
@@ -57,7 +58,9 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.local_rank())
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LmforgeError(f"train.device is '{name}' but no CUDA GPU is available")
@@ -128,10 +131,14 @@ def epoch_batches(
     return batches
 
 
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+def batches_per_rank(n_examples: int, batch_size: int, world: int) -> int:
+    return max(1, math.ceil(n_examples / batch_size) // world)
+
+
+def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
-    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    per_epoch = batches_per_rank(n_examples, cfg.batch_size, world)
     return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
 
 
@@ -142,12 +149,18 @@ def _batches_from(
     state: LoopState,
     lengths: np.ndarray | None,
 ) -> Iterator[tuple[int, int, Batch]]:
-    """Yield (epoch, index in epoch, batch) forever, starting at the state's data position."""
+    """Yield (epoch, index in epoch, batch) forever, from the state's data position.
+
+    Under torchrun each rank takes every world-th batch of the same epoch order (a distributed
+    sampler), and every rank gets the same number of batches so no rank waits on another.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
     epoch, start = state.epoch, state.batch_in_epoch
     while True:
         batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, lengths)
-        for index in range(start, len(batches)):
-            yield epoch, index, collate([dataset[i] for i in batches[index]])
+        mine = batches[rank : batches_per_rank(len(dataset), cfg.batch_size, world) * world : world]
+        for index in range(start, len(mine)):
+            yield epoch, index, collate([dataset[i] for i in mine[index]])
         epoch, start = epoch + 1, 0
 
 
@@ -155,10 +168,124 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _improved(value: float, best: float | None, mode: str) -> bool:
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Loop:
+    """One training run's moving parts; `fit` below is the public entry point."""
+
+    def __init__(self, model: nn.Module, n_examples: int, cfg: TrainConfig, run_dir: Path,
+                 metric_mode: str, show_progress: bool) -> None:
+        self.cfg, self.model, self.metric_mode = cfg, model, metric_mode
+        self.device = resolve_device(cfg.device)
+        self.autocast_dtype = resolve_precision(cfg.precision, self.device)
+        model.to(self.device)
+        self.steps = total_steps(n_examples, cfg, distributed.world_size())
+        self.optimizer = make_optimizer(model, cfg, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.steps, int(cfg.warmup_ratio * self.steps))
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.autocast_dtype == torch.float16
+        )
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.state = LoopState()
+        self.main = distributed.is_main()
+        self.log = RunLog(run_dir, enabled=self.main)
+        self.show_progress = show_progress and self.main
+        self.wrapped: nn.Module = model
+        if distributed.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+
+    def restore(self) -> tuple[int, list[str]]:
+        meta, saved, warnings = load_checkpoint(self.ckpt_dir / "last", self.model)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        rngs = saved["rng"]
+        if len(rngs) != distributed.world_size():
+            raise LmforgeError(
+                f"the checkpoint was written by {len(rngs)} process(es) but this run has "
+                f"{distributed.world_size()}; resume with the same number of processes"
+            )
+        restore_rng(rngs[distributed.rank()])
+        self.state = LoopState(**meta["loop"])
+        return self.state.step, warnings
+
+    def checkpoint(self) -> None:
+        rngs = distributed.gather(capture_rng())  # each rank's dropout stream, for exact resume
+        if self.main:
+            trainer_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+            }
+            save_checkpoint(self.ckpt_dir / "last", self.model, {"loop": asdict(self.state)},
+                            trainer_state)
+        distributed.barrier()
+
+    def evaluate(self, evaluate_fn: Callable[[nn.Module], dict[str, float]]) -> None:
+        """Every rank evaluates the same val split, so all take the same early-stopping path."""
+        cfg, state = self.cfg, self.state
+        self.model.eval()
+        with torch.no_grad(), _autocast(self.device, self.autocast_dtype):
+            metrics = evaluate_fn(self.model)
+        self.model.train()
+        self.log.log("eval", state.step, metrics)
+        value = metrics.get(cfg.early_stopping_metric)
+        if value is None:
+            raise LmforgeError(
+                f"train.early_stopping_metric '{cfg.early_stopping_metric}' is not a val "
+                f"metric; choose one of: {', '.join(sorted(metrics))}"
+            )
+        better = state.best_metric is None or (
+            value > state.best_metric if self.metric_mode == "max" else value < state.best_metric
+        )
+        if better:
+            state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+            if self.main:
+                save_checkpoint(self.ckpt_dir / "best", self.model,
+                                {"step": state.step, "metrics": metrics})
+        else:
+            state.evals_since_best += 1
+        patience = cfg.early_stopping_patience
+        state.stopped_early = bool(patience and state.evals_since_best >= patience)
+
+    def optimizer_step(
+        self, batches: Iterator[tuple[int, int, Batch]],
+        loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    ) -> tuple[float, int]:
+        """One optimizer step over grad_accum batches: (mean loss, samples seen)."""
+        cfg, total_loss, samples = self.cfg, 0.0, 0
+        for micro in range(cfg.grad_accum):
+            epoch, index, batch = next(batches)
+            batch = _to(batch, self.device)
+            last_micro = micro == cfg.grad_accum - 1
+            # DDP all-reduces gradients on every backward; only the last micro-batch needs it
+            sync = contextlib.nullcontext() if last_micro or self.wrapped is self.model \
+                else self.wrapped.no_sync()
+            with sync:
+                with _autocast(self.device, self.autocast_dtype):
+                    loss = loss_fn(self.forward_model, batch)
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            total_loss += loss.item()
+            samples += len(next(iter(batch.values())))
+            self.state.epoch, self.state.batch_in_epoch = epoch, index + 1
+        if cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+        return total_loss / cfg.grad_accum, samples
 
 
 def fit(
@@ -176,124 +303,48 @@ def fit(
 ) -> FitResult:
     """Train `model` in place; checkpoints go to run_dir/checkpoints/{last,best}.
 
+    `evaluate_fn(model)` returns val metrics (None: no evaluation, no best checkpoint).
     `lengths` (one per example) turns on length bucketing when train.bucket_by_length is set.
     """
     t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    autocast_dtype = resolve_precision(cfg.precision, device)
-    model.to(device)
-    steps = total_steps(len(dataset), cfg)
-    optimizer = make_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(steps, int(cfg.warmup_ratio * steps))
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    ckpt_dir = run_dir / "checkpoints"
-    state, resumed_from = LoopState(), None
-    if resume:
-        meta, saved, warnings = load_checkpoint(ckpt_dir / "last", model)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        restore_rng(saved["rng"])
-        state = LoopState(**meta["loop"])
-        resumed_from = state.step
-    forward_model = torch.compile(model) if cfg.compile else model
-
-    log = RunLog(run_dir)
-    progress = TrainProgress(steps, state.step, enabled=show_progress)
-    for warning in warnings if resume else []:
+    loop = _Loop(model, len(dataset), cfg, run_dir, metric_mode, show_progress)
+    resumed_from, warnings = loop.restore() if resume else (None, [])
+    state = loop.state
+    progress = TrainProgress(loop.steps, state.step, enabled=loop.show_progress)
+    for warning in warnings:
         progress.note(f"[yellow]warning:[/] {warning}; using the previous checkpoint")
     if resumed_from is not None:
-        progress.note(f"resumed from step {resumed_from} ({ckpt_dir / 'last'})")
-
-    def checkpoint() -> None:
-        trainer_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": capture_rng(),
-        }
-        save_checkpoint(ckpt_dir / "last", model, {"loop": asdict(state)}, trainer_state)
-
-    def evaluate_and_checkpoint() -> None:
-        if evaluate_fn is not None:
-            model.eval()
-            with torch.no_grad(), _autocast(device, autocast_dtype):
-                metrics = evaluate_fn(model)
-            model.train()
-            log.log("eval", state.step, metrics)
-            value = metrics.get(cfg.early_stopping_metric)
-            if value is None:
-                raise LmforgeError(
-                    f"train.early_stopping_metric '{cfg.early_stopping_metric}' is not a val "
-                    f"metric; choose one of: {', '.join(sorted(metrics))}"
-                )
-            if _improved(value, state.best_metric, metric_mode):
-                state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
-                meta = {"step": state.step, "metrics": metrics}
-                save_checkpoint(ckpt_dir / "best", model, meta)
-            else:
-                state.evals_since_best += 1
-            patience = cfg.early_stopping_patience
-            state.stopped_early = bool(patience and state.evals_since_best >= patience)
-        checkpoint()
+        progress.note(f"resumed from step {resumed_from} ({loop.ckpt_dir / 'last'})")
 
     model.train()
-    bucket = lengths if cfg.bucket_by_length else None
-    batches = _batches_from(dataset, collate, cfg, state, bucket)
-    window_loss, window_samples, window_t = 0.0, 0, time.perf_counter()
-    ema_loss = None
-    while state.step < steps and not state.stopped_early:
-        for _ in range(cfg.grad_accum):
-            epoch, index, batch = next(batches)
-            batch = _to(batch, device)
-            with _autocast(device, autocast_dtype):
-                loss = loss_fn(forward_model, batch)
-            scaler.scale(loss / cfg.grad_accum).backward()
-            window_loss += loss.item()
-            window_samples += len(next(iter(batch.values())))
-            state.epoch, state.batch_in_epoch = epoch, index + 1
-        if cfg.max_grad_norm:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        state.step += 1
-        step_loss = window_loss / cfg.grad_accum
-        ema_loss = step_loss if ema_loss is None else 0.95 * ema_loss + 0.05 * step_loss
-        window_loss = 0.0
-        if state.step % 10 == 0 or state.step == steps:
-            elapsed = time.perf_counter() - window_t
-            rate = window_samples / max(elapsed, 1e-9)
-            log.log(
-                "train",
-                state.step,
-                {
-                    "loss": step_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": rate,
-                    "epoch": state.epoch,
-                },
-            )
-            progress.update(state.step, ema_loss, rate)
-            window_samples, window_t = 0, time.perf_counter()
-        if state.step % cfg.eval_every == 0 or state.step == steps:
-            evaluate_and_checkpoint()
+    batches = _batches_from(dataset, collate, cfg, state, lengths if cfg.bucket_by_length else None)
+    window_loss, window_steps, window_samples, window_t = 0.0, 0, 0, time.perf_counter()
+    ema = None
+    while state.step < loop.steps and not state.stopped_early:
+        loss, samples = loop.optimizer_step(batches, loss_fn)
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        window_loss, window_steps = window_loss + loss, window_steps + 1
+        window_samples += samples
+        if state.step % 10 == 0 or state.step == loop.steps:
+            rate = window_samples * distributed.world_size() / (time.perf_counter() - window_t)
+            loop.log.log("train", state.step, {
+                "loss": distributed.mean(window_loss / window_steps),
+                "lr": loop.scheduler.get_last_lr()[0],
+                "samples_per_s": rate,
+                "epoch": state.epoch,
+            })
+            progress.update(state.step, ema, rate)
+            window_loss, window_steps, window_samples = 0.0, 0, 0
+            window_t = time.perf_counter()
+        if state.step % cfg.eval_every == 0 or state.step == loop.steps:
+            if evaluate_fn is not None:
+                loop.evaluate(evaluate_fn)
+            loop.checkpoint()
     if state.stopped_early:
-        progress.note(
-            f"early stopping at step {state.step}: no improvement in "
-            f"{cfg.early_stopping_patience} evaluations"
-        )
+        progress.note(f"early stopping at step {state.step}: no improvement in "
+                      f"{cfg.early_stopping_patience} evaluations")
     progress.close()
-    log.close()
-    best = ckpt_dir / "best" if (ckpt_dir / "best").exists() else None
-    return FitResult(state, resumed_from, best, time.perf_counter() - t_start)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    loop.log.close()
+    best = loop.ckpt_dir / "best"
+    return FitResult(state, resumed_from, best if best.exists() else None,
+                     time.perf_counter() - t_start)

@@ -1,0 +1,39 @@
+"""An exported ONNX model behind the call every lmforge classifier has:
+`forward(input_ids, attention_mask) -> logits`, run by ONNX Runtime on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ONNX_INPUTS = ("input_ids", "attention_mask")
+ONNX_OUTPUT = "logits"
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX Runtime session that the Predictor calls like a PyTorch classifier."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        # predict_logits reads the device from the first parameter: an empty one says "cpu".
+        self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feeds = {
+            "input_ids": input_ids.cpu().numpy(),
+            "attention_mask": attention_mask.cpu().numpy(),
+        }
+        (logits,) = self.session.run([ONNX_OUTPUT], feeds)  # (B, n_classes)
+        return torch.from_numpy(logits)

@@ -1,0 +1,65 @@
+"""Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}}, for every route."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+TYPE_BY_STATUS = {
+    401: "authentication_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+
+
+class APIError(Exception):
+    """An error the client sees: HTTP status, message, and the OpenAI `code` and `param`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    kind = TYPE_BY_STATUS.get(status, "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _api_error(_request: Request, error: APIError) -> JSONResponse:
+    return error_response(error.status, error.message, error.code, error.param, error.headers)
+
+
+async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    return error_response(error.status_code, str(error.detail), headers=error.headers)
+
+
+async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return error_response(422, message, code="invalid_request", param=where or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
