@@ -181,3 +181,15 @@ def test_init_detects_the_text_and_label_columns(reviews_csv):
 
     cfg = load_config(yaml.safe_load(text))
     assert (cfg.data.text_column, cfg.data.label_column) == ("review", "sentiment")
+
+
+def test_masked_lm_pretraining_learns_and_is_not_repeated_on_resume(tmp_path, reviews_csv, capsys):
+    cfg = tiny_config(reviews_csv, max_steps=10, pretrain_steps=40, pretrain_lr=3e-3)
+    run = lmforge.train(cfg, out=tmp_path / "r", show_progress=False).run_dir
+    losses = [r["loss"] for r in read_jsonl(run / "pretrain" / "metrics.jsonl")
+              if r["kind"] == "train"]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    capsys.readouterr()
+    result = lmforge.train(cfg, out=run, resume=True, overrides=["train.max_steps=20"],
+                           show_progress=False)
+    assert "not repeated" in capsys.readouterr().err and result.steps == 20

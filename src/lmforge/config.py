@@ -130,6 +130,13 @@ class TrainConfig(Section):
         None, description="balanced: weight the loss by inverse class frequency."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    pretrain_steps: int = Field(
+        0, ge=0, description="Masked-LM pre-training steps on the training texts before "
+        "fine-tuning (lmforge's encoder only); 0 is off.",
+    )
+    pretrain_lr: float | None = Field(
+        None, gt=0, description="Peak learning rate of pre-training; null uses train.lr."
+    )
     bucket_by_length: bool = Field(
         True, description="Batch texts of similar length together (less padding, faster)."
     )

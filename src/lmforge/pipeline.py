@@ -37,7 +37,9 @@ from lmforge.data import (
 )
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
+from lmforge.models.transformer import EncoderForMaskedLM
 from lmforge.tasks import classification as task
+from lmforge.tasks.pretraining import make_mlm_collate, mlm_loss
 from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
 from lmforge.training import distributed, fit, seed_everything
 from lmforge.training.checkpoint import load_checkpoint
@@ -240,6 +242,8 @@ def _fit_classifier(
     seed_everything(cfg.train.seed)
     model = task.build_model(cfg.model, run.tokenizer, run.data.label_names)
     seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
+    if cfg.train.pretrain_steps and cfg.model.arch == "transformer":
+        _pretrain(run, model, run_dir / "pretrain", resume, show_progress, console)
     weights = None
     if cfg.train.class_weights == "balanced":
         weights = task.balanced_class_weights(splits["train"].labels, len(run.data.label_names))
@@ -264,6 +268,42 @@ def _fit_classifier(
             f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})"
         )
     return model, result
+
+
+def _pretrain(
+    run: _Prepared, model: Any, pretrain_dir: Path, resume: bool, show_progress: bool,
+    console: Console,
+) -> None:
+    """Masked-LM pre-training of `model`'s encoder on the training texts (never val or test).
+
+    It is a run of its own under run_dir/pretrain, with checkpoints, so a resume finishes it
+    or skips it when it is complete.
+    """
+    cfg, tokenizer = run.cfg.train, run.tokenizer
+    if tokenizer.mask_id is None:
+        raise LmforgeError("train.pretrain_steps needs a tokenizer with a [MASK] token")
+    mlm = EncoderForMaskedLM(model.encoder, model.config)
+    pretrain_cfg = cfg.model_copy(update={
+        "max_steps": cfg.pretrain_steps, "lr": cfg.pretrain_lr or cfg.lr,
+        "eval_every": max(1, cfg.pretrain_steps // 5), "early_stopping_patience": None,
+    })
+    last = pretrain_dir / "checkpoints" / "last"
+    done = resume and last.exists() and (
+        json.loads((last / "meta.json").read_text())["loop"]["step"] >= cfg.pretrain_steps
+    )
+    if done:
+        load_checkpoint(last, mlm, with_state=False)
+        console.print(f"pre-training: complete in {pretrain_dir}, not repeated")
+        return
+    console.print(f"pre-training: {cfg.pretrain_steps} masked-LM steps on the training texts")
+    if distributed.is_main():
+        pretrain_dir.mkdir(parents=True, exist_ok=True)
+    train_ids = run.splits["train"]
+    collate = make_mlm_collate(tokenizer.pad_id, tokenizer.mask_id, tokenizer.vocab_size,
+                               [tokenizer.pad_id, tokenizer.mask_id, *tokenizer.special_ids])
+    fit(mlm, train_ids, collate, mlm_loss, None, pretrain_cfg, pretrain_dir,
+        resume=resume and last.exists(), show_progress=show_progress,
+        lengths=np.array([len(x) for x in train_ids.ids]))
 
 
 def _finish(run: _Prepared, model: Any, run_dir: Path, console: Console) -> dict | None:

@@ -47,6 +47,12 @@ class TextTokenizer:
             self.mask_id = getattr(hf_tokenizer, "mask_token_id", None)
 
     @property
+    def special_ids(self) -> list[int]:
+        """Ids of the special tokens ([CLS], [SEP], ...), which masking and sampling skip."""
+        added = self.backend.get_added_tokens_decoder()
+        return sorted(i for i, token in added.items() if token.special)
+
+    @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 

@@ -130,3 +130,35 @@ class EncoderClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)
         return self.head(self.dropout(self.pool(hidden, attention_mask)))
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: dense + GELU + LayerNorm, then a decoder tied to the token embedding."""
+
+    def __init__(self, cfg: TransformerConfig, tok_emb: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.tok_emb = tok_emb
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.ln(F.gelu(self.dense(hidden)))
+        return F.linear(x, self.tok_emb.weight, self.bias)  # (N, vocab)
+
+
+class EncoderForMaskedLM(nn.Module):
+    """Masked-language-model pre-training around an existing encoder (shared, not copied), so
+    the classifier that owns the encoder starts fine-tuning from what it learned here."""
+
+    def __init__(self, encoder: Encoder, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = MaskedLMHead(cfg, encoder.tok_emb)
+        _init_weights(self.head.dense)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.encoder(input_ids, attention_mask)  # (B, T, D)
+        return self.head(hidden[masked])  # only the masked positions: (N, vocab)

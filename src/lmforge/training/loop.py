@@ -260,9 +260,11 @@ class _Loop:
     def optimizer_step(
         self, batches: Iterator[tuple[int, int, Batch]],
         loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
-    ) -> tuple[float, int]:
-        """One optimizer step over grad_accum batches: (mean loss, samples seen)."""
-        cfg, total_loss, samples = self.cfg, 0.0, 0
+    ) -> tuple[torch.Tensor, int]:
+        """One optimizer step over grad_accum batches: (mean loss, samples seen).
+
+        The loss stays a device tensor: reading it every step would stall the GPU."""
+        cfg, total_loss, samples = self.cfg, torch.zeros((), device=self.device), 0
         for micro in range(cfg.grad_accum):
             epoch, index, batch = next(batches)
             batch = _to(batch, self.device)
@@ -274,7 +276,7 @@ class _Loop:
                 with _autocast(self.device, self.autocast_dtype):
                     loss = loss_fn(self.forward_model, batch)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
-            total_loss += loss.item()
+            total_loss += loss.detach().float()
             samples += len(next(iter(batch.values())))
             self.state.epoch, self.state.batch_in_epoch = epoch, index + 1
         if cfg.max_grad_norm:
@@ -319,21 +321,20 @@ def fit(
     model.train()
     batches = _batches_from(dataset, collate, cfg, state, lengths if cfg.bucket_by_length else None)
     window_loss, window_steps, window_samples, window_t = 0.0, 0, 0, time.perf_counter()
-    ema = None
     while state.step < loop.steps and not state.stopped_early:
         loss, samples = loop.optimizer_step(batches, loss_fn)
-        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
         window_loss, window_steps = window_loss + loss, window_steps + 1
         window_samples += samples
         if state.step % 10 == 0 or state.step == loop.steps:
+            mean_loss = distributed.mean(float(window_loss) / window_steps)
             rate = window_samples * distributed.world_size() / (time.perf_counter() - window_t)
             loop.log.log("train", state.step, {
-                "loss": distributed.mean(window_loss / window_steps),
+                "loss": mean_loss,
                 "lr": loop.scheduler.get_last_lr()[0],
                 "samples_per_s": rate,
                 "epoch": state.epoch,
             })
-            progress.update(state.step, ema, rate)
+            progress.update(state.step, mean_loss, rate)
             window_loss, window_steps, window_samples = 0.0, 0, 0
             window_t = time.perf_counter()
         if state.step % cfg.eval_every == 0 or state.step == loop.steps:
