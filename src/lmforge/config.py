@@ -67,9 +67,10 @@ class DataConfig(Section):
 
 
 class TokenizerConfig(Section):
-    kind: Literal["auto", "bpe", "wordpiece", "char", "pretrained"] = Field(
+    kind: Literal["auto", "bpe", "wordpiece", "char", "byte_bpe", "pretrained"] = Field(
         "auto",
-        description="auto: the pretrained model's tokenizer with arch=pretrained, else bpe.",
+        description="auto: the pretrained model's tokenizer with arch=pretrained, else bpe "
+        "(byte_bpe, byte-level BPE that reads back exactly, for generation).",
     )
     vocab_size: int = Field(8000, ge=32, description="Vocabulary size of a trained tokenizer.")
     pretrained: str | None = Field(
@@ -77,20 +78,53 @@ class TokenizerConfig(Section):
     )
 
 
+# Sizes of well-known decoders; explicit model fields win over the preset's.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "gpt-mini": {"d_model": 192, "n_layers": 6, "n_heads": 6, "d_ff": 768},
+    "gpt2-124m": {"d_model": 768, "n_layers": 12, "n_heads": 12, "d_ff": 3072, "max_length": 1024},
+    "gpt2-350m": {"d_model": 1024, "n_layers": 24, "n_heads": 16, "d_ff": 4096, "max_length": 1024},
+    "gpt2-774m": {"d_model": 1280, "n_layers": 36, "n_heads": 20, "d_ff": 5120, "max_length": 1024},
+    "gpt2-1.5b": {"d_model": 1600, "n_layers": 48, "n_heads": 25, "d_ff": 6400, "max_length": 1024},
+}
+GPT2_VOCAB_SIZE = 50257  # the gpt2-* presets count their parameters with GPT-2's vocabulary
+
+
 class ModelConfig(Section):
-    arch: Literal["transformer", "pretrained"] = Field(
-        "transformer", description="transformer: lmforge's encoder; pretrained: a HF model."
+    arch: Literal["transformer", "gpt", "pretrained"] = Field(
+        "transformer",
+        description="transformer: lmforge's encoder; gpt: lmforge's decoder (the default for "
+        "task generation); pretrained: a HF model.",
+    )
+    preset: Literal["gpt-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b"] | None = Field(
+        None,
+        description="Fill d_model, n_layers, n_heads, d_ff (and max_length) from a known shape; "
+        "fields you set win. gpt2-* also set tokenizer.vocab_size to GPT-2's 50257.",
     )
     pretrained: str | None = Field(None, description="Hub id or local folder (arch=pretrained).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow code shipped with a hub model.")
-    max_length: int = Field(128, ge=4, description="Tokens per text; longer texts are truncated.")
+    max_length: int = Field(
+        128, ge=4, description="Tokens per text; longer texts are truncated. For generation: "
+        "the context length."
+    )
     d_model: int = Field(256, ge=8, description="Hidden size.")
     n_layers: int = Field(2, ge=1, description="Transformer blocks.")
     n_heads: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
     d_ff: int = Field(1024, ge=8, description="Feed-forward inner size.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout probability.")
     pooling: Literal["cls", "mean"] = Field("mean", description="How a text becomes one vector.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass (gpt and pretrained): "
+        "much less memory, about a third slower.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in MODEL_PRESETS:
+            data = {**MODEL_PRESETS[data["preset"]], **data}
+        return data
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -130,6 +164,10 @@ class TrainConfig(Section):
         None, description="balanced: weight the loss by inverse class frequency."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    token_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Share of tokens replaced by [MASK] in each training batch "
+        "(a regulariser for small datasets); 0 is off.",
+    )
     pretrain_steps: int = Field(
         0, ge=0, description="Masked-LM pre-training steps on the training texts before "
         "fine-tuning (lmforge's encoder only); 0 is off.",
@@ -143,17 +181,80 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    baselines: bool = Field(True, description="Compute the majority and TF-IDF baselines.")
+    baselines: bool = Field(
+        True,
+        description="Compute the baselines: majority and TF-IDF (classification), smoothed "
+        "unigram (generation).",
+    )
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for intervals; 0 is off.")
+    val_tokens: int | None = Field(
+        1_000_000,
+        ge=1,
+        description="Generation: val tokens scored at each evaluation during training (null: "
+        "all); eval.json's val_loss and test_loss always use every token.",
+    )
+
+
+class GenerateConfig(Section):
+    """Sampling defaults of a generation bundle; `lmforge generate` flags override them."""
+
+    max_new_tokens: int = Field(128, ge=1, description="Tokens to generate at most.")
+    temperature: float = Field(
+        0.8, ge=0, description="Sampling temperature; 0 is greedy (always the likeliest token)."
+    )
+    top_k: int = Field(50, ge=0, description="Sample among the k likeliest tokens; 0 is off.")
+    top_p: float = Field(
+        0.95, gt=0, le=1, description="Sample among the likeliest tokens holding this "
+        "probability mass (nucleus); 1 is off."
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="Divide the scores of tokens already present by this; 1 is off."
+    )
+    stop: list[str] = Field(
+        default_factory=list, description="Strings that end a continuation (not included)."
+    )
 
 
 class Config(Section):
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "generation"] = Field(
+        "classification", description="classification or generation (a causal LM)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> Config:
+        """Fill what depends on the task (a field the user set is never changed), and refuse
+        a model or tokenizer the task cannot use."""
+        model, tokenizer = self.model, self.tokenizer
+        preset_vocab = (model.preset or "").startswith("gpt2-")
+        if preset_vocab and "vocab_size" not in tokenizer.model_fields_set:
+            tokenizer.vocab_size = GPT2_VOCAB_SIZE
+        if self.task == "classification":
+            if model.arch == "gpt":
+                raise ValueError("model.arch 'gpt' is a decoder for task generation; "
+                                 "classification uses 'transformer' or 'pretrained'")
+            if tokenizer.kind == "byte_bpe":
+                raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; "
+                                 "classification uses bpe, wordpiece or char")
+            return self
+        if "arch" not in model.model_fields_set:
+            model.arch = "gpt"
+        if model.arch == "transformer":
+            raise ValueError("model.arch 'transformer' is an encoder and cannot generate; "
+                             "task generation uses 'gpt' or 'pretrained'")
+        if tokenizer.kind == "auto" and model.arch == "gpt" and not tokenizer.pretrained:
+            tokenizer.kind = "byte_bpe"
+        if tokenizer.kind in ("bpe", "wordpiece", "char"):
+            raise ValueError(f"tokenizer.kind '{tokenizer.kind}' drops spaces, so generated text "
+                             "would not read back; use byte_bpe (the default for generation)")
+        if "early_stopping_metric" not in self.train.model_fields_set:
+            self.train.early_stopping_metric = "val_loss"
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -6,10 +6,12 @@ users' scripts both call these.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,20 @@ from lmforge.data import (
     read_labelled,
     read_texts,
 )
+from lmforge.data.documents import PreparedDocuments, prepare_documents, read_eval_documents
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
 from lmforge.models.transformer import EncoderForMaskedLM
 from lmforge.tasks import classification as task
+from lmforge.tasks import generation
 from lmforge.tasks.pretraining import make_mlm_collate, mlm_loss
-from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
+from lmforge.tokenization import (
+    TextTokenizer,
+    TokenCache,
+    TokenFiles,
+    build_tokenizer,
+    document_stream,
+)
 from lmforge.training import distributed, fit, seed_everything
 from lmforge.training.checkpoint import load_checkpoint
 
@@ -96,7 +106,8 @@ def _quantiles(values: Iterable[int]) -> dict[str, float]:
 
 
 def _tokenizer_for_run(
-    cfg: Config, data: PreparedData, run_dir: Path, resume: bool, console: Console
+    cfg: Config, data: PreparedData | PreparedDocuments, run_dir: Path, resume: bool,
+    console: Console,
 ) -> TextTokenizer:
     """The run keeps its own tokenizer copy, so a resume never retrains a different one."""
     saved = run_dir / TOKENIZER_DIR
@@ -251,7 +262,8 @@ def _fit_classifier(
     result = fit(
         model,
         splits["train"],
-        task.make_collate(pad),
+        task.make_collate(pad, run.tokenizer.mask_id, cfg.train.token_dropout,
+                          run.tokenizer.special_ids),
         task.make_loss(weights),
         task.make_val_metrics(splits["val"], pad) if len(splits["val"]) else None,
         cfg.train,
@@ -358,6 +370,8 @@ def train(
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 
     distributed.on_main(create_run_dir)
+    if cfg.task == "generation":
+        return _train_generation(cfg, run_dir, resume, show_progress, console)
     run = _prepare(cfg, run_dir, resume, console)
     model, result = _fit_classifier(run, run_dir, resume, show_progress, console)
     eval_report = distributed.on_main(lambda: _finish(run, model, run_dir, console))
@@ -384,6 +398,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Re-evaluate a run's model on its test split, or on a new labelled file (`data`)."""
     bundle_dir, run_dir = _locate(target)
+    if read_meta(bundle_dir).get("task") == "generation":
+        return _evaluate_generation(bundle_dir, run_dir, data, show)
     predictor = load(bundle_dir)
     cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
     prepared = prepare_classification_data(cfg.data) if run_dir else None
@@ -423,6 +439,8 @@ def predict(
 ) -> dict[str, int]:
     """Predict every text of `input` ('-' for stdin) into JSONL at `output` (stdout if None)."""
     predictor = load(_locate(bundle)[0])
+    if not isinstance(predictor, Predictor):
+        raise LmforgeError(f"{bundle} holds a generation model; use `lmforge generate`")
     if str(input) == "-":
         texts = [line.rstrip("\n") for line in sys.stdin]
     else:
@@ -468,7 +486,429 @@ def _free_run_dir(base: Path) -> Path:
     return base.with_name(f"{base.name}-{n}")
 
 
-def quickstart(out: str | Path | None = None, fast: bool = False) -> RunResult:
-    """The whole pipeline on the built-in dataset; never overwrites an earlier quickstart."""
-    run_dir = Path(out) if out else _free_run_dir(Path("runs") / "quickstart")
+def quickstart(
+    out: str | Path | None = None, fast: bool = False, task: str = "classification"
+) -> RunResult:
+    """The whole pipeline on the built-in dataset; never overwrites an earlier quickstart.
+    task generation trains a small GPT on the reviews' texts and prints samples."""
+    if task not in ("classification", "generation"):
+        raise LmforgeError(f"unknown task '{task}'; available: classification, generation")
+    name = "quickstart" if task == "classification" else "quickstart-generation"
+    run_dir = Path(out) if out else _free_run_dir(Path("runs") / name)
+    if task == "generation":
+        return _quickstart_generation(run_dir, fast)
     return train(quickstart_config(fast), out=run_dir)
+
+
+def export(
+    bundle: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    opset: int | None = None,
+    data: str | Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export a classification bundle to ONNX (a bundle run by ONNX Runtime), checked against
+    PyTorch and measured beside it; returns compress_report.json's content."""
+    from lmforge import optimize
+
+    if format != "onnx":
+        raise LmforgeError(f"unknown export format '{format}'; available: onnx")
+    bundle_dir, run_dir = _locate(bundle)
+    target = Path(out) if out else optimize.default_out(bundle_dir, "onnx")
+    optimize.check_out(target, bundle_dir, force)
+    source = optimize.load_source(bundle_dir, run_dir, data)
+    report = optimize.export_bundle(source, target, opset or optimize.DEFAULT_OPSET)
+    optimize.render_report(report, _console())
+    return report
+
+
+def compress(
+    bundle: str | Path,
+    quantize: str | None = None,
+    prune: float | None = None,
+    finetune_steps: int = 0,
+    distill: str | Path | dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    force: bool = False,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Quantize (int8), prune or distill a classification bundle into a new bundle, measured
+    beside the original; returns compress_report.json's content."""
+    from lmforge import optimize
+
+    given = {"--quantize": quantize, "--prune": prune, "--distill": distill}
+    chosen = [flag for flag, value in given.items() if value is not None]
+    if len(chosen) != 1:
+        got = f" (got {' and '.join(chosen)})" if chosen else ""
+        raise LmforgeError(
+            f"pass one of --quantize int8, --prune AMOUNT, --distill STUDENT_CONFIG{got}"
+        )
+    if quantize is not None and quantize != "int8":
+        raise LmforgeError(f"--quantize {quantize} is not available; use --quantize int8")
+    if prune is not None:
+        optimize.check_amount(prune)
+    elif finetune_steps:
+        raise LmforgeError("--finetune-steps goes with --prune")
+    if isinstance(distill, (str, Path)) and not Path(distill).is_file():
+        raise LmforgeError(f"student config not found: {distill}")
+    bundle_dir, run_dir = _locate(bundle)
+    if quantize:
+        suffix = "int8"
+    else:
+        suffix = "distilled" if distill is not None else f"pruned{round(100 * prune)}"
+    target = Path(out) if out else optimize.default_out(bundle_dir, suffix)
+    optimize.check_out(target, bundle_dir, force)
+    source = optimize.load_source(bundle_dir, run_dir, data)
+    if quantize:
+        report = optimize.quantize_bundle(source, target)
+    elif prune is not None:
+        report = optimize.prune_bundle(source, target, prune, finetune_steps, show_progress)
+    else:
+        report = optimize.distill_bundle(source, distill, target, temperature, alpha, show_progress)
+    optimize.render_report(report, _console())
+    return report
+
+
+# --- generation: train, evaluate and generate with a causal LM ---------------------------------
+
+QUICKSTART_PROMPTS = ["这本书", "物流很快，", "质量"]
+
+
+@dataclass
+class _PreparedText:
+    """What a generation run trains on: the config, documents, tokenizer and token files."""
+
+    cfg: Config
+    data: PreparedDocuments
+    tokenizer: TextTokenizer
+    tokens: dict[str, np.ndarray]  # split -> memory-mapped token ids
+
+
+def _token_files(
+    cfg: Config, data: PreparedDocuments, tokenizer: TextTokenizer, console: Console
+) -> dict[str, np.ndarray]:
+    files = TokenFiles(cfg.data.cache_dir)
+    key = TokenCache.key("generation", data.data_hash, cfg.data.format, cfg.data.text_column,
+                         cfg.data.clean, cfg.data.split, tokenizer.fingerprint())
+    tokens = files.load(key)
+    if tokens is not None:
+        console.print(f"tokenization: cache hit, not tokenizing again ({files.root / key})")
+        return tokens
+    splits = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+    return files.save(key, splits, tokenizer)
+
+
+def _prepare_generation(
+    cfg: Config, run_dir: Path, resume: bool, console: Console
+) -> _PreparedText:
+    """Documents, tokenizer and token files; rank 0 writes, other ranks read what it wrote."""
+    data = prepare_documents(cfg.data)
+    sizes = data.report["split_sizes"]
+    console.print(
+        f"data: {data.report['documents_read']} documents read, {sizes['train']} train / "
+        f"{sizes['val']} val / {sizes['test']} test (split by {data.split_by})"
+    )
+    distributed.on_main(lambda: _tokenizer_for_run(cfg, data, run_dir, resume, console))
+    distributed.barrier()
+    tokenizer = TextTokenizer.load(run_dir / TOKENIZER_DIR)
+    tokens = distributed.on_main(lambda: _token_files(cfg, data, tokenizer, console))
+    distributed.barrier()
+    tokens = tokens or _token_files(cfg, data, tokenizer, Console(quiet=True))
+    window = cfg.model.max_length + 1
+    if len(tokens["train"]) < window:
+        raise LmforgeError(
+            f"{cfg.data.path}: the training split holds {len(tokens['train'])} tokens, fewer "
+            f"than one context window of {window} (model.max_length + 1); add text or lower "
+            "model.max_length"
+        )
+    report = data.report | {
+        "tokens": {name: len(ids) for name, ids in tokens.items()},
+        "token_dtype": tokens["train"].dtype.name,
+        "vocab_size": tokenizer.vocab_size,
+    }
+    if distributed.is_main():
+        _write_json(run_dir / "data_report.json", report)
+    return _PreparedText(cfg, data, tokenizer, tokens)
+
+
+def _fit_generator(
+    run: _PreparedText, run_dir: Path, resume: bool, show_progress: bool, console: Console
+) -> tuple[Any, Any]:
+    cfg, context = run.cfg, run.cfg.model.max_length
+    seed_everything(cfg.train.seed)
+    model = generation.build_model(cfg.model, run.tokenizer)
+    seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
+    train_ids, val_ids = run.tokens["train"], run.tokens["val"]
+    metric = cfg.train.early_stopping_metric
+    result = fit(
+        model,
+        generation.TokenWindows(train_ids, context),
+        generation.make_collate(train_ids, context),
+        generation.lm_loss,
+        generation.make_val_metrics(val_ids, context, cfg.eval.val_tokens)
+        if len(val_ids) > 1 else None,
+        cfg.train,
+        run_dir,
+        resume=resume,
+        metric_mode="min" if "loss" in metric or "perplexity" in metric else "max",
+        show_progress=show_progress,
+    )
+    if result.best_dir is not None:
+        load_checkpoint(result.best_dir, model, with_state=False)
+        console.print(f"best checkpoint: step {result.state.best_step} "
+                      f"(val {metric} {result.state.best_metric:.4f})")
+    return model, result
+
+
+def _lm_report(
+    model: Any, tokens: dict[str, np.ndarray], train_counts: np.ndarray | None, context: int
+) -> dict[str, Any]:
+    """eval.json of generation: val and test loss, test perplexity, and the same for a smoothed
+    unigram model (fitted on the training tokens) on the same test tokens."""
+    scored = {name: generation.token_nll(model, ids, context)
+              for name, ids in tokens.items() if len(ids) > 1}
+    loss = {name: total / count for name, (total, count) in scored.items()}
+    test = tokens.get("test")
+    report: dict[str, Any] = {
+        "n_tokens": scored["test"][1] if "test" in scored else 0,
+        "val_loss": loss.get("val"),
+        "test_loss": loss.get("test"),
+        "perplexity": generation.perplexity(*scored["test"]) if "test" in scored else None,
+        "baselines": {},
+    }
+    if train_counts is not None and test is not None and len(test) > 1:
+        total, count = generation.unigram_nll(train_counts, test)
+        report["baselines"]["unigram"] = {
+            "test_loss": total / count, "perplexity": generation.perplexity(total, count)
+        }
+    return report
+
+
+def _render_lm_report(report: dict[str, Any], console: Console, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("model", "val loss", "test loss", "perplexity"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}" if value < 1000 else f"{value:,.0f}"
+
+    table.add_row("this model", number(report["val_loss"]), number(report["test_loss"]),
+                  number(report["perplexity"]))
+    unigram = report["baselines"].get("unigram")
+    if unigram:
+        table.add_row("unigram baseline", "-", number(unigram["test_loss"]),
+                      number(unigram["perplexity"]))
+    console.print(table)
+    console.print(f"{report['n_tokens']:,} test tokens; loss is nats per token")
+
+
+def _generation_meta(cfg: Config, run: _PreparedText, model: Any, run_dir: Path) -> dict:
+    meta: dict[str, Any] = {
+        "task": "generation",
+        "arch": cfg.model.arch,
+        "text_column": cfg.data.text_column,
+        "clean": cfg.data.clean.model_dump(),
+        "max_length": cfg.model.max_length,
+        "generate": cfg.generate.model_dump(),
+        "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
+                "data_hash": run.data.data_hash},
+    }
+    if cfg.model.arch == "gpt":
+        meta["architecture"] = model.config.to_dict()
+    else:
+        meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
+    return meta
+
+
+def _finish_generation(run: _PreparedText, model: Any, run_dir: Path, console: Console) -> dict:
+    """Test evaluation beside the unigram baseline, bundle and provenance: rank 0 only."""
+    cfg = run.cfg
+    counts = None
+    if cfg.eval.baselines:
+        counts = generation.token_counts(run.tokens["train"], run.tokenizer.vocab_size)
+    report = _lm_report(model, run.tokens, counts, cfg.model.max_length)
+    _write_json(run_dir / "eval.json", report)
+    meta = _generation_meta(cfg, run, model, run_dir)
+    meta["metrics"] = {k: report[k] for k in ("n_tokens", "test_loss", "perplexity")}
+    save_bundle(run_dir / "model", model, run.tokenizer, meta)
+    _write_json(run_dir / "provenance.json", provenance.collect(cfg.data.path, run.data.data_hash))
+    if report["test_loss"] is not None:
+        _render_lm_report(report, console, f"Test split of {run_dir}")
+    else:
+        console.print("no test split (data.split.test is 0): evaluate with "
+                      f"`lmforge evaluate {run_dir} --data FILE`")
+    console.print(f"run written to {run_dir}; bundle at {run_dir / 'model'}")
+    return report
+
+
+def _train_generation(
+    cfg: Config, run_dir: Path, resume: bool, show_progress: bool, console: Console
+) -> RunResult:
+    run = _prepare_generation(cfg, run_dir, resume, console)
+    model, result = _fit_generator(run, run_dir, resume, show_progress, console)
+    eval_report = distributed.on_main(lambda: _finish_generation(run, model, run_dir, console))
+    distributed.shutdown()
+    return RunResult(run_dir, run_dir / "model", eval_report, result.resumed_from,
+                     result.state.step)
+
+
+def _evaluate_generation(
+    bundle_dir: Path, run_dir: Path | None, data: str | Path | None, show: bool
+) -> dict[str, Any]:
+    """Loss and perplexity on the run's val/test splits, or on the documents of `data`."""
+    generator = load(bundle_dir)
+    meta, tokenizer = generator.meta, generator.tokenizer
+    run_tokens, counts = None, None
+    if run_dir is not None:
+        cfg = load_config(read_config_file(run_dir / "config.yaml"))
+        quiet = Console(quiet=True)
+        run_tokens = _token_files(cfg, prepare_documents(cfg.data), tokenizer, quiet)
+        if cfg.eval.baselines:
+            counts = generation.token_counts(run_tokens["train"], tokenizer.vocab_size)
+    if data is not None:
+        data_cfg = DataConfig(text_column=meta["text_column"], clean=CleanConfig(**meta["clean"]))
+        documents, _ = read_eval_documents(str(data), data_cfg)
+        ids = np.concatenate(list(document_stream(tokenizer, documents)))
+        tokens, title = {"test": ids}, str(data)
+        out_path = (run_dir or bundle_dir) / f"eval-{Path(data).stem}.json"
+    elif run_tokens is None:
+        raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
+                           "pass --data FILE with texts")
+    else:
+        tokens = {"val": run_tokens["val"], "test": run_tokens["test"]}
+        out_path, title = None, f"Test split of {run_dir}"
+        if len(tokens["test"]) <= 1:
+            raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
+    report = _lm_report(generator.model, tokens, counts, generator.max_length)
+    if out_path is not None:
+        _write_json(out_path, report)
+    if show:
+        _render_lm_report(report, _console(), title)
+        if out_path is not None:
+            _console().print(f"written to {out_path}")
+    return report
+
+
+def _read_prompts(input: str | Path) -> list[str]:
+    """One prompt per line of a file ('-': stdin); a blank line is an error naming it."""
+    if str(input) == "-":
+        lines = sys.stdin.read().splitlines()
+        where = "stdin"
+    else:
+        path = Path(input)
+        if not path.is_file():
+            raise LmforgeError(f"prompt file not found: {input}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise LmforgeError(f"{input} is not UTF-8 text") from None
+        where = str(input)
+    if not lines:
+        raise LmforgeError(f"{where} holds no prompts")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise LmforgeError(f"{where} line {number}: empty prompt")
+    return lines
+
+
+def _write_in_order(events: Iterator[Any], n: int, sink: Any) -> list[str]:
+    """Stream events of n prompts to `sink` in prompt order: the first unfinished prompt's text
+    as it comes, the others' kept until their turn; one line per continuation."""
+    texts, held, done, current = [""] * n, [[] for _ in range(n)], set(), 0
+    for event in events:
+        texts[event.index] += event.text
+        if event.index == current:
+            sink.write(event.text)
+            sink.flush()
+        else:
+            held[event.index].append(event.text)
+        if event.finish_reason is not None:
+            done.add(event.index)
+        while current in done:
+            sink.write("\n")
+            current += 1
+            if current < n:
+                sink.write("".join(held[current]))
+            sink.flush()
+    return texts
+
+
+def generate(
+    bundle: str | Path,
+    prompts: list[str] | None = None,
+    input: str | Path | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    truncate: bool = False,
+    stream: bool = False,
+) -> list[str]:
+    """Continue each prompt (or each line of `input`) with a generation bundle; the
+    continuations go to stdout, one per line (streamed with `stream`), timings to stderr."""
+    if bool(prompts) == (input is not None):
+        raise LmforgeError("give --prompt TEXT (one or more) or --input FILE, not both"
+                           if prompts else "give --prompt TEXT or --input FILE")
+    bundle_dir = _locate(bundle)[0]
+    if read_meta(bundle_dir).get("task") != "generation":
+        raise LmforgeError(f"{bundle} holds a classification model; use `lmforge predict`")
+    prompts = list(prompts) if prompts else _read_prompts(input)
+    generator = load(bundle_dir)
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
+                "top_p": top_p, "repetition_penalty": repetition_penalty, "stop": stop,
+                "seed": seed, "truncate": truncate}
+    started = time.perf_counter()
+    events = generator.stream(prompts, **settings)
+    counts = [0] * len(prompts)
+
+    def counted(stream_events: Iterator[Any]) -> Iterator[Any]:
+        for event in stream_events:
+            counts[event.index] = event.completion_tokens
+            yield event
+
+    if stream:
+        texts = _write_in_order(counted(events), len(prompts), sys.stdout)
+    else:
+        texts = _write_in_order(counted(events), len(prompts), io.StringIO())
+        sys.stdout.write("".join(text + "\n" for text in texts))
+        sys.stdout.flush()
+    seconds = time.perf_counter() - started
+    print(f"{len(prompts)} prompt(s), {sum(counts)} new tokens in {seconds:.2f} s "
+          f"({sum(counts) / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
+    return texts
+
+
+def generation_quickstart_config(fast: bool = False) -> Config:
+    """A small GPT on the built-in review corpus, sized for the quickstart's time budget."""
+    steps = 150 if fast else 1200
+    return load_config({
+        "task": "generation",
+        "tokenizer": {"vocab_size": 4000},
+        "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512, "max_length": 64,
+                  "dropout": 0.0},
+        "train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32, "lr": 2e-3},
+        "eval": {"val_tokens": 50_000},
+    })
+
+
+def _quickstart_generation(run_dir: Path, fast: bool) -> RunResult:
+    result = train(generation_quickstart_config(fast), out=run_dir)
+    generator = load(result.bundle_dir)
+    console = _console()
+    console.print("samples (temperature 0.8, top-k 50, seed 0):")
+    for prompt, completion in zip(
+        QUICKSTART_PROMPTS, generator.generate(QUICKSTART_PROMPTS, seed=0, max_new_tokens=60),
+        strict=True,
+    ):
+        console.print(f"  [bold]{prompt}[/]{completion.text}")
+    console.print(f"more with: lmforge generate {result.bundle_dir} --prompt \"...\"")
+    return result

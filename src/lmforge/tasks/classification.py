@@ -43,10 +43,21 @@ def pad_batch(ids: list[np.ndarray], pad_id: int) -> Batch:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def make_collate(pad_id: int) -> Callable[[list[tuple[np.ndarray, int]]], Batch]:
+def make_collate(
+    pad_id: int, mask_id: int | None = None, token_dropout: float = 0.0,
+    special_ids: list[int] | None = None,
+) -> Callable[[list[tuple[np.ndarray, int]]], Batch]:
+    """Batches for training. With token_dropout, that share of each text's tokens is replaced
+    by [MASK]: the model cannot lean on any single token, which regularises small datasets."""
+    special = torch.tensor(sorted(set(special_ids or [pad_id])), dtype=torch.long)
+
     def collate(items: list[tuple[np.ndarray, int]]) -> Batch:
         batch = pad_batch([ids for ids, _ in items], pad_id)
         batch["labels"] = torch.tensor([label for _, label in items], dtype=torch.long)
+        if token_dropout and mask_id is not None:
+            ids = batch["input_ids"]
+            drop = (torch.rand(ids.shape) < token_dropout) & ~torch.isin(ids, special)
+            batch["input_ids"] = ids.masked_fill(drop, mask_id)
         return batch
 
     return collate
