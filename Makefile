@@ -23,6 +23,7 @@ quickstart: install
 	$(BIN)/lmforge quickstart $(ARGS)
 
 test: install
+	bash scripts/test-services.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -1,13 +1,14 @@
 """lmforge: from data to a served Transformer, driven by one YAML config.
 
-The Python API mirrors the CLI verbs: `train`, `evaluate`, `predict`, `quickstart`, and `load`.
+The Python API mirrors the CLI verbs: `train`, `evaluate`, `predict`, `generate`, `quickstart`,
+and `load` (a Predictor for a classifier, a Generator for a generation model).
 They are imported on first use, so `import lmforge` (and `lmforge --help`) stays fast.
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "load", "predict", "quickstart", "train"]
+__all__ = ["__version__", "evaluate", "generate", "load", "predict", "quickstart", "train"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,7 +16,7 @@ def __getattr__(name: str) -> Any:
         from lmforge.bundle import load
 
         return load
-    if name in ("train", "evaluate", "predict", "quickstart"):
+    if name in ("train", "evaluate", "predict", "generate", "quickstart"):
         from lmforge import pipeline
 
         return getattr(pipeline, name)

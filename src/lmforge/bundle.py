@@ -1,7 +1,9 @@
-"""The bundle: everything needed to use a trained model, and the Predictor that uses it.
+"""The bundle: everything needed to use a trained model, and the Predictor (classification)
+and Generator (generation) that use it.
 
     model/
-      lmforge.json        task, labels, cleaning, max length, architecture, metrics, source run
+      lmforge.json        task, labels, cleaning, max length, architecture, metrics, source run;
+                          for generation also the sampling defaults ("generate")
       model.safetensors   weights (a pretrained model's bundle also has config.json: the
                           save_pretrained layout, so `transformers` loads it as it is)
       tokenizer.json      (or the pretrained tokenizer's files)
@@ -13,21 +15,33 @@ from __future__ import annotations
 
 import json
 import shutil
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lmforge import __version__
-from lmforge.config import CleanConfig
+from lmforge.config import CleanConfig, GenerateConfig
 from lmforge.data import clean_text
+from lmforge.data.documents import clean_document
 from lmforge.errors import LmforgeError
-from lmforge.models import EncoderClassifier, PretrainedClassifier, TransformerConfig
+from lmforge.models import (
+    GPT,
+    EncoderClassifier,
+    GPTConfig,
+    PretrainedCausalLM,
+    PretrainedClassifier,
+    TransformerConfig,
+)
 from lmforge.tasks.classification import predict_logits, softmax
+from lmforge.tasks.generation import Sampling, decode_tokens
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
 
@@ -95,7 +109,7 @@ def save_bundle(
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if isinstance(model, PretrainedClassifier):
+    if isinstance(model, (PretrainedClassifier, PretrainedCausalLM)):
         model.save(tmp)
     else:
         save_model(model, str(tmp / WEIGHTS_FILE))
@@ -115,10 +129,13 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load(directory: str | Path, device: str = "auto") -> Predictor:
-    """Load a bundle for prediction (`lmforge.load(path).predict([...])`)."""
+def load(directory: str | Path, device: str = "auto") -> Predictor | Generator:
+    """Load a bundle: a Predictor for a classifier (`lmforge.load(path).predict([...])`), a
+    Generator for a generation model (`lmforge.load(path).generate([...])`)."""
     directory = Path(directory)
     meta = read_meta(directory)
+    if meta.get("task") == "generation":
+        return load_generator(directory, meta, device)
     if meta.get("task") != "classification":
         raise LmforgeError(f"{directory} holds a '{meta.get('task')}' model, not a classifier")
     tokenizer = TextTokenizer.load(directory)
@@ -140,3 +157,230 @@ def load(directory: str | Path, device: str = "auto") -> Predictor:
 
 def to_device(model: nn.Module, device: str) -> nn.Module:
     return model.to(torch.device(device))
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    """One prompt's continuation."""
+
+    text: str
+    finish_reason: str  # "stop": end of text or a stop string; "length": max_new_tokens/context
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class StreamEvent:
+    """A piece of one prompt's continuation, as soon as it is known to be final text."""
+
+    index: int  # which prompt
+    text: str  # new text since this prompt's previous event ("" is possible on its last)
+    finish_reason: str | None  # None until this prompt's last event, then as in Completion
+    prompt_tokens: int
+    completion_tokens: int  # tokens generated for this prompt so far
+
+
+class _Continuation:
+    """One prompt's generated tokens as text. Text is released only when final: not while its
+    last character is incomplete (a byte-level token can end mid-character), nor while its end
+    could be the start of a stop string; the text is cut where a stop string begins."""
+
+    def __init__(self, tokenizer: TextTokenizer, stop: list[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.ids: list[int] = []  # the text's tokens (not the end-of-text token)
+        self.generated = 0  # tokens generated, the end-of-text token included
+        self.text = ""  # everything decoded so far
+        self.released = 0  # characters of `text` handed out
+        self.finish_reason: str | None = None
+
+    def push(self, token: int, eos_id: int | None) -> str:
+        self.generated += 1
+        if token == eos_id:
+            return self.finish("stop")
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        found = [i for s in self.stop if (i := self.text.find(s, self.released)) >= 0]
+        if found:
+            self.text = self.text[: min(found)]
+            return self.finish("stop")
+        safe = len(self.text)
+        while safe > self.released and self.text[safe - 1] == "\ufffd":
+            safe -= 1
+        safe -= max((k for s in self.stop for k in range(1, len(s))
+                     if self.text[:safe].endswith(s[:k])), default=0)
+        return self._release(safe)
+
+    def finish(self, reason: str) -> str:
+        self.finish_reason = reason
+        self.text = self.text.rstrip("\ufffd")  # a character cut off by the length limit
+        return self._release(len(self.text))
+
+    def _release(self, end: int) -> str:
+        piece = self.text[self.released : end] if end > self.released else ""
+        self.released = max(self.released, end)
+        return piece
+
+
+def _describe_setting(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].replace("Input should be", "must be")
+    return f"{key} {message} (got {first.get('input')!r})"
+
+
+class Generator:
+    """A loaded generation bundle. `generate(prompts)` returns one Completion per prompt;
+    `stream(prompts)` yields StreamEvents as the text is generated (what `lmforge generate
+    --stream` and the server's streaming responses use). Both take the same arguments and give
+    the same text; several prompts are generated as one batch.
+
+    Arguments left as None take the bundle's defaults (the run's `generate` config section).
+    temperature 0 is greedy decoding; a given seed gives the same text every time (on the same
+    machine; with several prompts, for the same batch). Prompts are cleaned and encoded as
+    training documents were: each starts a new document."""
+
+    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.max_length: int = meta["max_length"]  # the context
+        self.clean = CleanConfig(**meta["clean"])
+        self.defaults = GenerateConfig(**meta.get("generate", {}))
+
+    def settings(self, **overrides: Any) -> GenerateConfig:
+        """The bundle's defaults with the given (not None) values, validated."""
+        values = self.defaults.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return GenerateConfig(**values)
+        except ValidationError as error:
+            raise LmforgeError(_describe_setting(error)) from None
+
+    def encode_prompts(
+        self, prompts: list[str], max_new_tokens: int, truncate: bool = False
+    ) -> list[list[int]]:
+        """Token ids of each prompt. A prompt that leaves no room in the context for a new token
+        is an error, or with `truncate` loses its first tokens (keeping room for
+        max_new_tokens, up to half the context)."""
+        if isinstance(prompts, str) or not prompts:
+            raise LmforgeError("give a list of one or more prompts")
+        name = (lambda i: f"prompt {i + 1}") if len(prompts) > 1 else (lambda i: "the prompt")
+        cleaned = []
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise LmforgeError(f"{name(i)} is a {type(prompt).__name__}, not text")
+            cleaned.append(clean_document(prompt, self.clean))
+            if not cleaned[-1]:
+                raise LmforgeError(f"{name(i)} is empty")
+        encoded = self.tokenizer.encode_documents(cleaned)
+        keep = self.max_length - min(max_new_tokens, self.max_length // 2)
+        out = []
+        for i, ids in enumerate(encoded):
+            ids = ids.tolist()
+            if len(ids) >= self.max_length:
+                if not truncate:
+                    raise LmforgeError(
+                        f"{name(i)} is {len(ids)} tokens, which leaves no room in the model's "
+                        f"context of {self.max_length}; shorten it, or pass --truncate "
+                        "(truncate=True) to keep its last tokens"
+                    )
+                ids = ids[-keep:]
+            out.append(ids)
+        return out
+
+    def stream(
+        self,
+        prompts: list[str] | str,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        truncate: bool = False,
+    ) -> Iterator[StreamEvent]:
+        """Yield StreamEvents (index, new text, finish reason, token counts) as tokens are
+        generated; each prompt's last event has its finish_reason. Bad arguments raise
+        LmforgeError here, before the first event."""
+        settings = self.settings(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, stop=stop,
+        )
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = self.encode_prompts(prompts, settings.max_new_tokens, truncate)
+        device = next(self.model.parameters()).device
+        rng = torch.Generator(device=device)
+        if seed is None:
+            rng.seed()
+        else:
+            rng.manual_seed(seed)
+        return self._events(encoded, settings, rng)
+
+    def _events(
+        self, prompts: list[list[int]], settings: GenerateConfig, rng: torch.Generator
+    ) -> Iterator[StreamEvent]:
+        sampling = Sampling(
+            settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
+        )
+        stop = settings.stop
+        if self.clean.normalize:  # the model writes NFKC text: "，" comes out as ","
+            stop = [unicodedata.normalize("NFKC", s) for s in stop]
+        rows = [_Continuation(self.tokenizer, stop) for _ in prompts]
+        tokens = decode_tokens(
+            self.model, prompts, settings.max_new_tokens, self.max_length, sampling, rng
+        )
+        try:
+            for step in tokens:
+                for i, token in enumerate(step.tolist()):
+                    row = rows[i]
+                    if row.finish_reason is not None:
+                        continue
+                    piece = row.push(token, self.tokenizer.eos_id)
+                    if piece or row.finish_reason:
+                        yield StreamEvent(i, piece, row.finish_reason, len(prompts[i]),
+                                          row.generated)
+                if all(row.finish_reason for row in rows):
+                    return
+        finally:
+            tokens.close()
+        for i, row in enumerate(rows):  # max_new_tokens generated, or the context is full
+            if row.finish_reason is None:
+                yield StreamEvent(i, row.finish("length"), "length", len(prompts[i]),
+                                  row.generated)
+
+    def generate(
+        self,
+        prompts: list[str] | str,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        truncate: bool = False,
+    ) -> list[Completion]:
+        """One Completion per prompt (a single string is one prompt), in prompt order."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        texts, last = [""] * len(prompts), [None] * len(prompts)
+        for event in self.stream(prompts, max_new_tokens, temperature, top_k, top_p,
+                                 repetition_penalty, stop, seed, truncate):
+            texts[event.index] += event.text
+            last[event.index] = event
+        return [Completion(text, e.finish_reason, e.prompt_tokens, e.completion_tokens)
+                for text, e in zip(texts, last, strict=True)]
+
+
+def load_generator(directory: Path, meta: dict[str, Any], device: str = "auto") -> Generator:
+    tokenizer = TextTokenizer.load(directory)
+    if meta["arch"] == "pretrained":
+        from transformers import AutoModelForCausalLM
+
+        model: nn.Module = PretrainedCausalLM(AutoModelForCausalLM.from_pretrained(directory))
+    else:
+        model = GPT(GPTConfig(**meta["architecture"]))
+        load_model(model, str(directory / WEIGHTS_FILE))
+    return Generator(model.to(resolve_device(device)), tokenizer, meta)

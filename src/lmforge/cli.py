@@ -24,11 +24,15 @@ def quickstart(
         Path | None, typer.Option(help="Run directory (default runs/quickstart).")
     ] = None,
     fast: Annotated[bool, typer.Option(help="A shorter run (about 2 minutes on 2 cores).")] = False,
+    task: Annotated[
+        str, typer.Option(help="classification, or generation: a small GPT, then samples.")
+    ] = "classification",
 ) -> None:
-    """Train, evaluate and bundle the default classifier on the built-in review corpus."""
+    """Train, evaluate and bundle a model on the built-in review corpus (a classifier, or with
+    --task generation a small GPT)."""
     from lmforge import pipeline
 
-    pipeline.quickstart(out=out, fast=fast)
+    pipeline.quickstart(out=out, fast=fast, task=task)
 
 
 @app.command()
@@ -75,9 +79,13 @@ def train(
 @app.command()
 def evaluate(
     target: Annotated[Path, typer.Argument(help="A run directory or a bundle.")],
-    data: Annotated[Path | None, typer.Option(help="A labelled file to evaluate on.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="A labelled file (generation: any texts) to evaluate on."),
+    ] = None,
 ) -> None:
-    """Evaluate a model on its run's test split, or on a labelled file (--data)."""
+    """Evaluate a model on its run's test split, or on a file (--data): classification metrics,
+    or for a generation model loss and perplexity."""
     from lmforge import pipeline
 
     pipeline.evaluate(target, data=data)
@@ -97,6 +105,238 @@ def predict(
     from lmforge import pipeline
 
     pipeline.predict(bundle, input, output)
+
+
+@app.command()
+def generate(
+    bundle: Annotated[Path, typer.Argument(help="A generation bundle (a run's model/) or a run.")],
+    prompt: Annotated[
+        list[str] | None, typer.Option(help="A prompt; repeat for several (one batch).")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="One prompt per line; - for stdin.")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Tokens to generate at most (default: the bundle's).")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 is greedy.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k likeliest; 0: off.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus mass in (0, 1]; 1 is off.")] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(help="Penalise tokens already present; 1 is off.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="The same seed gives the same text.")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="End a continuation at this string; repeatable.")
+    ] = None,
+    truncate: Annotated[
+        bool, typer.Option(help="Cut a prompt too long for the context from the left.")
+    ] = False,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they are generated.")] = False,
+) -> None:
+    """Continue prompts with a generation model: only the continuations go to stdout, one per
+    line; timings go to stderr."""
+    from lmforge import pipeline
+
+    pipeline.generate(
+        bundle,
+        prompts=prompt,
+        input=input,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=stop,
+        truncate=truncate,
+        stream=stream,
+    )
+
+
+# --- compression and export: `lmforge export`, `lmforge compress` (the work is in lmforge.optimize)
+
+OutOption = Annotated[
+    Path | None, typer.Option(help="Output bundle (default: beside BUNDLE, e.g. model-onnx).")
+]
+EvalDataOption = Annotated[
+    Path | None,
+    typer.Option(help="A labelled file to measure on (default: the run's test split)."),
+]
+ForceOption = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+BundleArgument = Annotated[Path, typer.Argument(help="A bundle (a run's model/ folder) or a run.")]
+
+
+@app.command()
+def export(
+    bundle: BundleArgument,
+    format: Annotated[str, typer.Option(help="Export format: onnx.")] = "onnx",
+    out: OutOption = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17).")] = None,
+    data: EvalDataOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Export a classifier to ONNX, checked against PyTorch; the folder is a bundle."""
+    from lmforge import pipeline
+
+    pipeline.export(bundle, format=format, out=out, opset=opset, data=data, force=force)
+
+
+@app.command()
+def compress(
+    bundle: BundleArgument,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: dynamic int8 through ONNX Runtime.")
+    ] = None,
+    prune: Annotated[
+        float | None, typer.Option(help="Zero this fraction of each linear layer's weights.")
+    ] = None,
+    finetune_steps: Annotated[
+        int, typer.Option(min=0, help="Fine-tune steps after pruning, on the run's train split.")
+    ] = 0,
+    distill: Annotated[
+        Path | None, typer.Option(help="Student config: train it on BUNDLE's soft labels.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the soft (teacher) loss.")] = 0.5,
+    out: OutOption = None,
+    data: EvalDataOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Quantize, prune or distill a classifier; prints original beside result."""
+    from lmforge import pipeline
+
+    pipeline.compress(
+        bundle,
+        quantize=quantize,
+        prune=prune,
+        finetune_steps=finetune_steps,
+        distill=distill,
+        out=out,
+        data=data,
+        force=force,
+        temperature=temperature,
+        alpha=alpha,
+    )
+
+
+# --- serving: `lmforge serve`, `lmforge keys ...`, `lmforge usage` (the work is in lmforge.serve)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="LMFORGE_DB",
+        help="SQLAlchemy URL of keys and usage "
+        "(default sqlite:///~/.local/share/lmforge/lmforge.db).",
+    ),
+]
+
+
+@app.command()
+def serve(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[NAME=]BUNDLE",
+            help="Bundles (or run directories) to serve; NAME defaults to the run's folder name.",
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    db: DbOption = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Open every route: no API key needed.")
+    ] = False,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a batch waits to fill up.")
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Requests waiting per model; more get 503.")
+    ] = 1024,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Larger request bodies get 413.")
+    ] = 1_000_000,
+    max_tokens_cap: Annotated[
+        int, typer.Option(min=1, help="Largest max_tokens a generation may ask for.")
+    ] = 1024,
+    timeout_s: Annotated[float, typer.Option(min=0.001, help="Per-request time limit.")] = 30.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Serve bundles over HTTP: classify, OpenAI-style models, keys, metering, playground at /."""
+    from lmforge.serve.main import run
+    from lmforge.serve.settings import ServeSettings
+
+    run(
+        ServeSettings(
+            models=models,
+            host=host,
+            port=port,
+            db=db,
+            auth=not no_auth,
+            device=device,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_body_bytes=max_body_bytes,
+            max_tokens_cap=max_tokens_cap,
+            timeout_s=timeout_s,
+        )
+    )
+
+
+keys_app = typer.Typer(help="API keys of `lmforge serve`.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="The key's name (shown in usage and bills).")],
+    quota_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per calendar month; none is unlimited.")
+    ] = None,
+    rpm: Annotated[
+        int | None, typer.Option(min=1, help="Requests per minute; none is unlimited.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Create a key and print it alone on stdout: it is shown this once (only a hash is kept)."""
+    from lmforge.serve import admin
+
+    typer.echo(admin.create_key(db, name, quota_tokens, rpm))
+
+
+@keys_app.command("list")
+def keys_list(db: DbOption = None) -> None:
+    """List keys: name, first characters, limits, status (never the secret)."""
+    from lmforge.serve import admin
+
+    typer.echo(admin.keys_table(db), nl=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")], db: DbOption = None):
+    """Revoke a key: a running server refuses it within 2 s; its usage stays on record."""
+    from lmforge.serve import admin
+
+    admin.revoke_key(db, name)
+    typer.echo(f"revoked key '{name}'", err=True)
+
+
+@app.command()
+def usage(
+    key: Annotated[str | None, typer.Option(help="Only this key.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this date (YYYY-MM-DD or ISO time, UTC).")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="A JSON list, one object per key.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Usage per key for billing: requests, errors, prompt and completion tokens."""
+    from lmforge.serve import admin
+
+    typer.echo(admin.usage_report(db, key, since, json_), nl=False)
 
 
 def main() -> None:

@@ -37,7 +37,12 @@ from lmforge.data import (
     read_labelled,
     read_texts,
 )
-from lmforge.data.documents import PreparedDocuments, prepare_documents, read_eval_documents
+from lmforge.data.documents import (
+    PreparedDocuments,
+    detect_text_column,
+    prepare_documents,
+    read_eval_documents,
+)
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
 from lmforge.models.transformer import EncoderForMaskedLM
@@ -464,17 +469,28 @@ def predict(
 
 def init_config(task_name: str, data: str | Path) -> str:
     """A starter config (YAML) for `data`, with its text and label columns detected."""
+    if task_name == "generation":
+        corpus = DataConfig(path=str(data), **detect_text_column(str(data)))
+        header = f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n"
+        return header + dump_config(Config(task="generation", data=corpus))
     if task_name != "classification":
-        raise LmforgeError(f"unknown task '{task_name}'; available: classification")
+        raise LmforgeError(f"unknown task '{task_name}'; available: classification, generation")
     detected = detect_columns(str(data))
     cfg = Config(task=task_name, data=DataConfig(path=str(data), **detected))
     return f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n" + dump_config(cfg)
 
 
 def quickstart_config(fast: bool = False) -> Config:
-    """The built-in sentiment corpus with a schedule that fits the quickstart's time budget."""
-    steps = 300 if fast else 2000
-    return load_config({"train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32}})
+    """The built-in sentiment corpus, lmforge's encoder, a schedule that fits the time budget.
+
+    The encoder is narrower than the general default (128 wide, dropout 0.2): on these ~14,000
+    short reviews the 256-wide one overfits within two epochs; see bench/RESULTS.md.
+    """
+    steps = 400 if fast else 1500
+    return load_config({
+        "model": {"d_model": 128, "d_ff": 512, "n_heads": 4, "n_layers": 2, "dropout": 0.2},
+        "train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32},
+    })
 
 
 def _free_run_dir(base: Path) -> Path:
@@ -660,7 +676,7 @@ def _fit_generator(
     if result.best_dir is not None:
         load_checkpoint(result.best_dir, model, with_state=False)
         console.print(f"best checkpoint: step {result.state.best_step} "
-                      f"(val {metric} {result.state.best_metric:.4f})")
+                      f"({metric} {result.state.best_metric:.4f})")
     return model, result
 
 
@@ -889,7 +905,7 @@ def generate(
 
 def generation_quickstart_config(fast: bool = False) -> Config:
     """A small GPT on the built-in review corpus, sized for the quickstart's time budget."""
-    steps = 150 if fast else 1200
+    steps = 300 if fast else 1200
     return load_config({
         "task": "generation",
         "tokenizer": {"vocab_size": 4000},

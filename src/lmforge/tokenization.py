@@ -6,10 +6,13 @@ own), so training, evaluation and serving share one encode path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from lmforge.errors import LmforgeError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+END_OF_TEXT = "<|endoftext|>"  # generation: separates documents, ends a continuation
 HF_TOKENIZER_FILES = ("tokenizer_config.json",)
 
 
@@ -45,6 +49,9 @@ class TextTokenizer:
         self.mask_id = backend.token_to_id(MASK)
         if self.mask_id is None and hf_tokenizer is not None:
             self.mask_id = getattr(hf_tokenizer, "mask_token_id", None)
+        self.eos_id = backend.token_to_id(END_OF_TEXT)
+        if self.eos_id is None and hf_tokenizer is not None:
+            self.eos_id = getattr(hf_tokenizer, "eos_token_id", None)
 
     @property
     def special_ids(self) -> list[int]:
@@ -64,6 +71,32 @@ class TextTokenizer:
         encodings = backend.encode_batch(texts)
         ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
         return Encoded(ids=ids, n_truncated=sum(1 for e in encodings if e.overflowing))
+
+    def encode_plain(self, texts: list[str], add_special_tokens: bool = False) -> list[np.ndarray]:
+        """Token ids of each text, nothing truncated; special tokens (a pretrained tokenizer's
+        BOS, say) only with add_special_tokens."""
+        encodings = self._untruncated.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text as generation sees a document (or a prompt, which starts one): the
+        end-of-text token that separates documents, then the text's tokens (with a pretrained
+        tokenizer's own special tokens, a BOS say)."""
+        if self.eos_id is None:
+            raise LmforgeError("generation needs a tokenizer with an end-of-text token")
+        eos = np.array([self.eos_id], dtype=np.int64)
+        encoded = self.encode_plain(texts, add_special_tokens=self.hf is not None)
+        return [np.concatenate([eos, ids]) for ids in encoded]
+
+    @functools.cached_property
+    def _untruncated(self) -> Tokenizer:
+        backend = Tokenizer.from_str(self.backend.to_str())  # a copy: truncation is state
+        backend.no_padding()
+        backend.no_truncation()
+        return backend
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=True)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
@@ -125,10 +158,29 @@ def _new_tokenizer(kind: str) -> tuple[Tokenizer, object]:
     return tokenizer, trainers.WordLevelTrainer
 
 
+def train_byte_bpe(texts: list[str], vocab_size: int) -> TextTokenizer:
+    """GPT-2's tokenizer: BPE over the bytes of the text, so any text encodes (no unknown token)
+    and decodes back exactly, spaces and newlines included; END_OF_TEXT is its only special."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return TextTokenizer(tokenizer)
+
+
 def train_tokenizer(texts: list[str], kind: str, vocab_size: int) -> TextTokenizer:
-    """Train a tokenizer of `kind` (bpe, wordpiece, char) on `texts`: the training split only."""
+    """Train a tokenizer of `kind` (bpe, wordpiece, char, byte_bpe) on `texts`: the training
+    split only."""
     if not texts:
         raise LmforgeError("cannot train a tokenizer on no texts")
+    if kind == "byte_bpe":
+        return train_byte_bpe(texts, vocab_size)
     tokenizer, trainer_cls = _new_tokenizer(kind)
     trainer = trainer_cls(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
@@ -211,3 +263,68 @@ def _flatten(ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _unflatten(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def document_stream(
+    tokenizer: TextTokenizer, documents: list[str], chunk: int = 10_000
+) -> Iterator[np.ndarray]:
+    """The token stream of generation, in pieces: end-of-text, a document, end-of-text, the
+    next document, ..., end-of-text (nothing for no documents); `chunk` documents encoded at
+    a time."""
+    for start in range(0, len(documents), chunk):
+        yield from tokenizer.encode_documents(documents[start : start + chunk])
+    if documents:
+        yield np.array([tokenizer.eos_id], dtype=np.int64)
+
+
+class TokenFiles:
+    """Generation's token cache: each split tokenized once into one flat file of ids, documents
+    separated by the end-of-text token (uint16 when the vocabulary fits, else uint32), and
+    memory-mapped when read, so a corpus need not fit in memory to train on it."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.root = Path(cache_dir).expanduser() / "tokens"
+
+    @staticmethod
+    def dtype(vocab_size: int) -> np.dtype:
+        return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        """{split: memory-mapped ids} or None on a miss."""
+        folder = self.root / key
+        try:
+            info = json.loads((folder / "info.json").read_text())
+            return {name: _map(folder / f"{name}.bin", info["dtype"]) for name in info["splits"]}
+        except (OSError, ValueError, KeyError):
+            return None  # a missing or damaged entry is only a miss
+
+    def save(
+        self, key: str, splits: dict[str, list[str]], tokenizer: TextTokenizer,
+        chunk: int = 10_000,
+    ) -> dict[str, np.ndarray]:
+        """Tokenize each split's documents, `chunk` at a time, into the cache; then load it."""
+        dtype = self.dtype(tokenizer.vocab_size)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.root, suffix=".tmp"))
+        for name, documents in splits.items():
+            with open(tmp / f"{name}.bin", "wb") as handle:
+                for ids in document_stream(tokenizer, documents, chunk):
+                    handle.write(ids.astype(dtype).tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+        info = {"dtype": dtype.name, "splits": list(splits), "vocab_size": tokenizer.vocab_size}
+        (tmp / "info.json").write_text(json.dumps(info))
+        try:
+            os.replace(tmp, self.root / key)
+        except OSError:  # another run wrote the same entry meanwhile: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        loaded = self.load(key)
+        if loaded is None:
+            raise LmforgeError(f"cannot read the token cache back from {self.root / key}")
+        return loaded
+
+
+def _map(path: Path, dtype: str) -> np.ndarray:
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)  # an empty file cannot be memory-mapped
+    return np.memmap(path, dtype=dtype, mode="r")

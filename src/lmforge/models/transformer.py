@@ -1,4 +1,5 @@
-"""lmforge's own Transformer family in one readable file: attention, MLP, block, encoder, heads.
+"""lmforge's own Transformer family in one readable file: the encoder (attention, MLP, block,
+encoder, heads) and, below it, the GPT decoder with its KV cache.
 
 Reads bottom-up. Shapes in comments: B batch, T tokens, D d_model, H heads, Dh = D / H.
 """
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -162,3 +164,201 @@ class EncoderForMaskedLM(nn.Module):
     ) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)  # (B, T, D)
         return self.head(hidden[masked])  # only the masked positions: (N, vocab)
+
+
+# --- GPT: the decoder of task generation --------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    max_length: int = 1024  # the context: learned positions exist up to here
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for the whole generation (a static
+    cache): each decode step writes one position in place instead of concatenating."""
+
+    def __init__(
+        self, cfg: GPTConfig, batch: int, length: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        shape = (cfg.n_layers, batch, cfg.n_heads, length, cfg.d_model // cfg.n_heads)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, Tmax, Dh)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's (B, H, T, Dh) keys/values; return all of them so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked multi-head attention: a token sees itself and the tokens before it only."""
+
+    def __init__(self, cfg: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.n_heads, self.dropout, self.layer = cfg.n_heads, cfg.dropout, layer
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
+    ) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, past + T, Dh)
+        # No mask and no past: the plain causal case, which runs the flash kernels on GPU.
+        # One new token with no padding sees every cached key, so it needs no mask either.
+        is_causal = mask is None and k.shape[2] == T and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class DecoderMLP(nn.Module):
+    """GPT-2's MLP: GELU in its tanh approximation, as GPT-2 was trained with."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, cfg: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = DecoderMLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask, cache)
+        return x + self.mlp(self.ln2(x))
+
+
+def decoder_mask(key_mask: torch.Tensor | None, T: int, past: int) -> torch.Tensor | None:
+    """The (B, 1, T, past + T) boolean attention mask of T new tokens after `past` cached ones,
+    or None where plain causal attention is exact (no padding, and no past or one new token).
+
+    `key_mask` (B, past + T) is False at padding (prompts are padded on the left). A padding
+    position may attend to itself, so that no row is fully masked (that would give NaN)."""
+    if key_mask is None and (past == 0 or T == 1):
+        return None
+    device = key_mask.device if key_mask is not None else None
+    query_pos = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(past + T, device=device)[None, :]  # (1, past + T)
+    allowed = key_pos <= query_pos  # (T, past + T)
+    if key_mask is None:
+        return allowed[None, None]
+    allowed = allowed[None] & key_mask[:, None, :].bool()  # (B, T, past + T)
+    allowed = allowed | (key_pos == query_pos)[None]
+    return allowed[:, None]
+
+
+class GPT(nn.Module):
+    """GPT-2's decoder: token + learned position embeddings, pre-LN blocks of causal attention,
+    a final LayerNorm and an output layer tied to the token embedding: (B, T) -> (B, T, vocab)."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.gradient_checkpointing = False
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_length, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(_init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * layers), so the sum of the residual
+        # branches keeps unit variance at any depth.
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.down):
+                nn.init.normal_(proj.weight, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        weight = self.tok_emb.weight
+        return KVCache(self.config, batch, length, weight.device, weight.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits of every position (B, T, vocab), or of the last one (B, 1, vocab).
+
+        With `cache`, input_ids are the tokens after the cached ones and the cache grows by T.
+        `key_mask` (B, past + T) marks real tokens (False at left padding); positions count
+        real tokens only, so a padded prompt is seen exactly like an unpadded one."""
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_length:
+            raise ValueError(
+                f"{past + T} tokens exceed the context of {self.config.max_length} (max_length)"
+            )
+        if key_mask is None:
+            positions = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
+        else:
+            positions = (key_mask.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # (B, T)
+        x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(positions))  # (B, T, D)
+        mask = decoder_mask(key_mask, T, past)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, mask, cache, use_reentrant=False)
+            else:
+                x = block(x, mask, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x[:, -1:] if last_only else x)
+        return F.linear(x, self.tok_emb.weight)  # tied output layer: (B, T, vocab)
+
+
+def gpt_from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
+    """Our GPT holding the weights of a Hugging Face GPT2LMHeadModel. Its Conv1D layers store
+    weights as (in, out), nn.Linear as (out, in): those are transposed."""
+    rename = {
+        "ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
+        "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down",
+    }
+    ours = {"tok_emb.weight": hf_state["transformer.wte.weight"],
+            "pos_emb.weight": hf_state["transformer.wpe.weight"],
+            "ln_f.weight": hf_state["transformer.ln_f.weight"],
+            "ln_f.bias": hf_state["transformer.ln_f.bias"]}
+    for i in range(cfg.n_layers):
+        for hf_name, name in rename.items():
+            for kind in ("weight", "bias"):
+                tensor = hf_state[f"transformer.h.{i}.{hf_name}.{kind}"]
+                transpose = kind == "weight" and "c_" in hf_name
+                ours[f"blocks.{i}.{name}.{kind}"] = tensor.t() if transpose else tensor
+    model = GPT(cfg)
+    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
+    return model

@@ -54,12 +54,22 @@ async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0]
+    not_an_object = first.get("loc") == ("body",) and first.get("type") == "model_attributes_type"
+    if first.get("type") == "json_invalid" or not_an_object:
+        message = "the request body must be a JSON object, sent as Content-Type: application/json"
+        return error_response(422, message, code="invalid_json")
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
     return error_response(422, message, code="invalid_request", param=where or None)
 
 
+async def _unexpected_error(_request: Request, error: Exception) -> JSONResponse:
+    # The traceback goes to the server's log; the client learns only that it was not its fault.
+    return error_response(500, "the server failed on this request", code="server_error")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -34,9 +34,7 @@ def hash_key(secret: str) -> str:
 
 
 def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(
-        row.name, row.prefix, row.quota_tokens, row.rpm, row.created_at, row.revoked_at
-    )
+    return KeyInfo(row.name, row.prefix, row.quota_tokens, row.rpm, row.created_at, row.revoked_at)
 
 
 def create_key(
@@ -84,10 +82,10 @@ def revoke_key(engine: Engine, name: str) -> None:
             session.commit()
 
 
-def find_active_key(engine: Engine, secret: str) -> KeyInfo | None:
-    """The key whose secret this is, unless unknown or revoked."""
+def find_active_key(engine: Engine, key_hash: str) -> KeyInfo | None:
+    """The key with this hash (see hash_key), unless unknown or revoked."""
     with Session(engine) as session:
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
         return None if row is None or row.revoked_at is not None else _info(row)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from lmforge.serve.db import UsageRecord, utcnow
@@ -43,11 +43,11 @@ class KeyUsage:
         return asdict(self)
 
 
-def record_call(engine: Engine, call: Call) -> None:
-    """Write one record and commit it before the response goes out, so counts are exact."""
-    with Session(engine) as session:
-        session.add(UsageRecord(**asdict(call), created_at=utcnow()))
-        session.commit()
+def record_calls(engine: Engine, calls: list[Call]) -> None:
+    """Write records in one transaction (one commit for a whole group of calls)."""
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(insert(UsageRecord), [{**asdict(c), "created_at": now} for c in calls])
 
 
 def period_start(now: datetime) -> datetime:
@@ -56,8 +56,10 @@ def period_start(now: datetime) -> datetime:
 
 def next_period_start(now: datetime) -> datetime:
     start = period_start(now)
-    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-        month=start.month + 1
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
     )
 
 

@@ -14,24 +14,35 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "lmforge_requests", "HTTP requests by route and status.", ["route", "status"],
+            "lmforge_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "lmforge_request_latency_seconds", "HTTP request latency by route.", ["route"],
+            "lmforge_request_latency_seconds",
+            "HTTP request latency by route.",
+            ["route"],
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "lmforge_batch_size", "Texts per forward pass.", ["model"], buckets=BATCH_BUCKETS,
+            "lmforge_batch_size",
+            "Texts per forward pass.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "lmforge_queue_depth", "Requests waiting for a forward pass.", ["model"],
+            "lmforge_queue_depth",
+            "Requests waiting for a forward pass.",
+            ["model"],
             registry=self.registry,
         )
         self.tokens = Counter(
-            "lmforge_tokens", "Tokens read (in) and generated (out) by model.",
-            ["model", "direction"], registry=self.registry,
+            "lmforge_tokens",
+            "Tokens read (in) and generated (out) by model.",
+            ["model", "direction"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -22,3 +22,6 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=1, description="Request bodies above get 413.")
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens (generation).")
     timeout_s: float = Field(30.0, gt=0, description="Per-request time limit (504 past it).")
+    cache_s: float = Field(
+        2.0, ge=0, description="Keys and quota usage are re-read from the database this often."
+    )

@@ -1,0 +1,111 @@
+"""A model call as the routers see it: timed, and metered however it ends.
+
+Records are written by one UsageWriter per app with group commit: a call waits until its record
+is committed (so the usage a client or a bill sees is exact the moment the response is out), and
+the records of calls that end together share one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from sqlalchemy import Engine
+
+from lmforge.serve.errors import APIError
+from lmforge.serve.metering import Call, record_calls
+
+
+class UsageWriter:
+    def __init__(
+        self, engine: Engine, on_written: Callable[[list[Call]], None] | None = None
+    ) -> None:
+        self.engine, self.on_written = engine, on_written
+        self._pending: list[tuple[Call, asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Write what is still pending, then stop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def record(self, call: Call) -> None:
+        """Return once the record is committed. Raises what the database raised."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((call, done))
+        self._wakeup.set()
+        # A caller that is cancelled meanwhile still gets its record written: shield the wait.
+        await asyncio.shield(done)
+
+    async def _run(self) -> None:
+        while not (self._stopping and not self._pending):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._pending:
+                await self._write_group()
+
+    async def _write_group(self) -> None:
+        group, self._pending = self._pending, []
+        try:
+            await asyncio.to_thread(record_calls, self.engine, [call for call, _ in group])
+        except Exception as error:  # the calls fail (500) rather than go unmetered
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(error)
+        else:
+            if self.on_written is not None:
+                self.on_written([call for call, _ in group])
+            for _, done in group:
+                if not done.done():
+                    done.set_result(None)
+
+
+class MeteredCall:
+    """`async with MeteredCall(...) as call:` times a model call and records it however it ends.
+
+    The block sets `call.prompt_tokens`, `call.completion_tokens` as it learns them; an APIError
+    records its status, a cancelled call (client gone) 499, anything else 500.
+    """
+
+    def __init__(self, writer: UsageWriter, key_name: str, endpoint: str, model: str) -> None:
+        self.writer, self.key_name, self.endpoint, self.model = writer, key_name, endpoint, model
+        self.prompt_tokens = self.completion_tokens = 0
+        self._start = 0.0
+
+    async def __aenter__(self) -> MeteredCall:
+        self._start = time.perf_counter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            status = 200
+        elif isinstance(exc, APIError):
+            status = exc.status
+        elif isinstance(exc, asyncio.CancelledError):
+            status = 499
+        else:
+            status = 500
+        call = Call(
+            key_name=self.key_name,
+            model=self.model,
+            endpoint=self.endpoint,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=(time.perf_counter() - self._start) * 1000,
+            status=status,
+        )
+        await self.writer.record(call)

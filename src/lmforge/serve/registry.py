@@ -1,0 +1,131 @@
+"""The served models: names from the command line, each with its task and the engine that runs it.
+
+A name is looked up here and nowhere else: a request's "model" never becomes a path. Each task
+has a loader (TASK_LOADERS) that turns a bundle into the engine its routes call; generation
+plugs in by adding its loader and its engine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.bundle import load, read_meta
+from lmforge.errors import LmforgeError
+from lmforge.serve.batching import ClassifyBatcher
+from lmforge.serve.errors import APIError
+from lmforge.serve.metrics import ServeMetrics
+from lmforge.serve.settings import ServeSettings
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+ENDPOINT_OF_TASK = {"classification": "POST /v1/classify"}
+
+
+def load_classifier(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics
+) -> ClassifyBatcher:
+    predictor = load(bundle_dir, device=settings.device)
+    return ClassifyBatcher(
+        name,
+        predictor,
+        settings.max_batch_size,
+        settings.max_wait_ms / 1000,
+        settings.max_queue,
+        metrics,
+    )
+
+
+TASK_LOADERS: dict[str, Callable[..., ClassifyBatcher]] = {"classification": load_classifier}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    task: str
+    bundle_dir: Path
+    created: int  # unix time the bundle was written (OpenAI's "created")
+    engine: ClassifyBatcher | None = None  # None until loaded
+    load_error: str | None = None
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path]:
+    """'NAME=BUNDLE' or 'BUNDLE' → (name, bundle dir); a run directory stands for its model/."""
+    name, sep, path = spec.partition("=")
+    if not sep or not NAME_PATTERN.match(name):
+        name, path = "", spec
+    bundle_dir = Path(path).expanduser()
+    if not (bundle_dir / "lmforge.json").is_file() and (bundle_dir / "model").is_dir():
+        bundle_dir = bundle_dir / "model"
+    read_meta(bundle_dir)  # a clear error now beats a failed load later
+    if not name:
+        run_dir = bundle_dir.resolve().parent if bundle_dir.name == "model" else bundle_dir
+        name = run_dir.resolve().name
+    if not NAME_PATTERN.match(name):
+        raise LmforgeError(f"model name {name!r} is not allowed; name it: NAME={spec}")
+    return name, bundle_dir
+
+
+class ModelRegistry:
+    def __init__(self, specs: list[str]) -> None:
+        self._models: dict[str, ServedModel] = {}
+        for spec in specs:
+            name, bundle_dir = parse_model_spec(spec)
+            if name in self._models:
+                raise LmforgeError(
+                    f"two models are named '{name}'; name them apart with NAME=BUNDLE"
+                )
+            task = read_meta(bundle_dir).get("task", "")
+            if task not in TASK_LOADERS:
+                raise LmforgeError(
+                    f"{bundle_dir} holds a '{task}' model; lmforge serve runs "
+                    f"{', '.join(TASK_LOADERS)} models so far"
+                )
+            created = int((bundle_dir / "lmforge.json").stat().st_mtime)
+            self._models[name] = ServedModel(name, task, bundle_dir, created)
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self._models.values())
+
+    def load_all(self, settings: ServeSettings, metrics: ServeMetrics) -> None:
+        """Load every model (slow: runs in a thread at startup). Engines start afterwards."""
+        for model in self:
+            try:
+                model.engine = TASK_LOADERS[model.task](
+                    model.name, model.bundle_dir, settings, metrics
+                )
+            except Exception as error:  # reported by /readyz; the other models still serve
+                model.load_error = f"{type(error).__name__}: {error}"
+
+    @property
+    def ready(self) -> bool:
+        return all(model.engine is not None for model in self)
+
+    def get(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            served = ", ".join(self._models)
+            raise APIError(
+                404,
+                f"the model '{name}' does not exist; this server has: {served}",
+                code="model_not_found",
+                param="model",
+            )
+        return model
+
+    def require(self, name: str, task: str) -> ServedModel:
+        """The model `name`, loaded, if it does `task`; else the error the client should see."""
+        model = self.get(name)
+        if model.task != task:
+            where = ENDPOINT_OF_TASK.get(model.task, "its own endpoint")
+            raise APIError(
+                400,
+                f"'{name}' is a {model.task} model and cannot serve {task}; use {where}",
+                code="wrong_model_task",
+                param="model",
+            )
+        if model.engine is None:
+            detail = f"failed to load ({model.load_error})" if model.load_error else "is loading"
+            raise APIError(503, f"the model '{name}' {detail}", code="model_not_ready")
+        return model

@@ -1,0 +1,1 @@
+"""One router per concern; each owns its prefix and its auth dependency."""

@@ -1,0 +1,138 @@
+"""`lmforge generate` as a user meets it: only the continuation on stdout, streaming that prints
+the same text, and one clear line with exit code 2 for every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from generation_support import random_bundle, tiny_generation_config
+
+import lmforge as lmforge_api
+from lmforge.cli import main
+from lmforge.config import load_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return random_bundle(tmp_path_factory.mktemp("generation") / "model", context=32)
+
+
+def lmforge(monkeypatch, capsys, *args):
+    """Run the command line in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_user_error(result, *fragments):
+    code, _, err = result
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--prompt", ""], ["the prompt is empty"]),
+        (["--prompt", "the cat", "--prompt", "  "], ["prompt 2 is empty"]),
+        (["--prompt", "the cat " * 30], ["leaves no room", "context of 32", "--truncate"]),
+        (["--prompt", "a", "--max-new-tokens", "0"], ["max_new_tokens must be greater"]),
+        (["--prompt", "a", "--top-p", "1.5"], ["top_p must be less than or equal to 1"]),
+        (["--prompt", "a", "--top-p", "0"], ["top_p must be greater than 0"]),
+        (["--prompt", "a", "--temperature", "-1"], ["temperature must be greater"]),
+        (["--prompt", "a", "--top-k", "-1"], ["top_k must be greater"]),
+        ([], ["give --prompt TEXT or --input FILE"]),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_code_2(monkeypatch, capsys, bundle, args,
+                                                     fragments):
+    assert_user_error(lmforge(monkeypatch, capsys, "generate", bundle, *args), *fragments)
+
+
+def test_prompt_file_with_a_blank_line_names_the_line(monkeypatch, capsys, bundle, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n\nthe dog\n", encoding="utf-8")
+    result = lmforge(monkeypatch, capsys, "generate", bundle, "--input", prompts)
+    assert_user_error(result, "prompts.txt line 2: empty prompt")
+
+
+def test_truncate_keeps_the_end_of_a_long_prompt(monkeypatch, capsys, bundle):
+    code, out, err = lmforge(monkeypatch, capsys, "generate", bundle, "--prompt",
+                             "the cat " * 30, "--truncate", "--max-new-tokens", "4", "--seed", "1")
+    assert code == 0, err
+    assert len(out.splitlines()) == 1
+
+
+def test_one_line_per_prompt_and_same_seed_same_text(monkeypatch, capsys, bundle, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\nthe dog sat\nred\n", encoding="utf-8")
+    args = ["generate", bundle, "--input", prompts, "--seed", "3", "--temperature", "1",
+            "--max-new-tokens", "6"]
+    code, first, err = lmforge(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "3 prompt(s)" in err and "tokens/s" in err
+    _, second, _ = lmforge(monkeypatch, capsys, *args)
+    assert first == second
+    _, streamed, _ = lmforge(monkeypatch, capsys, *args, "--stream")
+    assert streamed == first
+
+
+def test_generate_refuses_a_classification_bundle(monkeypatch, capsys, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "lmforge.json").write_text('{"task": "classification"}')
+    result = lmforge(monkeypatch, capsys, "generate", model, "--prompt", "hi")
+    assert_user_error(result, "classification model", "lmforge predict")
+
+
+def test_train_on_an_empty_corpus_exits_with_one_line(monkeypatch, capsys, tmp_path):
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("\n \n", encoding="utf-8")
+    config = tmp_path / "gen.yaml"
+    config.write_text(json.dumps(tiny_generation_config(corpus, tmp_path / "cache")))
+    result = lmforge(monkeypatch, capsys, "train", config, "--out", tmp_path / "run")
+    assert_user_error(result, "no text in", "empty.txt")
+
+
+def test_the_real_command_streams_only_the_continuation(tmp_path):
+    """One real process: what a shell user sees, stdout and stderr apart."""
+    bundle = random_bundle(tmp_path / "model")
+    result = subprocess.run(
+        [sys.executable, "-m", "lmforge", "generate", str(bundle), "--prompt", "the cat",
+         "--stream", "--seed", "0", "--max-new-tokens", "5"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    [expected] = lmforge_api.load(bundle).generate(["the cat"], seed=0, max_new_tokens=5)
+    assert result.stdout == expected.text + "\n"
+    assert "new tokens in" in result.stderr
+
+
+def test_init_writes_a_generation_config_with_the_text_column(monkeypatch, capsys, tmp_path):
+    table = tmp_path / "docs.csv"
+    table.write_text("id,body\n1,the cat sat on the mat\n2,the dog ran under a log\n")
+    code, out, err = lmforge(monkeypatch, capsys, "init", "--task", "generation", "--data", table)
+    assert code == 0, err
+    config = tmp_path / "docs.yaml"
+    config.write_text(out)
+    cfg = load_config(config)
+    assert cfg.task == "generation" and cfg.model.arch == "gpt"
+    assert cfg.data.text_column == "body"

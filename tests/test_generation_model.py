@@ -1,0 +1,126 @@
+"""lmforge's GPT: it is GPT-2 (same logits as transformers' GPT2LMHeadModel on the same weights),
+its KV cache changes nothing, padding changes nothing, and it can learn."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.models import GPT, GPTConfig
+from lmforge.models.transformer import gpt_from_gpt2_state_dict
+from lmforge.tasks.generation import Sampling, decode_tokens, next_tokens
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and lose much on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(seed=0, vocab=64, context=32, dropout=0.0, spread=1.0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=vocab, max_length=context, d_model=32, n_layers=2,
+                          n_heads=4, d_ff=64, dropout=dropout))
+    with torch.no_grad():  # wide logits: greedy choices are far from ties
+        model.tok_emb.weight.mul_(spread)
+    return model.eval()
+
+
+def test_logits_equal_gpt2lmheadmodel_given_the_same_weights():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(vocab_size=97, n_positions=24, n_embd=48, n_layer=3,
+                                     n_head=4, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    with torch.no_grad():  # GPT-2 starts its LayerNorms at 1 and 0; make them count
+        for name, param in hf.named_parameters():
+            if "ln" in name:
+                param.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    ours = gpt_from_gpt2_state_dict(
+        hf.state_dict(),
+        GPTConfig(vocab_size=97, max_length=24, d_model=48, n_layers=3, n_heads=4, d_ff=192),
+    ).eval()
+    ids = torch.randint(0, 97, (3, 24))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        got = ours(ids)
+    assert got.shape == expected.shape == (3, 24, 97)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def greedy(model, prompts, n, use_cache):
+    steps = decode_tokens(model, prompts, n, model.config.max_length, Sampling(temperature=0),
+                          torch.Generator().manual_seed(0), use_cache=use_cache)
+    return torch.stack(list(steps), dim=1).tolist()
+
+
+def test_greedy_decoding_with_the_kv_cache_equals_decoding_without_it():
+    model = tiny(spread=20.0)
+    prompts = [[5, 9, 2, 7, 1], [3], [8, 8, 8]]  # different lengths: left padding
+    with_cache = greedy(model, prompts, 20, use_cache=True)
+    without = greedy(model, prompts, 20, use_cache=False)
+    assert with_cache == without
+    assert len({tuple(row) for row in with_cache}) > 1  # not a degenerate constant output
+
+
+def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch():
+    model = tiny(spread=20.0)
+    alone = greedy(model, [[3]], 12, use_cache=True)[0]
+    batched = greedy(model, [[5, 9, 2, 7, 1], [3]], 12, use_cache=True)[1]
+    assert alone == batched
+
+
+def test_decoding_stops_at_the_context():
+    model = tiny(context=16)
+    assert len(greedy(model, [[1, 2, 3, 4, 5, 6]], 100, use_cache=True)[0]) == 10
+
+
+def test_a_tiny_gpt_overfits_a_tiny_corpus():
+    model = tiny(vocab=20, context=16).train()
+    torch.manual_seed(0)
+    corpus = torch.randint(1, 20, (4, 17))  # four fixed random sequences
+    corpus[:, 0] = torch.arange(4)  # each told apart by its first token
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        logits = model(corpus[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), corpus[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    model.eval()
+    prompts = [row[:1].tolist() for row in corpus]
+    # the context (16) leaves room for 15 new tokens after the one-token prompt
+    assert greedy(model, prompts, 16, use_cache=True) == corpus[:, 1:16].tolist()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(0, 64, (2, 12))
+
+    def grads(checkpointing):
+        model = tiny().train()
+        model.gradient_checkpointing = checkpointing
+        F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for a, b in zip(grads(False), grads(True), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    rng = torch.Generator().manual_seed(0)
+
+    def draws(sampling, n=300, seen=seen):
+        return {int(next_tokens(logits, seen, sampling, rng)) for _ in range(n)}
+
+    assert draws(Sampling(temperature=0)) == {0}
+    assert draws(Sampling(temperature=1.0, top_k=2)) == {0, 1}
+    # top_p 0.7: token 0 holds 0.64 of the mass, so token 1 is needed to reach 0.7
+    assert draws(Sampling(temperature=1.0, top_p=0.7)) == {0, 1}
+    assert draws(Sampling(temperature=1.0, top_p=0.5)) == {0}
+    penalised = torch.tensor([[True, False, False, False, False]])
+    assert draws(Sampling(temperature=0, repetition_penalty=4.0), seen=penalised) == {1}
