@@ -119,7 +119,7 @@ def test_two_nodes_on_localhost_with_c10d_rendezvous(tmp_path, config):
 def test_torchrun_restarts_all_ranks_after_one_is_killed_and_they_resume(tmp_path, config):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        torchrun("--nproc-per-node", 2, "--max-restarts", 1)
+        torchrun("--standalone", "--nproc-per-node", 2, "--max-restarts", 1)
         + ["train", str(config), "--out", str(run), "--set", "train.max_steps=400",
            "--set", "train.eval_every=20"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,7 +49,18 @@ def init(device: str = "auto") -> None:
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    backend = "nccl" if use_cuda else "gloo"
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        dist.init_process_group(backend=backend)
+        return
+    # torchrun's store outlives a restart and still holds the killed workers' addresses; a
+    # fresh key prefix per attempt keeps a restarted worker from dialling a dead one.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world_size(), is_master=not agent_store and rank() == 0,
+                          timeout=timedelta(minutes=10))
+    attempt = dist.PrefixStore(f"lmforge/attempt-{restart_count()}", store)
+    dist.init_process_group(backend=backend, store=attempt, rank=rank(), world_size=world_size())
 
 
 def shutdown() -> None:
@@ -105,6 +117,7 @@ def on_main(fn: Callable[[], T]) -> T | None:
 
 def launch(nproc: int, args: list[str]) -> int:
     """`lmforge train --nproc N ...`: run `torchrun --nproc-per-node N -m lmforge ...`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(nproc),
                "-m", "lmforge", *args]
     return subprocess.run(command, check=False).returncode
