@@ -1,4 +1,4 @@
-"""Training throughput: lmforge's loop against Hugging Face Trainer, same model, same data, same run.
+"""Training throughput: lmforge's loop against Hugging Face Trainer, same model, data and run.
 
 Both train `BertForSequenceClassification` (BERT-base shape on a GPU: 12 layers, 768 wide,
 sequence 128, batch 64, bf16) on the same fixed-length random tokens; steady state only (the

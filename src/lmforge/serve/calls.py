@@ -73,12 +73,14 @@ class MeteredCall:
     """`async with MeteredCall(...) as call:` times a model call and records it however it ends.
 
     The block sets `call.prompt_tokens`, `call.completion_tokens` as it learns them; an APIError
-    records its status, a cancelled call (client gone) 499, anything else 500.
+    records its status, a cancelled call (client gone) 499, anything else 500. A streamed
+    response sets `call.streaming` and calls `finish` itself when its last byte is out.
     """
 
     def __init__(self, writer: UsageWriter, key_name: str, endpoint: str, model: str) -> None:
         self.writer, self.key_name, self.endpoint, self.model = writer, key_name, endpoint, model
         self.prompt_tokens = self.completion_tokens = 0
+        self.streaming = False
         self._start = 0.0
 
     async def __aenter__(self) -> MeteredCall:
@@ -91,11 +93,17 @@ class MeteredCall:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if exc is None and self.streaming:
+            return  # the stream records the call when it ends
+        await self.finish(exc)
+
+    async def finish(self, exc: BaseException | None) -> None:
+        """Record the call, ended by `exc` (None: success)."""
         if exc is None:
             status = 200
         elif isinstance(exc, APIError):
             status = exc.status
-        elif isinstance(exc, asyncio.CancelledError):
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
             status = 499
         else:
             status = 500

@@ -1,8 +1,8 @@
 """The served models: names from the command line, each with its task and the engine that runs it.
 
 A name is looked up here and nowhere else: a request's "model" never becomes a path. Each task
-has a loader (TASK_LOADERS) that turns a bundle into the engine its routes call; generation
-plugs in by adding its loader and its engine.
+has a loader (TASK_LOADERS) that turns a bundle into the engine its routes call: a
+ClassifyBatcher or a GenerationEngine.
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.bundle import load, read_meta
+from lmforge.bundle import Generator, load, read_meta
 from lmforge.errors import LmforgeError
 from lmforge.serve.batching import ClassifyBatcher
 from lmforge.serve.errors import APIError
+from lmforge.serve.generation import GenerationEngine
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.settings import ServeSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-ENDPOINT_OF_TASK = {"classification": "POST /v1/classify"}
+ENDPOINT_OF_TASK = {
+    "classification": "POST /v1/classify",
+    "generation": "POST /v1/completions or POST /v1/chat/completions",
+}
 
 
 def load_classifier(
@@ -37,7 +41,19 @@ def load_classifier(
     )
 
 
-TASK_LOADERS: dict[str, Callable[..., ClassifyBatcher]] = {"classification": load_classifier}
+def load_generation_engine(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics
+) -> GenerationEngine:
+    generator = load(bundle_dir, device=settings.device)
+    assert isinstance(generator, Generator)  # the registry checked the bundle's task
+    return GenerationEngine(name, generator, settings.max_queue)
+
+
+Engine = ClassifyBatcher | GenerationEngine
+TASK_LOADERS: dict[str, Callable[..., Engine]] = {
+    "classification": load_classifier,
+    "generation": load_generation_engine,
+}
 
 
 @dataclass
@@ -46,7 +62,7 @@ class ServedModel:
     task: str
     bundle_dir: Path
     created: int  # unix time the bundle was written (OpenAI's "created")
-    engine: ClassifyBatcher | None = None  # None until loaded
+    engine: Engine | None = None  # None until loaded
     load_error: str | None = None
 
 

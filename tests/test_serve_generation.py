@@ -1,0 +1,167 @@
+"""Generation served: the official openai client against a real server on 127.0.0.1, completions
+and chat, streamed and not, with the Generator's token counts as usage and a record per call."""
+
+import time
+
+import httpx
+import pytest
+from generation_support import random_bundle
+from serve_support import running_server, settings
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import lmforge
+from lmforge.bundle import Generator
+from lmforge.serve import keys
+from lmforge.serve.db import UsageRecord, open_database
+from lmforge.serve.generation import render_chat
+
+openai = pytest.importorskip("openai")
+
+PROMPT = "the cat sat on"
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the dog ran"}]
+SAMPLING = {"max_tokens": 8, "temperature": 0, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return random_bundle(tmp_path_factory.mktemp("serve-generation") / "model", context=64)
+
+
+@pytest.fixture(scope="module")
+def db_url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'serve.db'}"
+
+
+@pytest.fixture(scope="module")
+def api(bundle, db_url):
+    secret = keys.create_key(open_database(db_url), "writer")
+    serve = settings(bundle, db_url, max_tokens_cap=16)
+    serve = serve.model_copy(update={"models": [f"story={bundle}"]})
+    with running_server(serve) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def generator(bundle):
+    return lmforge.load(bundle)
+
+
+def records(db_url):
+    with Session(open_database(db_url)) as session:
+        return session.scalars(select(UsageRecord).order_by(UsageRecord.id)).all()
+
+
+def streamed(chunks):
+    """(text, finish_reason, usage) of a stream of chunks."""
+    text, reason, usage = "", None, None
+    for chunk in chunks:
+        if chunk.usage is not None:
+            assert not chunk.choices
+            usage = chunk.usage
+        for choice in chunk.choices:
+            piece = choice.delta.content if hasattr(choice, "delta") else choice.text
+            text += piece or ""
+            reason = choice.finish_reason or reason
+    return text, reason, usage
+
+
+def test_completions_match_the_generator_streamed_or_not(api, generator, db_url):
+    (expected,) = generator.generate([PROMPT], max_new_tokens=8, temperature=0, seed=3)
+    before = len(records(db_url))
+    whole = api.completions.create(model="story", prompt=PROMPT, **SAMPLING)
+    assert whole.object == "text_completion" and whole.model == "story"
+    assert whole.choices[0].text == expected.text
+    assert whole.choices[0].finish_reason == expected.finish_reason
+    assert whole.usage.prompt_tokens == expected.prompt_tokens
+    assert whole.usage.completion_tokens == expected.completion_tokens
+
+    stream = api.completions.create(model="story", prompt=PROMPT, stream=True, **SAMPLING)
+    text, reason, usage = streamed(stream)
+    assert (text, reason) == (expected.text, expected.finish_reason)
+    assert usage.prompt_tokens == expected.prompt_tokens
+    assert usage.completion_tokens == expected.completion_tokens
+
+    new = records(db_url)[before:]
+    assert [(r.endpoint, r.model, r.status, r.key_name) for r in new] == [
+        ("completions", "story", 200, "writer")
+    ] * 2
+    assert [(r.prompt_tokens, r.completion_tokens) for r in new] == [
+        (expected.prompt_tokens, expected.completion_tokens)
+    ] * 2
+
+
+def test_chat_renders_messages_and_streams_the_same_text(api, generator, db_url):
+    prompt = render_chat(MESSAGES)
+    assert prompt == "system: be brief\nuser: the dog ran\nassistant:"
+    (expected,) = generator.generate([prompt], max_new_tokens=8, temperature=0, seed=3)
+    before = len(records(db_url))
+    whole = api.chat.completions.create(
+        model="story", messages=MESSAGES, temperature=0, seed=3, max_completion_tokens=8
+    )
+    assert whole.object == "chat.completion"
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].message.content == expected.text
+    assert whole.usage.prompt_tokens == expected.prompt_tokens
+    assert whole.usage.completion_tokens == expected.completion_tokens
+
+    stream = api.chat.completions.create(
+        model="story", messages=MESSAGES, stream=True,
+        stream_options={"include_usage": True}, **SAMPLING,
+    )
+    text, reason, usage = streamed(stream)
+    assert (text, reason) == (expected.text, expected.finish_reason)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        expected.prompt_tokens, expected.completion_tokens
+    )
+    new = records(db_url)[before:]
+    assert [(r.endpoint, r.status, r.completion_tokens) for r in new] == [
+        ("chat.completions", 200, expected.completion_tokens)
+    ] * 2
+
+
+def test_limits_and_bad_arguments_are_422_and_metered(api, db_url):
+    before = len(records(db_url))
+    with pytest.raises(openai.UnprocessableEntityError, match="cap of 16"):
+        api.completions.create(model="story", prompt=PROMPT, max_tokens=17)
+    with pytest.raises(openai.UnprocessableEntityError, match="max_completion_tokens"):
+        api.chat.completions.create(model="story", messages=MESSAGES, max_completion_tokens=99)
+    with pytest.raises(openai.UnprocessableEntityError, match="temperature"):
+        api.completions.create(model="story", prompt=PROMPT, temperature=-1, stream=True)
+    new = records(db_url)[before:]
+    assert [(r.status, r.completion_tokens) for r in new] == [(422, 0)] * 3
+
+
+def test_several_prompts_are_choices_in_order(api, generator):
+    prompts = [PROMPT, "a big red dog"]
+    expected = [generator.generate([p], max_new_tokens=8, temperature=0)[0] for p in prompts]
+    reply = api.completions.create(model="story", prompt=prompts, max_tokens=8, temperature=0)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.usage.prompt_tokens == sum(e.prompt_tokens for e in expected)
+
+
+def test_a_client_that_leaves_mid_stream_stops_it_and_pays_for_what_it_got(
+    api, generator, db_url, monkeypatch
+):
+    (full,) = generator.generate([PROMPT], max_new_tokens=16, temperature=0)
+    assert full.completion_tokens == 16  # a long enough stream to leave in the middle of
+    slow_events = Generator._events
+
+    def slow(self, *args):
+        for event in slow_events(self, *args):
+            time.sleep(0.05)
+            yield event
+
+    monkeypatch.setattr(Generator, "_events", slow)
+    before = len(records(db_url))
+    body = {"model": "story", "prompt": PROMPT, "max_tokens": 16, "temperature": 0, "stream": True}
+    headers = {"Authorization": f"Bearer {api.api_key}"}
+    with httpx.stream("POST", f"{api.base_url}completions", json=body, headers=headers) as reply:
+        next(reply.iter_lines())  # the first chunk, then hang up
+    deadline = time.monotonic() + 10
+    while len(records(db_url)) == before:
+        assert time.monotonic() < deadline, "the abandoned stream was not metered"
+        time.sleep(0.05)
+    (record,) = records(db_url)[before:]
+    assert record.status == 499
+    assert 1 <= record.completion_tokens < 16
