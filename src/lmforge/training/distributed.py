@@ -19,6 +19,7 @@ import torch.distributed as dist
 from lmforge.errors import LmforgeError
 
 T = TypeVar("T")
+_STORES: list[dist.TCPStore] = []
 
 
 def rank() -> int:
@@ -59,6 +60,7 @@ def init(device: str = "auto") -> None:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                           world_size(), is_master=not agent_store and rank() == 0,
                           timeout=timedelta(minutes=10))
+    _STORES.append(store)  # released in shutdown(), after the group that uses it
     attempt = dist.PrefixStore(f"lmforge/attempt-{restart_count()}", store)
     dist.init_process_group(backend=backend, store=attempt, rank=rank(), world_size=world_size())
 
@@ -67,6 +69,7 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    _STORES.clear()
 
 
 def barrier() -> None:
