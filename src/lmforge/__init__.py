@@ -1,14 +1,18 @@
 """lmforge: from data to a served Transformer, driven by one YAML config.
 
 The Python API mirrors the CLI verbs: `train`, `evaluate`, `predict`, `generate`, `quickstart`,
-and `load` (a Predictor for a classifier, a Generator for a generation model).
+`export`, `compress`, and `load` (a Predictor for a classifier, a Generator for a generation model).
 They are imported on first use, so `import lmforge` (and `lmforge --help`) stays fast.
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "generate", "load", "predict", "quickstart", "train"]
+__all__ = [
+    "__version__", "compress", "evaluate", "export", "generate", "load", "predict", "quickstart",
+    "train",
+]
+VERBS = ("train", "evaluate", "predict", "generate", "quickstart", "export", "compress")
 
 
 def __getattr__(name: str) -> Any:
@@ -16,7 +20,7 @@ def __getattr__(name: str) -> Any:
         from lmforge.bundle import load
 
         return load
-    if name in ("train", "evaluate", "predict", "generate", "quickstart"):
+    if name in VERBS:
         from lmforge import pipeline
 
         return getattr(pipeline, name)
