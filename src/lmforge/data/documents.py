@@ -7,7 +7,6 @@ position (the first part trains, then val, then test), so a single long file sti
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import math
 import re
@@ -21,7 +20,7 @@ from lmforge.config import CleanConfig, DataConfig, SplitConfig
 from lmforge.data.builtin import is_builtin, read_builtin
 from lmforge.data.clean import clean_text
 from lmforge.data.detect import _text_column
-from lmforge.data.records import Records, add_cells, add_lines, cell_str
+from lmforge.data.records import Records, add_cells, add_lines, cell_str, decode_file
 from lmforge.data.report import CLEAN_REASONS, length_quantiles
 from lmforge.data.sources import TABLE_FORMATS, read_table, resolve_format
 from lmforge.data.sources import _read_bytes as read_bytes
@@ -116,11 +115,7 @@ def _read_text_folder(path: str) -> Records:
         data = read_bytes(file)
         digest.update(relative.encode() + b"\0" + data + b"\0")
         records.rows_read += 1
-        try:
-            text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("utf-8", errors="replace")
-            records.undecodable.add(relative)
+        text = decode_file(records, relative, data)
         add_cells(records, relative, text.replace("\r\n", "\n"), None)
     records.data_hash = digest.hexdigest()
     return records

@@ -75,6 +75,17 @@ def add_lines(records: Records, data: bytes, label: str | None, id_prefix: str) 
         records.add(row_id, line, label)
 
 
+def decode_file(records: Records, row_id: RowId, data: bytes) -> str:
+    """A whole file as UTF-8 text (a BOM dropped); undecodable bytes become U+FFFD and the
+    file is counted under `undecodable`, never dropped."""
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        records.undecodable.add(row_id)
+        return data.decode("utf-8", errors="replace")
+
+
 def add_cells(records: Records, row_id: RowId, text: Any, label: Any) -> None:
     """Add one row, or count why its text or label cell is unusable."""
     if isinstance(text, (list, dict)) or isinstance(label, (list, dict)):

@@ -6,11 +6,10 @@ report accounts for every row of the file. No cleaning happens here.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 from pathlib import Path
 
-from lmforge.data.records import Records, add_cells, add_lines
+from lmforge.data.records import Records, add_cells, add_lines, decode_file
 from lmforge.data.tables import Table, parse_table
 from lmforge.errors import LmforgeError
 
@@ -100,11 +99,7 @@ def _read_folder(path: str) -> Records:
             # Names go into the hash too: renaming a label folder changes the data.
             digest.update(relative.encode() + b"\0" + data + b"\0")
             records.rows_read += 1
-            try:
-                text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
-            except UnicodeDecodeError:
-                text = data.decode("utf-8", errors="replace")
-                records.undecodable.add(relative)
+            text = decode_file(records, relative, data)
             add_cells(records, relative, text.rstrip("\r\n"), entry.name)
     records.data_hash = digest.hexdigest()
     if records.rows_read == 0:
