@@ -25,8 +25,6 @@ class OnnxClassifier(nn.Module):
             options.inter_op_num_threads = 1
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        # predict_logits reads the device from the first parameter: an empty one says "cpu".
-        self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feeds = {

@@ -114,7 +114,9 @@ def predict_logits(
         return np.zeros((0, 0), dtype=np.float32)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    # a model without torch parameters (an ONNX Runtime session) takes its inputs on the CPU
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     order = np.argsort([len(x) for x in ids], kind="stable")
     out: list[np.ndarray | None] = [None] * len(ids)
     for start in range(0, len(ids), batch_size):
