@@ -32,7 +32,7 @@ def detect_columns(path: str) -> dict[str, str]:
         for column in table.columns
     }
     columns = ", ".join(table.columns)
-    text_column = _text_column(values)
+    text_column = likeliest_text_column(values)
     if text_column is None:
         raise LmforgeError(f"no text column found in {path}; columns are: {columns}")
     label_column = _label_column(values, text_column, len(table.rows))
@@ -52,7 +52,7 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def _text_column(values: dict[str, list[str]]) -> str | None:
+def likeliest_text_column(values: dict[str, list[str]]) -> str | None:
     """A column of mostly non-numeric strings: a conventional name first, else the longest."""
     strings = {
         column: cells

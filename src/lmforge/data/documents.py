@@ -19,11 +19,10 @@ import numpy as np
 from lmforge.config import CleanConfig, DataConfig, SplitConfig
 from lmforge.data.builtin import is_builtin, read_builtin
 from lmforge.data.clean import clean_text
-from lmforge.data.detect import _text_column
+from lmforge.data.detect import likeliest_text_column
 from lmforge.data.records import Records, add_cells, add_lines, cell_str, decode_file
 from lmforge.data.report import CLEAN_REASONS, length_quantiles
-from lmforge.data.sources import TABLE_FORMATS, read_table, resolve_format
-from lmforge.data.sources import _read_bytes as read_bytes
+from lmforge.data.sources import TABLE_FORMATS, read_bytes, read_table, resolve_format
 from lmforge.errors import LmforgeError
 
 # Below this many documents, or when a split would get none, the split is by position.
@@ -93,7 +92,7 @@ def detect_text_column(path: str) -> dict[str, str]:
         column: [v for _, cells in table.rows if (v := cell_str(cells.get(column)))]
         for column in table.columns
     }
-    column = _text_column(values)
+    column = likeliest_text_column(values)
     if column is None:
         raise LmforgeError(f"no text column found in {path}; columns are: "
                            + ", ".join(table.columns))

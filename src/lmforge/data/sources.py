@@ -61,7 +61,7 @@ def read_records(path: str, fmt: str, text_column: str, label_column: str | None
                 "text and label columns (csv, tsv, jsonl, parquet) or a folder per label"
             )
         records = Records(source=path, format="txt")
-        data = _read_bytes(path)
+        data = read_bytes(path)
         records.data_hash = hashlib.sha256(data).hexdigest()
         add_lines(records, data, label=None, id_prefix="")
     else:
@@ -71,7 +71,7 @@ def read_records(path: str, fmt: str, text_column: str, label_column: str | None
     return records
 
 
-def _read_bytes(path: str | Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
     try:
         return Path(path).expanduser().read_bytes()
     except OSError as error:
@@ -95,7 +95,7 @@ def _read_folder(path: str) -> Records:
             if hidden or file.suffix.lower() != ".txt":
                 records.ignored_files.add(relative)
                 continue
-            data = _read_bytes(file)
+            data = read_bytes(file)
             # Names go into the hash too: renaming a label folder changes the data.
             digest.update(relative.encode() + b"\0" + data + b"\0")
             records.rows_read += 1
@@ -111,7 +111,7 @@ def _read_folder(path: str) -> Records:
 
 def read_table(path: str, fmt: str, records: Records) -> Table:
     """Read and parse a csv/tsv/jsonl/parquet file, setting records.data_hash."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     records.data_hash = hashlib.sha256(data).hexdigest()
     return parse_table(path, fmt, data, records)
 
