@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lmforge.models import GPT, GPTConfig
 from lmforge.models.transformer import gpt_from_gpt2_state_dict
-from lmforge.tasks.generation import Sampling, decode_tokens, next_tokens
+from lmforge.tasks.generation import DecodeBatch, Sampling, decode_tokens, next_tokens
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,6 +70,69 @@ def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch():
     alone = greedy(model, [[3]], 12, use_cache=True)[0]
     batched = greedy(model, [[5, 9, 2, 7, 1], [3]], 12, use_cache=True)[1]
     assert alone == batched
+
+
+def alone(model, prompts, n, sampling, seed=0):
+    steps = decode_tokens(model, prompts, n, model.config.max_length, sampling,
+                          torch.Generator().manual_seed(seed))
+    return torch.stack(list(steps), dim=1).tolist()
+
+
+def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone():
+    """Continuous batching: generations of different lengths, prompts and sampling join at
+    different steps, one leaves early (a stop string, say); each gets the tokens it would get
+    decoded alone, and they were decoded together."""
+    model = tiny(spread=20.0)
+    plans = {  # key: (join at step, prompts, max new tokens, sampling, seed, leave after)
+        "long": (0, [[5, 9, 2, 7, 1]], 14, Sampling(temperature=0), 0, None),
+        "pair": (2, [[3], [8, 8, 8, 8, 8, 8]], 6, Sampling(temperature=0), 0, None),
+        "sampled": (3, [[1, 2]], 9, Sampling(temperature=1.0, top_k=8), 7, None),
+        "penalised": (3, [[4, 4, 6]], 9, Sampling(temperature=0, repetition_penalty=3.0), 0,
+                      None),
+        # wider than the batch when it joins: the others' rows get more padding
+        "left": (3, [list(range(11, 23))], 10, Sampling(temperature=0), 0, 3),
+    }
+    batch = DecodeBatch(model, model.config.max_length)
+    got = {key: [[] for _ in plan[1]] for key, plan in plans.items()}
+    most_rows = 0
+    for step in range(30):
+        for key, (at, prompts, n, sampling, seed, _) in plans.items():
+            if at == step:
+                batch.add(key, prompts, n, sampling, torch.Generator().manual_seed(seed))
+        if not batch.groups and not batch.waiting:
+            break
+        done = []
+        for key, tokens, last in batch.sample():
+            for row, token in zip(got[key], tokens.tolist(), strict=True):
+                row.append(token)
+            leave_after = plans[key][5]
+            if last or len(got[key][0]) == leave_after:
+                done.append(key)
+        most_rows = max(most_rows, batch.rows)
+        batch.leave(done)
+        batch.advance()
+    assert most_rows == 6  # every group's rows at once
+    for key, (_, prompts, n, sampling, seed, leave_after) in plans.items():
+        expected = alone(model, prompts, n, sampling, seed)
+        if leave_after:
+            expected = [row[:leave_after] for row in expected]
+        assert got[key] == expected, key
+    assert batch.rows == 0 and batch.cache is None
+
+
+def test_a_batch_trims_padding_when_the_longest_row_leaves():
+    model = tiny(spread=20.0, context=16)
+    batch = DecodeBatch(model, 16)
+    batch.add("short", [[3]], 15, Sampling(temperature=0), torch.Generator())
+    batch.add("long", [[1] * 12], 4, Sampling(temperature=0), torch.Generator())
+    tokens = []
+    while batch.groups or batch.waiting:
+        for key, token, last in batch.sample():
+            if key == "short":
+                tokens.append(token.item())
+        batch.advance()  # "long" leaves after its 4 tokens; "short" would overflow unpadded
+    assert tokens == alone(model, [[3]], 15, Sampling(temperature=0))[0]
+    assert len(tokens) == 15
 
 
 def test_decoding_stops_at_the_context():

@@ -2,6 +2,7 @@
 and chat, streamed and not, with the Generator's token counts as usage and a record per call."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -11,10 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import lmforge
-from lmforge.bundle import Generator
 from lmforge.serve import keys
 from lmforge.serve.db import UsageRecord, open_database
 from lmforge.serve.generation import render_chat
+from lmforge.tasks.generation import DecodeBatch
 
 openai = pytest.importorskip("openai")
 
@@ -64,6 +65,28 @@ def streamed(chunks):
             text += piece or ""
             reason = choice.finish_reason or reason
     return text, reason, usage
+
+
+def slow_down(monkeypatch, seconds):
+    """Every decoding step of the server's batch takes `seconds` longer."""
+    advance = DecodeBatch.advance
+
+    def slow(self):
+        time.sleep(seconds)
+        advance(self)
+
+    monkeypatch.setattr(DecodeBatch, "advance", slow)
+
+
+def largest_batch(metrics_text, model):
+    """The most prompts decoded in one step, as /metrics tells it (a histogram bucket bound)."""
+    bounds = [
+        (float(line.split('le="')[1].split('"')[0]), float(line.rsplit(" ", 1)[1]))
+        for line in metrics_text.splitlines()
+        if line.startswith("lmforge_batch_size_bucket") and f'model="{model}"' in line
+    ]
+    total = max(count for _, count in bounds)
+    return min(bound for bound, count in bounds if count == total)
 
 
 def test_completions_match_the_generator_streamed_or_not(api, generator, db_url):
@@ -145,14 +168,7 @@ def test_a_client_that_leaves_mid_stream_stops_it_and_pays_for_what_it_got(
 ):
     (full,) = generator.generate([PROMPT], max_new_tokens=16, temperature=0)
     assert full.completion_tokens == 16  # a long enough stream to leave in the middle of
-    slow_events = Generator._events
-
-    def slow(self, *args):
-        for event in slow_events(self, *args):
-            time.sleep(0.05)
-            yield event
-
-    monkeypatch.setattr(Generator, "_events", slow)
+    slow_down(monkeypatch, 0.05)
     before = len(records(db_url))
     body = {"model": "story", "prompt": PROMPT, "max_tokens": 16, "temperature": 0, "stream": True}
     headers = {"Authorization": f"Bearer {api.api_key}"}
@@ -165,3 +181,68 @@ def test_a_client_that_leaves_mid_stream_stops_it_and_pays_for_what_it_got(
     (record,) = records(db_url)[before:]
     assert record.status == 499
     assert 1 <= record.completion_tokens < 16
+
+
+def test_concurrent_requests_are_decoded_together_each_as_it_would_be_alone(
+    api, generator, monkeypatch
+):
+    """Requests of different prompts, lengths, sampling and endpoints, in flight at once, share
+    the model's decoding steps and each still gets exactly the text it gets alone."""
+    calls = [
+        {"prompt": PROMPT, "max_tokens": 16, "temperature": 0},
+        {"prompt": "a big red dog", "max_tokens": 5, "temperature": 0},
+        {"prompt": "under the log", "max_tokens": 12, "temperature": 0.9, "seed": 11},
+        {"prompt": "small blue mat on the", "max_tokens": 9, "temperature": 0,
+         "repetition_penalty": 1.5},
+        {"prompt": [PROMPT, "red"], "max_tokens": 7, "temperature": 0, "stream": True},
+        {"prompt": "the dog", "max_tokens": 10, "temperature": 0, "stop": ["e"]},
+    ]
+    expected = []
+    for call in calls:
+        prompts = call["prompt"] if isinstance(call["prompt"], list) else [call["prompt"]]
+        options = {k: v for k, v in call.items() if k not in ("prompt", "max_tokens", "stream")}
+        expected.append([c.text for c in generator.generate(
+            prompts, max_new_tokens=call["max_tokens"], **options)])
+
+    def complete(call):
+        extra = {k: call.pop(k) for k in ("repetition_penalty",) if k in call}
+        reply = api.completions.create(model="story", extra_body=extra, **call)
+        if not call.get("stream"):
+            return [choice.text for choice in reply.choices]
+        texts = {}
+        for chunk in reply:
+            for choice in chunk.choices:
+                texts[choice.index] = texts.get(choice.index, "") + choice.text
+        return [texts[i] for i in sorted(texts)]
+
+    slow_down(monkeypatch, 0.05)  # every request is still decoding when the last one arrives
+    with ThreadPoolExecutor(len(calls)) as pool:
+        got = list(pool.map(complete, [dict(call) for call in calls]))
+    assert got == expected
+    metrics = httpx.get(str(api.base_url).removesuffix("v1/") + "metrics").text
+    assert largest_batch(metrics, "story") >= 4  # 7 prompts in all, decoded together
+
+
+def test_a_request_past_the_timeout_is_a_504_streamed_or_not(bundle, db_url, monkeypatch):
+    """--timeout-s bounds the whole request: a stream that runs past it ends with an error
+    event (the openai client raises it) and is billed for the tokens it was sent."""
+    secret = keys.create_key(open_database(db_url), "hasty")
+    serve = settings(bundle, db_url, timeout_s=0.6, max_tokens_cap=16)
+    slow_down(monkeypatch, 0.1)  # 16 tokens take 1.5 s
+    with running_server(serve) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
+        before = len(records(db_url))
+        with pytest.raises(openai.InternalServerError, match="0.6s") as raised:
+            client.completions.create(model=bundle.parent.name, prompt=PROMPT, max_tokens=16)
+        assert raised.value.status_code == 504
+        stream = client.completions.create(
+            model=bundle.parent.name, prompt=PROMPT, max_tokens=16, temperature=0, stream=True
+        )
+        text = ""
+        with pytest.raises(openai.APIError, match="0.6s"):
+            for chunk in stream:
+                text += "".join(choice.text for choice in chunk.choices)
+        assert text  # it was streaming when the time ran out
+        new = [r for r in records(db_url)[before:] if r.key_name == "hasty"]
+        assert [r.status for r in new] == [504, 504]
+        assert 1 <= new[1].completion_tokens < 16

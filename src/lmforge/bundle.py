@@ -224,6 +224,54 @@ class _Continuation:
         return piece
 
 
+class GenerationJob:
+    """Prompts ready to decode and the text decoded so far: what `Generator.prepare` returns.
+    A decoding loop (Generator.stream, or the server's shared batch) feeds it each step's tokens
+    with `take` and gets the StreamEvents they make; `end` closes the rows still open."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        prompts: list[list[int]],
+        settings: GenerateConfig,
+        rng: torch.Generator,
+    ) -> None:
+        self.prompts, self.rng = prompts, rng
+        self.max_new_tokens = settings.max_new_tokens
+        self.sampling = Sampling(
+            settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
+        )
+        stop = settings.stop
+        if generator.clean.normalize:  # the model writes NFKC text: "，" comes out as ","
+            stop = [unicodedata.normalize("NFKC", s) for s in stop]
+        self.eos_id = generator.tokenizer.eos_id
+        self.rows = [_Continuation(generator.tokenizer, stop) for _ in prompts]
+
+    @property
+    def done(self) -> bool:
+        return all(row.finish_reason for row in self.rows)
+
+    def take(self, tokens: list[int]) -> list[StreamEvent]:
+        """The events of one step: a token per prompt (ignored for prompts already done)."""
+        events = []
+        for i, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
+            if row.finish_reason is None:
+                piece = row.push(token, self.eos_id)
+                if piece or row.finish_reason:
+                    events.append(self._event(i, piece))
+        return events
+
+    def end(self) -> list[StreamEvent]:
+        """The last events of the prompts still open: max_new_tokens generated or the context
+        full."""
+        return [self._event(i, row.finish("length"))
+                for i, row in enumerate(self.rows) if row.finish_reason is None]
+
+    def _event(self, i: int, piece: str) -> StreamEvent:
+        row = self.rows[i]
+        return StreamEvent(i, piece, row.finish_reason, len(self.prompts[i]), row.generated)
+
+
 def _describe_setting(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
@@ -290,7 +338,7 @@ class Generator:
             out.append(ids)
         return out
 
-    def stream(
+    def prepare(
         self,
         prompts: list[str] | str,
         max_new_tokens: int | None = None,
@@ -301,55 +349,40 @@ class Generator:
         stop: list[str] | None = None,
         seed: int | None = None,
         truncate: bool = False,
-    ) -> Iterator[StreamEvent]:
-        """Yield StreamEvents (index, new text, finish reason, token counts) as tokens are
-        generated; each prompt's last event has its finish_reason. Bad arguments raise
-        LmforgeError here, before the first event."""
+    ) -> GenerationJob:
+        """The prompts encoded and the settings checked, ready to decode. Bad arguments raise
+        LmforgeError."""
         settings = self.settings(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty, stop=stop,
         )
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = self.encode_prompts(prompts, settings.max_new_tokens, truncate)
-        device = next(self.model.parameters()).device
-        rng = torch.Generator(device=device)
+        rng = torch.Generator(device=next(self.model.parameters()).device)
         if seed is None:
             rng.seed()
         else:
             rng.manual_seed(seed)
-        return self._events(encoded, settings, rng)
+        return GenerationJob(self, encoded, settings, rng)
 
-    def _events(
-        self, prompts: list[list[int]], settings: GenerateConfig, rng: torch.Generator
-    ) -> Iterator[StreamEvent]:
-        sampling = Sampling(
-            settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
-        )
-        stop = settings.stop
-        if self.clean.normalize:  # the model writes NFKC text: "，" comes out as ","
-            stop = [unicodedata.normalize("NFKC", s) for s in stop]
-        rows = [_Continuation(self.tokenizer, stop) for _ in prompts]
+    def stream(self, prompts: list[str] | str, *args: Any, **kwargs: Any) -> Iterator[StreamEvent]:
+        """Yield StreamEvents (index, new text, finish reason, token counts) as tokens are
+        generated; each prompt's last event has its finish_reason. Takes the arguments of generate;
+        bad ones raise LmforgeError here, before the first event."""
+        return self._events(self.prepare(prompts, *args, **kwargs))
+
+    def _events(self, job: GenerationJob) -> Iterator[StreamEvent]:
         tokens = decode_tokens(
-            self.model, prompts, settings.max_new_tokens, self.max_length, sampling, rng
+            self.model, job.prompts, job.max_new_tokens, self.max_length, job.sampling, job.rng
         )
         try:
             for step in tokens:
-                for i, token in enumerate(step.tolist()):
-                    row = rows[i]
-                    if row.finish_reason is not None:
-                        continue
-                    piece = row.push(token, self.tokenizer.eos_id)
-                    if piece or row.finish_reason:
-                        yield StreamEvent(i, piece, row.finish_reason, len(prompts[i]),
-                                          row.generated)
-                if all(row.finish_reason for row in rows):
+                yield from job.take(step.tolist())
+                if job.done:
                     return
         finally:
             tokens.close()
-        for i, row in enumerate(rows):  # max_new_tokens generated, or the context is full
-            if row.finish_reason is None:
-                yield StreamEvent(i, row.finish("length"), "length", len(prompts[i]),
-                                  row.generated)
+        yield from job.end()  # max_new_tokens generated, or the context is full
 
     def generate(
         self,

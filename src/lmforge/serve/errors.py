@@ -31,6 +31,14 @@ class APIError(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
         self.headers = headers or {}
 
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.code, self.param)
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None) -> dict:
+    kind = TYPE_BY_STATUS.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
 
 def error_response(
     status: int,
@@ -39,9 +47,8 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    kind = TYPE_BY_STATUS.get(status, "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, code, param), status_code=status,
+                        headers=headers)
 
 
 async def _api_error(_request: Request, error: APIError) -> JSONResponse:

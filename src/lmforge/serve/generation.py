@@ -1,9 +1,14 @@
-"""Generation served: a bundle's Generator run off the event loop, one request at a time.
+"""Generation served: every request to a model decoded together in one shared batch.
 
-Each model has one worker thread, so decoding never blocks the server and two requests never
-share the model at once; requests wait their turn in a bounded line (`max_queue`, then 503).
-`stream` hands the Generator's StreamEvents to the event loop as they come; closing it (a client
-that went away) stops the decoding at its next piece of text.
+Each model has one decoding thread that runs a DecodeBatch (continuous batching): a request
+joins at the next step, however far the others have got, and leaves as soon as it is done (its
+end-of-text, a stop string, max_tokens, or a client that went away), so up to
+--max-batch-size prompts are decoded per forward pass and a short request never waits behind a
+long one. Requests beyond that wait their turn in a bounded line (`max_queue`, then 503).
+A pretrained Hugging Face model's cache cannot be merged: it decodes one request at a time.
+
+`stream` hands the request's StreamEvents to the event loop as they come; closing it (a client
+that went away, a timeout) takes the request out of the batch at the next step.
 """
 
 from __future__ import annotations
@@ -11,19 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from lmforge.bundle import Generator, StreamEvent
+import torch
+
+from lmforge.bundle import GenerationJob, Generator, StreamEvent
 from lmforge.errors import LmforgeError
 from lmforge.serve.errors import APIError
+from lmforge.serve.metrics import ServeMetrics
+from lmforge.tasks.generation import DecodeBatch
 
 # A bundle's lmforge.json may hold {"chat_template": {"message": ..., "generation_prompt": ...}},
 # format strings like these; without one, chat messages are rendered this way.
 DEFAULT_CHAT_TEMPLATE = {"message": "{role}: {content}\n", "generation_prompt": "assistant:"}
 
-_END = object()  # the worker's last item on the queue
+_END = object()  # a request's last item on its queue
 
 
 def render_chat(messages: list[dict[str, str]], template: dict[str, str] | None = None) -> str:
@@ -33,22 +43,50 @@ def render_chat(messages: list[dict[str, str]], template: dict[str, str] | None 
     return "".join(lines) + template["generation_prompt"]
 
 
+@dataclass
+class _Request:
+    job: GenerationJob
+    put: Callable[[object], None]  # onto the waiting coroutine's queue, from any thread
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def rows(self) -> int:
+        return len(self.job.prompts)
+
+
 class GenerationEngine:
     """The served form of a Generator: `stream(prompts, **options)` as an async iterator."""
 
-    def __init__(self, name: str, generator: Generator, max_queue: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        generator: Generator,
+        max_queue: int,
+        max_rows: int = 32,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
         self.name, self.generator, self.max_queue = name, generator, max_queue
+        self.max_rows, self.metrics = max_rows, metrics
         self.chat_template: dict[str, str] | None = generator.meta.get("chat_template")
         self.default_max_tokens: int = generator.defaults.max_new_tokens
-        self._worker: ThreadPoolExecutor | None = None
-        self._waiting = 0  # requests queued or running
+        self._inbox: deque[_Request] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._waiting = 0  # requests queued or decoding
 
     def start(self) -> None:
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"generate-{self.name}")
+        self._thread = threading.Thread(
+            target=self._decode, name=f"generate-{self.name}", daemon=True
+        )
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return render_chat(messages, self.chat_template)
@@ -62,39 +100,97 @@ class GenerationEngine:
                 code="overloaded",
                 headers={"Retry-After": "1"},
             )
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stopped = threading.Event()
-
-        def put(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            if stopped.is_set():  # the client left while waiting its turn
-                return put(_END)
-            try:
-                events = self.generator.stream(prompts, **options)
-                try:
-                    for event in events:
-                        if stopped.is_set():
-                            break
-                        put(event)
-                finally:
-                    events.close()
-            except Exception as error:
-                put(error)
-            put(_END)
-
         self._waiting += 1
+        request: _Request | None = None
         try:
-            loop.run_in_executor(self._worker, work)
+            try:
+                job = await asyncio.to_thread(self.generator.prepare, prompts, **options)
+            except LmforgeError as error:
+                raise APIError(422, str(error), code="invalid_request") from None
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+
+            def put(item: object) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            request = _Request(job, put)
+            with self._wake:
+                self._inbox.append(request)
+                self._wake.notify()
             while (item := await queue.get()) is not _END:
-                if isinstance(item, LmforgeError):
-                    raise APIError(422, str(item), code="invalid_request") from None
-                if isinstance(item, Exception):
+                if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            stopped.set()
+            if request is not None:
+                request.stopped.set()
             self._waiting -= 1
+
+    # --- the decoding thread ---------------------------------------------------------------
+
+    def _decode(self) -> None:
+        batch = DecodeBatch(self.generator.model, self.generator.max_length)
+        active: dict[int, _Request] = {}
+        while True:
+            with self._wake:
+                while not self._inbox and not active and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                joining = []
+                while self._inbox and batch.can_take(self._inbox[0].rows, self.max_rows):
+                    request = self._inbox.popleft()
+                    if request.stopped.is_set():  # its client left while it waited
+                        continue
+                    try:
+                        batch.add(id(request), request.job.prompts, request.job.max_new_tokens,
+                                  request.job.sampling, request.job.rng)
+                    except ValueError as error:  # prepare() leaves room; this is a bug
+                        request.put(error)
+                        request.put(_END)
+                    else:
+                        joining.append(request)
+                waiting = len(self._inbox)
+            active.update((id(request), request) for request in joining)
+            if self.metrics is not None:
+                self.metrics.queue_depth.labels(self.name).set(waiting)
+            try:
+                self._step(batch, active)
+            except Exception as error:  # out of memory, say: these requests fail, others go on
+                for request in active.values():
+                    request.put(error)
+                    request.put(_END)
+                active.clear()
+                batch = DecodeBatch(self.generator.model, self.generator.max_length)
+        gone = APIError(503, "the server is shutting down", code="shutting_down")
+        for request in [*active.values(), *self._inbox]:
+            request.put(gone)
+            request.put(_END)
+
+    def _step(self, batch: DecodeBatch, active: dict[int, _Request]) -> None:
+        """Draw a token for every request in the batch, hand out the text it makes, let the
+        requests that are done leave, and run the rest one step on."""
+        drawn = batch.sample()
+        if not drawn:
+            return
+        if self.metrics is not None:
+            self.metrics.batch_size.labels(self.name).observe(batch.rows)
+        tokens = torch.cat([step for _, step, _ in drawn]).tolist()  # one copy from the device
+        done, start = [], 0
+        for key, step, last in drawn:
+            request = active[key]
+            events = request.job.take(tokens[start : start + len(step)])
+            start += len(step)
+            if last:
+                events += request.job.end()
+            for event in events:
+                request.put(event)
+            if request.job.done or request.stopped.is_set():
+                request.put(_END)
+                done.append(key)
+                del active[key]
+        batch.leave(done)
+        batch.advance()
+
+

@@ -46,7 +46,9 @@ def load_generation_engine(
 ) -> GenerationEngine:
     generator = load(bundle_dir, device=settings.device)
     assert isinstance(generator, Generator)  # the registry checked the bundle's task
-    return GenerationEngine(name, generator, settings.max_queue)
+    return GenerationEngine(
+        name, generator, settings.max_queue, settings.max_batch_size, metrics
+    )
 
 
 Engine = ClassifyBatcher | GenerationEngine

@@ -16,7 +16,9 @@ class ServeSettings(BaseModel):
     db: str | None = Field(None, description="SQLAlchemy URL of keys and usage; None: default.")
     auth: bool = Field(True, description="Require an API key on every /v1 route.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    max_batch_size: int = Field(32, ge=1, description="Texts per forward pass at most.")
+    max_batch_size: int = Field(
+        32, ge=1, description="Texts per forward pass at most (classification and generation)."
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill up.")
     max_queue: int = Field(1024, ge=1, description="Requests waiting per model; more get 503.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Request bodies above get 413.")

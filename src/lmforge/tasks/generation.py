@@ -8,8 +8,9 @@ token, memory-mapped from the token cache); every example is a window of `contex
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.models import GPT, GPTConfig, load_pretrained_causal_lm
+from lmforge.models.transformer import KVCache
 from lmforge.tokenization import TextTokenizer
 
 Batch = dict[str, torch.Tensor]
@@ -167,7 +169,10 @@ class Sampling:
 
 
 def next_tokens(
-    logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator
+    logits: torch.Tensor,
+    seen: torch.Tensor | None,
+    sampling: Sampling,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """(B,) next tokens from (B, vocab) scores: repetition penalty, then temperature, top-k
     and top-p (nucleus) filtering, then a draw; or the likeliest token at temperature 0."""
@@ -192,6 +197,207 @@ def next_tokens(
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def left_padded(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, key_mask), both (B, width of the longest prompt): prompts padded on the left, the
+    mask False at padding."""
+    B, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros((B, width), dtype=torch.long)
+    key_mask = torch.zeros((B, width), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        key_mask[row, width - len(prompt) :] = True
+    return ids.to(device), key_mask.to(device)
+
+
+def prompt_seen(ids: torch.Tensor, key_mask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(B, vocab): which tokens each prompt holds (what the repetition penalty penalises)."""
+    seen = torch.zeros((ids.shape[0], vocab), dtype=torch.bool, device=ids.device)
+    # padding stands in as the row's last (real) prompt token, already marked seen
+    return seen.scatter_(1, torch.where(key_mask, ids, ids[:, -1:]), True)
+
+
+@dataclass
+class _Group:
+    """One generation in a DecodeBatch: its rows, how it samples, and where it stands."""
+
+    key: Hashable
+    prompts: list[list[int]]
+    sampling: Sampling
+    rng: torch.Generator
+    steps_left: int  # tokens it may still draw (max_new_tokens, or until the context is full)
+    logits: torch.Tensor | None = None  # (rows, vocab): scores of the next token
+    seen: torch.Tensor | None = None  # (rows, vocab), with a repetition penalty only
+    token: torch.Tensor | None = None  # (rows,): drawn, not yet run through the model
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
+
+
+class DecodeBatch:
+    """Generations decoded together, one token each per step (continuous batching).
+
+    Each generation is a group of prompts with its own sampling, random generator and length.
+    A group may join between any two steps and leaves when its caller is done with it, so a
+    long generation never holds up a short one and a new one never waits for a batch to end:
+
+        batch.add(key, prompts, max_new_tokens, sampling, rng)   # any number, any time
+        for key, tokens, last in batch.sample(): ...             # prefill new groups; draw
+        batch.leave(keys_done)                                   # stop strings, clients gone
+        batch.advance()                                          # run the drawn tokens
+
+    All rows share one KV cache, left-padded to a common width W (the longest row); the key mask
+    (B, W) marks real tokens and positions count real tokens only, so a row is computed as it
+    would be alone. A group draws its tokens from its own rows' scores with its own generator, as
+    `decode_tokens` would for it alone (up to the float rounding of a batch of another shape).
+
+    Joining and leaving copy the cache into one of the new shape: O(cache) per event, as much
+    as one step reads, so cheap while generations run for more than a few tokens. A model whose
+    cache is not lmforge's KVCache (a pretrained Hugging Face model) decodes one group at a time:
+    `can_take` says when another may join.
+    """
+
+    def __init__(self, model: nn.Module, context: int) -> None:
+        self.model, self.context = model, context
+        self.device = next(model.parameters()).device
+        self.groups: list[_Group] = []  # decoding, in row order
+        self.waiting: list[_Group] = []  # added, prefilled at the next sample()
+        self.cache: Any = None
+        self.key_mask: torch.Tensor | None = None  # (B, W)
+        self.ragged = False  # any padding: attention needs the mask
+
+    @property
+    def rows(self) -> int:
+        return sum(g.rows for g in self.groups + self.waiting)
+
+    def can_take(self, rows: int, max_rows: int) -> bool:
+        """Whether a group of `rows` prompts may join now, at most `max_rows` rows in all (a
+        group alone may have more)."""
+        if not self.groups and not self.waiting:
+            return True
+        return isinstance(self.model, GPT) and self.rows + rows <= max_rows
+
+    def add(
+        self,
+        key: Hashable,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        sampling: Sampling,
+        rng: torch.Generator,
+    ) -> None:
+        """Queue a generation; it joins the batch at the next sample(). Prompts must leave room
+        for one token in the context."""
+        if any(g.token is not None for g in self.groups):
+            raise RuntimeError("add() between sample() and advance()")
+        steps = min(max_new_tokens, self.context - max(len(p) for p in prompts))
+        if steps < 1:
+            raise ValueError("no room for a new token: max_new_tokens < 1 or the context is full")
+        self.waiting.append(_Group(key, prompts, sampling, rng, steps))
+
+    @torch.no_grad()
+    def sample(self) -> list[tuple[Hashable, torch.Tensor, bool]]:
+        """Draw every group's next tokens: (key, (rows,) tokens, whether that was its last)."""
+        if self.waiting:
+            self._prefill()
+        drawn = []
+        for g in self.groups:
+            g.token = next_tokens(g.logits, g.seen, g.sampling, g.rng)
+            if g.seen is not None:
+                g.seen[torch.arange(g.rows, device=self.device), g.token] = True
+            g.steps_left -= 1
+            drawn.append((g.key, g.token, g.steps_left <= 0))
+        return drawn
+
+    def leave(self, keys: Iterable[Hashable]) -> None:
+        """Drop these groups (unknown keys are ignored); the cache keeps the others' rows only,
+        trimmed of the padding no row needs any more."""
+        keys = set(keys)
+        self.waiting = [g for g in self.waiting if g.key not in keys]
+        if not any(g.key in keys for g in self.groups):
+            return
+        kept, rows, start = [], [], 0
+        for g in self.groups:
+            if g.key not in keys:
+                kept.append(g)
+                rows.extend(range(start, start + g.rows))
+            start += g.rows
+        self.groups = kept
+        if not kept:
+            self.cache = self.key_mask = None
+            return
+        index = torch.tensor(rows, device=self.device)
+        width = int(self.key_mask[index].sum(1).max())  # the longest row kept
+        self._rebuild([(self.cache, self.key_mask, index)], width)
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        """Run the drawn tokens through the model: the next scores of every group. Groups that
+        drew their last token leave first."""
+        self.leave([g.key for g in self.groups if g.steps_left <= 0])
+        if not self.groups:
+            return
+        tokens = torch.cat([g.token for g in self.groups])
+        self.key_mask = torch.cat([self.key_mask, self.key_mask.new_ones((len(tokens), 1))], 1)
+        mask = self.key_mask if self.ragged else None
+        logits = self.model(tokens[:, None], mask, self.cache, last_only=True)[:, -1]
+        self._hand_out(logits, self.groups)
+
+    def _prefill(self) -> None:
+        """Run the waiting groups' prompts (together, padded) and merge them into the batch."""
+        groups, self.waiting = self.waiting, []
+        ids, key_mask = left_padded([p for g in groups for p in g.prompts], self.device)
+        width = ids.shape[1]
+        # Alone, the cache is used as it is: room for every step. Else _rebuild makes room.
+        room = 0 if self.groups else max(g.steps_left for g in groups)
+        cache = self.model.new_cache(len(ids), width + room)
+        ragged = not bool(key_mask.all())  # no padding: no mask, and the fused causal kernels
+        logits = self.model(ids, key_mask if ragged else None, cache, last_only=True)[:, -1]
+        self._hand_out(logits, groups)
+        start = 0
+        for g in groups:
+            if g.sampling.repetition_penalty != 1.0:
+                rows = slice(start, start + g.rows)
+                g.seen = prompt_seen(ids[rows], key_mask[rows], logits.shape[-1])
+            start += g.rows
+        if not self.groups:
+            self.groups, self.cache, self.key_mask, self.ragged = groups, cache, key_mask, ragged
+            return
+        old = (self.cache, self.key_mask, None)
+        self.groups += groups
+        self._rebuild([old, (cache, key_mask, None)], max(self.key_mask.shape[1], width))
+
+    def _hand_out(self, logits: torch.Tensor, groups: list[_Group]) -> None:
+        start = 0
+        for g in groups:
+            g.logits, g.token = logits[start : start + g.rows], None
+            start += g.rows
+
+    def _rebuild(
+        self, parts: list[tuple[KVCache, torch.Tensor, torch.Tensor | None]], width: int
+    ) -> None:
+        """One cache and key mask of `width` columns from parts (a cache, its key mask, and
+        which of its rows, None: all), each left-padded or trimmed of its leading padding, with
+        room for every group's remaining steps."""
+        masks = [mask if rows is None else mask[rows] for _, mask, rows in parts]
+        rows_in_all = sum(len(mask) for mask in masks)
+        cache = self.model.new_cache(rows_in_all, width + max(g.steps_left for g in self.groups))
+        key_mask = torch.zeros((rows_in_all, width), dtype=torch.bool, device=self.device)
+        start = 0
+        for (part, _, rows), mask in zip(parts, masks, strict=True):
+            n, w = mask.shape
+            take = min(w, width)
+            for mine, theirs in ((cache.k, part.k), (cache.v, part.v)):
+                source = theirs[:, :, :, w - take : w]
+                mine[:, start : start + n, :, width - take : width] = (
+                    source if rows is None else source[:, rows]
+                )
+            key_mask[start : start + n, width - take :] = mask[:, w - take :]
+            start += n
+        cache.length = width
+        self.cache, self.key_mask = cache, key_mask
+        self.ragged = not bool(key_mask.all())
+
+
 def decode_tokens(
     model: nn.Module,
     prompts: list[list[int]],
@@ -205,41 +411,38 @@ def decode_tokens(
     the context is full. Prompts of different lengths are padded on the left. The caller stops
     iterating when it has what it needs (every row at its end-of-text or stop string).
 
-    With use_cache, each step runs the model on one new token per row against the cached keys
-    and values; without, on the whole sequence again (slow; the reference the cache must match).
+    With use_cache, a DecodeBatch of this one generation: each step runs the model on one new
+    token per row against the cached keys and values. Without, the model runs on the whole
+    sequence again every step (slow; the reference the cache must match).
     """
+    if max_new_tokens < 1:
+        return
+    if use_cache:
+        batch = DecodeBatch(model, context)
+        batch.add(None, prompts, max_new_tokens, sampling, generator)
+        while batch.waiting or batch.groups:
+            ((_, token, last),) = batch.sample()
+            yield token
+            if last:
+                return
+            batch.advance()
+        return
     device = next(model.parameters()).device
-    B, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros((B, width), dtype=torch.long)
-    key_mask = torch.zeros((B, width), dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        key_mask[row, width - len(prompt) :] = True
-    ids, key_mask = ids.to(device), key_mask.to(device)
-    ragged = not bool(key_mask.all())  # no padding: no mask, and the fused causal kernels
-    steps = min(max_new_tokens, context - width)
-    seen = torch.zeros((B, 0), dtype=torch.bool, device=device)  # sized at the first logits
-    cache = model.new_cache(B, width + steps) if use_cache else None
+    ids, key_mask = left_padded(prompts, device)
+    ragged = not bool(key_mask.all())
+    steps = min(max_new_tokens, context - ids.shape[1])
+    seen: torch.Tensor | None = None
 
     @torch.no_grad()  # not around the loop: a suspended generator must not leak the mode
-    def last_logits(new_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return model(new_ids, mask, cache, last_only=True)[:, -1]
+    def last_logits() -> torch.Tensor:
+        return model(ids, key_mask if ragged else None, last_only=True)[:, -1]
 
-    logits = last_logits(ids, key_mask if ragged else None)
-    for step in range(steps):
-        if seen.shape[1] != logits.shape[-1]:
-            seen = torch.zeros((B, logits.shape[-1]), dtype=torch.bool, device=device)
-            # padding stands in as the row's last (real) prompt token, already marked seen
-            seen.scatter_(1, torch.where(key_mask, ids, ids[:, -1:]), True)
+    for _ in range(steps):
+        logits = last_logits()
+        if seen is None:
+            seen = prompt_seen(ids, key_mask, logits.shape[-1])
         token = next_tokens(logits, seen, sampling, generator)
         yield token
-        if step == steps - 1:
-            return
-        seen[torch.arange(B, device=device), token] = True
-        key_mask = torch.cat([key_mask, key_mask.new_ones((B, 1))], dim=1)
-        mask = key_mask if ragged else None
-        if cache is not None:
-            logits = last_logits(token[:, None], mask)
-        else:
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            logits = last_logits(ids, mask)
+        seen[torch.arange(len(token), device=device), token] = True
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        key_mask = torch.cat([key_mask, key_mask.new_ones((len(token), 1))], dim=1)

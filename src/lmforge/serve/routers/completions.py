@@ -14,9 +14,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -27,6 +27,8 @@ from lmforge.serve.auth import Caller, LimitedCaller, require_key
 from lmforge.serve.calls import MeteredCall
 from lmforge.serve.errors import APIError
 from lmforge.serve.state import ServerState, get_state
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["generation"], dependencies=[Depends(require_key)])
 
@@ -175,29 +177,45 @@ async def _generate(
         events = engine.stream(prompts(engine), **options)
         shape = _Shape(endpoint, served.name)
         count_tokens = partial(_count_tokens, state, served.name)
+        deadline = _Deadline(state.settings.timeout_s)
         if body.stream:
-            try:
-                first = await anext(events)  # bad options fail here, as a plain error reply
+            try:  # bad options fail here, as a plain error reply
+                first = await deadline.run(anext(events))
             except BaseException:
                 await events.aclose()
                 raise
             call.streaming = True
             include_usage = body.stream_options is None or body.stream_options.include_usage
             return StreamingResponse(
-                _stream(call, shape, first, events, include_usage, count_tokens),
+                _stream(call, shape, first, events, include_usage, count_tokens, deadline),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        try:
-            reply = await asyncio.wait_for(_collect(call, shape, events), state.settings.timeout_s)
-        except TimeoutError:
-            raise APIError(
-                504,
-                f"the request did not finish within the server's {state.settings.timeout_s}s",
-                code="timeout",
-            ) from None
+        reply = await deadline.run(_collect(call, shape, events))
     count_tokens(call)
     return reply
+
+
+class _Deadline:
+    """--timeout-s for one request, streamed or not: whatever it awaits past the time is
+    cancelled (which takes its generation out of the batch) and becomes a 504."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = asyncio.get_running_loop().time() + seconds
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        left = self.end - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(awaitable, max(left, 0.0))
+        except asyncio.TimeoutError:
+            raise self.error() from None
+
+    def error(self) -> APIError:
+        return APIError(
+            504, f"the request did not finish within the server's {self.seconds:g}s",
+            code="timeout",
+        )
 
 
 async def _collect(call: MeteredCall, shape: _Shape, events: AsyncIterator[StreamEvent]) -> dict:
@@ -225,10 +243,12 @@ async def _stream(
     events: AsyncIterator[StreamEvent],
     include_usage: bool,
     on_end: Callable[[MeteredCall], None],
+    deadline: _Deadline,
 ) -> AsyncIterator[str]:
     """The SSE body. Tokens are counted once their chunk is out (the next one was asked for);
     the call is recorded before the closing chunks, so a client that has read them all sees
-    its usage exact."""
+    its usage exact. Past the deadline the stream ends with an error event (the openai client
+    raises it) and the call is recorded as a 504, billed for what was sent."""
     prompt: dict[int, int] = {}
     completion: dict[int, int] = {}
     started: set[int] = set()
@@ -238,7 +258,13 @@ async def _stream(
             yield shape.chunk(event, event.index not in started)
             started.add(event.index)
             _tally(call, prompt, completion, event)
-            event = await anext(events, None)
+            event = await deadline.run(anext(events, None))
+    except APIError as error:  # the deadline: the response has begun, so it ends in-band
+        await events.aclose()
+        on_end(call)
+        await call.finish(error)
+        yield _sse(error.body())
+        return
     except BaseException as error:
         await events.aclose()
         on_end(call)
