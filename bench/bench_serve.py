@@ -1,11 +1,18 @@
-"""Load benchmark of `lmforge serve` classification: dynamic batching on and off, same model.
+"""Load benchmark of `lmforge serve`: batching on and off, same model, same run.
 
 Starts `lmforge serve` on 127.0.0.1 twice (--max-batch-size N, then 1), drives each with a fixed
 number of concurrent clients for a fixed time, and prints requests/s, p50/p99 latency, the error
 count and the mean batch size. Every request goes the production path: key check, metering.
 
+--task classification (the default): POST /v1/classify, one short review per request, dynamic
+batching. --task generation: POST /v1/completions, a short prompt and --max-tokens new tokens
+per request (sampled, temperature 0.8), continuous batching; also prints generated tokens/s. The
+generation model has random weights (speed does not depend on them): GPT-2 124M's shape on a
+GPU, a small shape on the CPU.
+
     .venv/bin/python bench/bench_serve.py                    # trains a default-size model first
     .venv/bin/python bench/bench_serve.py --bundle runs/x/model --clients 32 --seconds 20
+    .venv/bin/python bench/bench_serve.py --task generation --max-tokens 64
 """
 
 from __future__ import annotations
@@ -58,6 +65,36 @@ def train_bundle(directory: Path) -> Path:
     return lmforge.train(cfg, out=directory / "bench", show_progress=False).bundle_dir
 
 
+def random_gpt_bundle(directory: Path, gpu: bool) -> Path:
+    """A generation bundle with random weights: GPT-2 124M's shape (context 1024) on a GPU,
+    d_model 256 × 4 layers (context 256) on the CPU; a byte-level BPE of 8,000 tokens."""
+    import torch
+
+    from lmforge.bundle import save_bundle
+    from lmforge.config import CleanConfig, GenerateConfig
+    from lmforge.models import GPT, GPTConfig
+    from lmforge.tokenization import train_tokenizer
+
+    rng = random.Random(0)
+    texts = ["".join(review(rng)[0]) + " the quick brown fox jumps" for _ in range(3000)]
+    tokenizer = train_tokenizer(texts, "byte_bpe", 8000)
+    shape = dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_length=1024) if gpu else \
+        dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_length=256)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **shape))
+    meta = {
+        "task": "generation",
+        "arch": "gpt",
+        "text_column": "text",
+        "clean": CleanConfig().model_dump(),
+        "max_length": shape["max_length"],
+        "generate": GenerateConfig().model_dump(),
+        "architecture": model.config.to_dict(),
+    }
+    save_bundle(directory / "bench-gpt", model, tokenizer, meta)
+    return directory / "bench-gpt"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -74,6 +111,7 @@ def start_server(bundle: Path, db: str, max_batch_size: int, max_wait_ms: float)
     command = [
         sys.executable, "-m", "lmforge", "serve", f"bench={bundle}", "--port", str(port),
         "--db", db, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
+        "--timeout-s", "300",
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -90,7 +128,7 @@ def start_server(bundle: Path, db: str, max_batch_size: int, max_wait_ms: float)
 
 
 async def client_loop(
-    port: int, bodies: list[bytes], key: str, stop_at: float, seed: int, result: dict
+    port: int, path: str, bodies: list[bytes], key: str, stop_at: float, seed: int, result: dict
 ) -> None:
     """One client on one keep-alive connection: a request, its whole answer, the next request.
 
@@ -99,7 +137,7 @@ async def client_loop(
     """
     rng = random.Random(seed)
     head = (
-        "POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {key}\r\nContent-Length: "
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -114,9 +152,11 @@ async def client_loop(
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            await reader.readexactly(length)
+            reply = await reader.readexactly(length)
             if status == 200:
                 result["latencies"].append(time.perf_counter() - start)
+                if b'"completion_tokens"' in reply:
+                    result["tokens"] += json.loads(reply)["usage"]["completion_tokens"]
             else:
                 result["errors"] += 1
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
@@ -125,14 +165,28 @@ async def client_loop(
         writer.close()
 
 
-async def drive(port: int, key: str, clients: int, seconds: float, texts: list[str]) -> dict:
+def request_bodies(args: argparse.Namespace) -> tuple[str, list[bytes]]:
+    """(path, bodies) of the requests the clients send, picked at random."""
+    texts = [review(random.Random(i))[0] for i in range(500)]
+    if args.task == "classification":
+        return "/v1/classify", [json.dumps({"model": "bench", "input": t}).encode() for t in texts]
+    bodies = [
+        json.dumps({"model": "bench", "prompt": text[:24], "max_tokens": args.max_tokens,
+                    "temperature": 0.8}).encode()
+        for text in texts
+    ]
+    return "/v1/completions", bodies
+
+
+async def drive(
+    port: int, key: str, clients: int, seconds: float, path: str, bodies: list[bytes]
+) -> dict:
     """`clients` concurrent clients, each one request at a time, until `seconds` have passed."""
-    bodies = [json.dumps({"model": "bench", "input": text}).encode() for text in texts]
-    result: dict = {"latencies": [], "errors": 0}
+    result: dict = {"latencies": [], "errors": 0, "tokens": 0}
     started = time.perf_counter()
     stop_at = started + seconds
     await asyncio.gather(
-        *(client_loop(port, bodies, key, stop_at, seed, result) for seed in range(clients))
+        *(client_loop(port, path, bodies, key, stop_at, seed, result) for seed in range(clients))
     )
     result["elapsed"] = time.perf_counter() - started
     return result
@@ -148,10 +202,10 @@ def mean_batch_size(url: str) -> float:
 def run_mode(args: argparse.Namespace, bundle: Path, db: str, key: str, batch: int) -> dict:
     server, url = start_server(bundle, db, batch, args.max_wait_ms)
     try:
-        texts = [review(random.Random(i))[0] for i in range(500)]
+        path, bodies = request_bodies(args)
         port = int(url.rsplit(":", 1)[1])
-        asyncio.run(drive(port, key, args.clients, args.warmup, texts))  # warm-up, not counted
-        result = asyncio.run(drive(port, key, args.clients, args.seconds, texts))
+        asyncio.run(drive(port, key, args.clients, args.warmup, path, bodies))  # not counted
+        result = asyncio.run(drive(port, key, args.clients, args.seconds, path, bodies))
         result["mean_batch"] = mean_batch_size(url)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -166,6 +220,7 @@ def run_mode(args: argparse.Namespace, bundle: Path, db: str, key: str, batch: i
         "p99_ms": 1000 * lat[min(n - 1, int(0.99 * n))] if n else float("nan"),
         "errors": result["errors"],
         "mean_batch": result["mean_batch"],
+        "tokens_per_s": result["tokens"] / result["elapsed"],
     }
 
 
@@ -177,12 +232,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured time per mode")
     parser.add_argument("--max-batch-size", type=int, default=32, help="batching-on setting")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--task", choices=["classification", "generation"],
+                        default="classification")
+    parser.add_argument("--max-tokens", type=int, default=64, help="generation: new tokens")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-serve-") as tmp:
         tmp_dir = Path(tmp)
         db = f"sqlite:///{tmp_dir / 'bench.db'}"
-        bundle = args.bundle or train_bundle(tmp_dir)
+        if args.bundle:
+            bundle = args.bundle
+        elif args.task == "generation":
+            import torch
+
+            bundle = random_gpt_bundle(tmp_dir, torch.cuda.is_available())
+        else:
+            bundle = train_bundle(tmp_dir)
         key = lmforge_cli("keys", "create", "bench", db=db)
         rows = [
             run_mode(args, bundle, db, key, args.max_batch_size),
@@ -191,13 +256,20 @@ def main() -> None:
         (usage,) = json.loads(lmforge_cli("usage", "--json", db=db))
 
     print(f"\nlmforge serve, {args.clients} clients, {args.seconds:.0f} s per mode, model {bundle}")
-    print(f"{'max batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'batch':>6}")
+    generation = args.task == "generation"
+    print(f"{'max batch':>9} {'req/s':>8} " + (f"{'tokens/s':>9} " if generation else "")
+          + f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'batch':>6}")
     for row in rows:
         print(
-            f"{row['max_batch_size']:>9} {row['rps']:>8.1f} {row['p50_ms']:>8.1f} "
-            f"{row['p99_ms']:>8.1f} {row['errors']:>6} {row['mean_batch']:>6.1f}"
+            f"{row['max_batch_size']:>9} {row['rps']:>8.1f} "
+            + (f"{row['tokens_per_s']:>9.0f} " if generation else "")
+            + f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['errors']:>6} "
+            f"{row['mean_batch']:>6.1f}"
         )
     print(f"batching speed-up: {rows[0]['rps'] / rows[1]['rps']:.2f}x requests/s")
+    if generation:
+        print(f"batching speed-up: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.2f}x "
+              "generated tokens/s")
     print(f"metered: {usage['requests']} requests (warm-ups included), {usage['errors']} errors")
 
 

@@ -87,6 +87,8 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone():
         "long": (0, [[5, 9, 2, 7, 1]], 14, Sampling(temperature=0), 0, None),
         "pair": (2, [[3], [8, 8, 8, 8, 8, 8]], 6, Sampling(temperature=0), 0, None),
         "sampled": (3, [[1, 2]], 9, Sampling(temperature=1.0, top_k=8), 7, None),
+        # sampling alike: scored with "sampled", drawn with its own generator
+        "alike": (4, [[2, 7], [9]], 8, Sampling(temperature=1.0, top_k=8), 3, None),
         "penalised": (3, [[4, 4, 6]], 9, Sampling(temperature=0, repetition_penalty=3.0), 0,
                       None),
         # wider than the batch when it joins: the others' rows get more padding
@@ -111,7 +113,7 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone():
         most_rows = max(most_rows, batch.rows)
         batch.leave(done)
         batch.advance()
-    assert most_rows == 6  # every group's rows at once
+    assert most_rows == 8  # every group's rows at once
     for key, (_, prompts, n, sampling, seed, leave_after) in plans.items():
         expected = alone(model, prompts, n, sampling, seed)
         if leave_after:

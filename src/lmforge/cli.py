@@ -248,7 +248,9 @@ def serve(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Open every route: no API key needed.")
     ] = False,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 32,
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, help="Texts (prompts, for generation) per forward pass.")
+    ] = 32,
     max_wait_ms: Annotated[
         float, typer.Option(min=0, help="How long a batch waits to fill up.")
     ] = 5.0,

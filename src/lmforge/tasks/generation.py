@@ -158,7 +158,7 @@ def perplexity(total_nll: float, count: int) -> float | None:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampling:
     """How the next token is chosen from the model's scores (already validated)."""
 
@@ -176,6 +176,18 @@ def next_tokens(
 ) -> torch.Tensor:
     """(B,) next tokens from (B, vocab) scores: repetition penalty, then temperature, top-k
     and top-p (nucleus) filtering, then a draw; or the likeliest token at temperature 0."""
+    scores = sampling_scores(logits, seen, sampling)
+    if sampling.temperature == 0:
+        return scores.argmax(dim=-1)
+    return draw(scores.softmax(dim=-1), generator)
+
+
+def sampling_scores(
+    logits: torch.Tensor, seen: torch.Tensor | None, sampling: Sampling
+) -> torch.Tensor:
+    """The scores the next token is drawn from (float32): penalised, divided by the
+    temperature, -inf outside top-k and top-p; at temperature 0, only penalised. Row by row, so
+    the rows of several generations with the same sampling can go through at once."""
     logits = logits.float()
     if sampling.repetition_penalty != 1.0:  # CTRL's penalty, as in transformers
         penalised = torch.where(
@@ -183,7 +195,7 @@ def next_tokens(
         )
         logits = torch.where(seen, penalised, logits)
     if sampling.temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits
     logits = logits / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -193,7 +205,10 @@ def next_tokens(
         mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)
         drop = mass_before >= sampling.top_p  # the likeliest token is always kept
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
+    return logits
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -299,14 +314,28 @@ class DecodeBatch:
         """Draw every group's next tokens: (key, (rows,) tokens, whether that was its last)."""
         if self.waiting:
             self._prefill()
-        drawn = []
+        # Groups that sample alike are scored together (one set of kernels, not one per
+        # group); each still draws with its own generator from its own rows.
+        alike: dict[Sampling, list[_Group]] = {}
         for g in self.groups:
-            g.token = next_tokens(g.logits, g.seen, g.sampling, g.rng)
-            if g.seen is not None:
+            if g.seen is not None:  # a repetition penalty: its own rows' history
+                g.token = next_tokens(g.logits, g.seen, g.sampling, g.rng)
                 g.seen[torch.arange(g.rows, device=self.device), g.token] = True
+            else:
+                alike.setdefault(g.sampling, []).append(g)
+        for sampling, groups in alike.items():
+            logits = torch.cat([g.logits for g in groups]) if len(groups) > 1 else groups[0].logits
+            scores = sampling_scores(logits, None, sampling)
+            if sampling.temperature == 0:
+                tokens = scores.argmax(dim=-1).split([g.rows for g in groups])
+            else:
+                probs = scores.softmax(dim=-1).split([g.rows for g in groups])
+                tokens = [draw(p, g.rng) for p, g in zip(probs, groups, strict=True)]
+            for g, token in zip(groups, tokens, strict=True):
+                g.token = token
+        for g in self.groups:
             g.steps_left -= 1
-            drawn.append((g.key, g.token, g.steps_left <= 0))
-        return drawn
+        return [(g.key, g.token, g.steps_left <= 0) for g in self.groups]
 
     def leave(self, keys: Iterable[Hashable]) -> None:
         """Drop these groups (unknown keys are ignored); the cache keeps the others' rows only,
