@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +41,20 @@ CHECK_TEXTS = 256  # eval texts on which the fp32 export is checked against PyTo
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The quantizer and optimizer log advice and tracer chatter meant for their developers."""
+    """The quantizer and optimizer log advice and tracer chatter meant for their developers,
+    and where shape inference gives up, ONNX Runtime dumps the model (sym_shape_infer_temp.onnx
+    and a weights file) into the working directory: they run in a scratch one instead."""
     logging.disable(logging.WARNING)
+    before = Path.cwd()
+    scratch = tempfile.TemporaryDirectory(prefix="lmforge-onnxruntime-")
+    os.chdir(scratch.name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        os.chdir(before)
+        scratch.cleanup()
         logging.disable(logging.NOTSET)
 
 
@@ -58,7 +67,7 @@ def quantize_int8(fp32: Path, int8: Path, fused: bool = False) -> None:
     # outputs: tell the quantizer they are float.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
     with _quiet():
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, extra_options=extra)
+        quantize_dynamic(str(fp32.resolve()), str(int8.resolve()), weight_type=QuantType.QInt8, extra_options=extra)
 
 
 def fuse_transformer_ops(fp32: Path, fused: Path, attention: dict[str, int]) -> dict[str, int]:
@@ -68,7 +77,9 @@ def fuse_transformer_ops(fp32: Path, fused: Path, attention: dict[str, int]) -> 
 
     with _quiet():
         try:
-            model = optimizer.optimize_model(str(fp32), model_type="bert", opt_level=0, **attention)
+            model = optimizer.optimize_model(
+                str(fp32.resolve()), model_type="bert", opt_level=0, **attention
+            )
         except Exception:  # a graph it does not know: the plain int8 graph is still there
             return {}
     found = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
