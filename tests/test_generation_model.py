@@ -129,7 +129,7 @@ def test_a_batch_trims_padding_when_the_longest_row_leaves():
     batch.add("long", [[1] * 12], 4, Sampling(temperature=0), torch.Generator())
     tokens = []
     while batch.groups or batch.waiting:
-        for key, token, last in batch.sample():
+        for key, token, _ in batch.sample():
             if key == "short":
                 tokens.append(token.item())
         batch.advance()  # "long" leaves after its 4 tokens; "short" would overflow unpadded

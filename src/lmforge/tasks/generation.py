@@ -212,7 +212,9 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def left_padded(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(
+    prompts: list[list[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, key_mask), both (B, width of the longest prompt): prompts padded on the left, the
     mask False at padding."""
     B, width = len(prompts), max(len(p) for p in prompts)
