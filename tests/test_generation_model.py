@@ -78,10 +78,16 @@ def alone(model, prompts, n, sampling, seed=0):
     return torch.stack(list(steps), dim=1).tolist()
 
 
-def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone():
+@pytest.mark.parametrize("static_after", [None, 0, 2])
+def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone(
+    static_after, monkeypatch
+):
     """Continuous batching: generations of different lengths, prompts and sampling join at
     different steps, one leaves early (a stop string, say); each gets the tokens it would get
-    decoded alone, and they were decoded together."""
+    decoded alone, and they were decoded together. With static_after, the static decode step
+    (a CUDA graph on a GPU; here the same fixed-shape computation on the CPU) takes over while
+    the rows stay the same, and gives the same tokens."""
+    monkeypatch.setattr(DecodeBatch, "STATIC_MIN_STEPS", 1)
     model = tiny(spread=20.0)
     plans = {  # key: (join at step, prompts, max new tokens, sampling, seed, leave after)
         "long": (0, [[5, 9, 2, 7, 1]], 14, Sampling(temperature=0), 0, None),
@@ -94,9 +100,9 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone():
         # wider than the batch when it joins: the others' rows get more padding
         "left": (3, [list(range(11, 23))], 10, Sampling(temperature=0), 0, 3),
     }
-    batch = DecodeBatch(model, model.config.max_length)
+    batch = DecodeBatch(model, model.config.max_length, static_after=static_after)
     got = {key: [[] for _ in plan[1]] for key, plan in plans.items()}
-    most_rows = 0
+    most_rows, static_steps = 0, 0
     for step in range(30):
         for key, (at, prompts, n, sampling, seed, _) in plans.items():
             if at == step:
@@ -113,13 +119,37 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone():
         most_rows = max(most_rows, batch.rows)
         batch.leave(done)
         batch.advance()
+        static_steps += batch.static is not None
     assert most_rows == 8  # every group's rows at once
+    assert (static_steps > 0) == (static_after is not None)
     for key, (_, prompts, n, sampling, seed, leave_after) in plans.items():
         expected = alone(model, prompts, n, sampling, seed)
         if leave_after:
             expected = [row[:leave_after] for row in expected]
         assert got[key] == expected, key
     assert batch.rows == 0 and batch.cache is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_decoding_gives_the_eager_tokens():
+    model = tiny(spread=20.0).cuda()
+    prompts = [[5, 9, 2, 7, 1], [3], [8, 8, 8]]
+
+    def run(static_after):
+        batch = DecodeBatch(model, model.config.max_length, static_after=static_after)
+        batch.add("g", prompts, 20, Sampling(temperature=0), torch.Generator("cuda"))
+        steps, graphed = [], False
+        while batch.groups or batch.waiting:
+            ((_, token, _),) = batch.sample()
+            steps.append(token.tolist())
+            batch.advance()
+            graphed |= batch.static is not None and batch.static.graph is not None
+        return steps, graphed
+
+    eager, _ = run(None)
+    graphed, used_graph = run(0)
+    assert used_graph
+    assert graphed == eager
 
 
 def test_a_batch_trims_padding_when_the_longest_row_leaves():

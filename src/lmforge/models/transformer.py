@@ -194,11 +194,18 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, Tmax, Dh)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
+        # Static mode (GPT.decode_step): each update writes at this column, a (1,) tensor, and
+        # attention sees every column (a mask hides the unused ones): fixed shapes throughout.
+        self.write_at: torch.Tensor | None = None
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, H, T, Dh) keys/values; return all of them so far."""
+        if self.write_at is not None:
+            self.k[layer].index_copy_(2, self.write_at, k)
+            self.v[layer].index_copy_(2, self.write_at, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
@@ -340,6 +347,24 @@ class GPT(nn.Module):
             cache.length += T
         x = self.ln_f(x[:, -1:] if last_only else x)
         return F.linear(x, self.tok_emb.weight)  # tied output layer: (B, T, vocab)
+
+
+    def decode_step(
+        self,
+        token: torch.Tensor,
+        positions: torch.Tensor,
+        key_mask: torch.Tensor,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """The next-token logits (B, vocab) of one new token per row (B, 1) at `positions`
+        (B, 1), against a static cache (`cache.write_at` set): `key_mask` (B, capacity) marks
+        the columns each row attends to, the new one included. Every shape is fixed by the
+        cache, so the step can be captured as a CUDA graph and replayed."""
+        x = self.tok_emb(token) + self.pos_emb(positions)  # (B, 1, D)
+        mask = key_mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, mask, cache)
+        return F.linear(self.ln_f(x), self.tok_emb.weight)[:, -1]
 
 
 def gpt_from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:

@@ -130,7 +130,7 @@ class GenerationEngine:
     # --- the decoding thread ---------------------------------------------------------------
 
     def _decode(self) -> None:
-        batch = DecodeBatch(self.generator.model, self.generator.max_length)
+        batch = self._new_batch()
         active: dict[int, _Request] = {}
         while True:
             with self._wake:
@@ -162,11 +162,18 @@ class GenerationEngine:
                     request.put(error)
                     request.put(_END)
                 active.clear()
-                batch = DecodeBatch(self.generator.model, self.generator.max_length)
+                batch = self._new_batch()
         gone = APIError(503, "the server is shutting down", code="shutting_down")
         for request in [*active.values(), *self._inbox]:
             request.put(gone)
             request.put(_END)
+
+    def _new_batch(self) -> DecodeBatch:
+        # On a GPU, rows that stay the same for a few steps decode as a CUDA graph: one client
+        # at a time goes several times faster; a batch that changes every step stays eager.
+        model = self.generator.model
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        return DecodeBatch(model, self.generator.max_length, static_after=4 if on_gpu else None)
 
     def _step(self, batch: DecodeBatch, active: dict[int, _Request]) -> None:
         """Draw a token for every request in the batch, hand out the text it makes, let the

@@ -251,6 +251,54 @@ class _Group:
         return len(self.prompts)
 
 
+class _StaticStep:
+    """The decode step of a batch whose rows stay the same, over its fixed-size cache: GPT's
+    decode_step with every input in a buffer of fixed shape. On a GPU it is captured once as a
+    CUDA graph and replayed every step (one launch instead of hundreds: at small batches the
+    host's kernel launches, not the GPU, bound eager decoding); on the CPU it runs as it is."""
+
+    def __init__(self, model: GPT, cache: KVCache, key_mask: torch.Tensor) -> None:
+        B, width = key_mask.shape
+        device = key_mask.device
+        self.model, self.cache, self.width = model, cache, width
+        self.mask = torch.zeros((B, cache.k.shape[3]), dtype=torch.bool, device=device)
+        self.mask[:, :width] = key_mask
+        self.positions = key_mask.sum(1, keepdim=True)  # (B, 1): the next token's position
+        self.token = torch.zeros((B, 1), dtype=torch.long, device=device)
+        cache.write_at = torch.tensor([width], device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if device.type == "cuda":
+            # Warm up on a side stream (as capture requires), then capture. Warm-up writes the
+            # cache at the next column, which the first real step overwrites.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._run()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._run()
+
+    def _run(self) -> torch.Tensor:
+        return self.model.decode_step(self.token, self.positions, self.mask, self.cache)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The next scores (B, vocab) after `tokens` (B,); valid until the next call."""
+        self.token.copy_(tokens[:, None])
+        self.mask[:, self.width] = True
+        self.cache.write_at.fill_(self.width)
+        if self.graph is not None:
+            self.graph.replay()
+            logits = self.logits
+        else:
+            logits = self._run()
+        self.positions += 1
+        self.width += 1
+        self.cache.length += 1
+        return logits
+
+
 class DecodeBatch:
     """Generations decoded together, one token each per step (continuous batching).
 
@@ -272,16 +320,29 @@ class DecodeBatch:
     as one step reads, so cheap while generations run for more than a few tokens. A model whose
     cache is not lmforge's KVCache (a pretrained Hugging Face model) decodes one group at a time:
     `can_take` says when another may join.
+
+    With `static_after` N, once the rows have stayed the same for N steps (and every group has
+    at least `STATIC_MIN_STEPS` to go), lmforge's GPT decodes with a static step, a CUDA graph on
+    a GPU, until the rows change. None (the default on the CPU, where it gains nothing): never.
     """
 
-    def __init__(self, model: nn.Module, context: int) -> None:
+    STATIC_MIN_STEPS = 8  # a CUDA graph's capture costs a few steps: worth it for longer runs
+
+    def __init__(
+        self, model: nn.Module, context: int, static_after: int | None | str = "auto"
+    ) -> None:
         self.model, self.context = model, context
         self.device = next(model.parameters()).device
+        if static_after == "auto":
+            static_after = 0 if self.device.type == "cuda" else None
+        self.static_after = static_after if isinstance(model, GPT) else None
         self.groups: list[_Group] = []  # decoding, in row order
         self.waiting: list[_Group] = []  # added, prefilled at the next sample()
         self.cache: Any = None
         self.key_mask: torch.Tensor | None = None  # (B, W)
         self.ragged = False  # any padding: attention needs the mask
+        self.static: _StaticStep | None = None
+        self.steps_unchanged = 0  # steps since the rows last changed
 
     @property
     def rows(self) -> int:
@@ -354,7 +415,7 @@ class DecodeBatch:
             start += g.rows
         self.groups = kept
         if not kept:
-            self.cache = self.key_mask = None
+            self._reset(None, None)
             return
         index = torch.tensor(rows, device=self.device)
         width = int(self.key_mask[index].sum(1).max())  # the longest row kept
@@ -368,10 +429,23 @@ class DecodeBatch:
         if not self.groups:
             return
         tokens = torch.cat([g.token for g in self.groups])
+        if self.static is None and self._static_worth_it():
+            self.static = _StaticStep(self.model, self.cache, self.key_mask)
         self.key_mask = torch.cat([self.key_mask, self.key_mask.new_ones((len(tokens), 1))], 1)
-        mask = self.key_mask if self.ragged else None
-        logits = self.model(tokens[:, None], mask, self.cache, last_only=True)[:, -1]
+        if self.static is not None:
+            logits = self.static(tokens)
+        else:
+            mask = self.key_mask if self.ragged else None
+            logits = self.model(tokens[:, None], mask, self.cache, last_only=True)[:, -1]
+        self.steps_unchanged += 1
         self._hand_out(logits, self.groups)
+
+    def _static_worth_it(self) -> bool:
+        return (
+            self.static_after is not None
+            and self.steps_unchanged >= self.static_after
+            and min(g.steps_left for g in self.groups) >= self.STATIC_MIN_STEPS
+        )
 
     def _prefill(self) -> None:
         """Run the waiting groups' prompts (together, padded) and merge them into the batch."""
@@ -391,7 +465,8 @@ class DecodeBatch:
                 g.seen = prompt_seen(ids[rows], key_mask[rows], logits.shape[-1])
             start += g.rows
         if not self.groups:
-            self.groups, self.cache, self.key_mask, self.ragged = groups, cache, key_mask, ragged
+            self.groups = groups
+            self._reset(cache, key_mask)
             return
         old = (self.cache, self.key_mask, None)
         self.groups += groups
@@ -425,8 +500,12 @@ class DecodeBatch:
             key_mask[start : start + n, width - take :] = mask[:, w - take :]
             start += n
         cache.length = width
-        self.cache, self.key_mask = cache, key_mask
-        self.ragged = not bool(key_mask.all())
+        self._reset(cache, key_mask)
+
+    def _reset(self, cache: Any, key_mask: torch.Tensor | None) -> None:
+        """New rows: their cache and key mask; any static step is for the old ones."""
+        self.cache, self.key_mask, self.static, self.steps_unchanged = cache, key_mask, None, 0
+        self.ragged = key_mask is not None and not bool(key_mask.all())
 
 
 def decode_tokens(

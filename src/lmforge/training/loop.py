@@ -8,6 +8,7 @@ and an evaluation function.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -200,7 +201,9 @@ class _Loop:
         if distributed.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        # With train.compile, the loss is compiled with the model: the cross-entropy over the
+        # vocabulary then fuses with the logits' cast instead of making float copies of them.
+        self._losses: dict[Callable, Callable[[Batch], torch.Tensor]] = {}
 
     def restore(self) -> tuple[int, list[str]]:
         meta, saved, warnings = load_checkpoint(self.ckpt_dir / "last", self.model)
@@ -257,6 +260,15 @@ class _Loop:
         patience = cfg.early_stopping_patience
         state.stopped_early = bool(patience and state.evals_since_best >= patience)
 
+    def _loss_of(
+        self, loss_fn: Callable[[nn.Module, Batch], torch.Tensor]
+    ) -> Callable[[Batch], torch.Tensor]:
+        """batch -> loss on the (wrapped) model, compiled with train.compile."""
+        if loss_fn not in self._losses:
+            loss = functools.partial(loss_fn, self.wrapped)
+            self._losses[loss_fn] = torch.compile(loss) if self.cfg.compile else loss
+        return self._losses[loss_fn]
+
     def optimizer_step(
         self, batches: Iterator[tuple[int, int, Batch]],
         loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
@@ -274,7 +286,7 @@ class _Loop:
                 else self.wrapped.no_sync()
             with sync:
                 with _autocast(self.device, self.autocast_dtype):
-                    loss = loss_fn(self.forward_model, batch)
+                    loss = self._loss_of(loss_fn)(batch)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             total_loss += loss.detach().float()
             samples += len(next(iter(batch.values())))
