@@ -166,7 +166,12 @@ def _batches_from(
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """The batch on the device. To a GPU through pinned memory: a copy from pageable memory
+    would hold the host until the GPU is idle, so the next step's kernels could not be queued
+    while this one runs."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
