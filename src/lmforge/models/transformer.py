@@ -298,7 +298,6 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.gradient_checkpointing = False
-        self.vocab_multiple: int | None = None  # see logits(); None: 64 training on a GPU
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_length, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -346,22 +345,8 @@ class GPT(nn.Module):
                 x = block(x, mask, cache)
         if cache is not None:
             cache.length += T
-        return self.logits(self.ln_f(x[:, -1:] if last_only else x))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The tied output layer: (..., D) -> (..., vocab).
-
-        Training on a GPU, the vocabulary is padded with zero rows to a multiple of
-        `vocab_multiple` for the product and its extra logits dropped: GPT-2's 50,257 columns
-        would leave the largest matmul of training on slower, unaligned kernels."""
-        weight, vocab = self.tok_emb.weight, self.config.vocab_size
-        multiple = self.vocab_multiple
-        if multiple is None:
-            multiple = 64 if self.training and x.is_cuda else 1
-        pad = -vocab % multiple
-        if not pad:
-            return F.linear(x, weight)
-        return F.linear(x, F.pad(weight, (0, 0, 0, pad)))[..., :vocab]
+        x = self.ln_f(x[:, -1:] if last_only else x)
+        return F.linear(x, self.tok_emb.weight)  # tied output layer: (B, T, vocab)
 
 
     def decode_step(
@@ -379,7 +364,7 @@ class GPT(nn.Module):
         mask = key_mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, mask, cache)
-        return self.logits(self.ln_f(x))[:, -1]
+        return F.linear(self.ln_f(x), self.tok_emb.weight)[:, -1]
 
 
 def gpt_from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
