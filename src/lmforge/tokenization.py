@@ -106,7 +106,9 @@ class TextTokenizer:
         if self.hf is not None:
             self.hf.save_pretrained(directory)  # keeps the bundle loadable by transformers
         else:
-            self.backend.save(str(directory / "tokenizer.json"))
+            # compact JSON: the indented form is twice the size, and in an int8 bundle the
+            # tokenizer is a good part of the folder
+            self.backend.save(str(directory / "tokenizer.json"), pretty=False)
 
     @classmethod
     def load(cls, directory: Path) -> TextTokenizer:
