@@ -136,3 +136,21 @@ def test_init_writes_a_generation_config_with_the_text_column(monkeypatch, capsy
     cfg = load_config(config)
     assert cfg.task == "generation" and cfg.model.arch == "gpt"
     assert cfg.data.text_column == "body"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_continuation_with_newlines_stays_on_its_line(monkeypatch, capsys, bundle, stream):
+    """Line i of the output is prompt i's continuation, whatever characters it holds."""
+    from lmforge.bundle import Generator, StreamEvent
+
+    def events(self, job):
+        yield StreamEvent(1, "b\\nc", None, 2, 1)
+        yield StreamEvent(0, "first\nline", "stop", 2, 2)
+        yield StreamEvent(1, "\r\n", "length", 2, 2)
+
+    monkeypatch.setattr(Generator, "_events", events)
+    args = ["--stream"] if stream else []
+    code, out, err = lmforge(monkeypatch, capsys, "generate", bundle, "--prompt", "the cat",
+                             "--prompt", "the dog", *args)
+    assert code == 0, err
+    assert out.splitlines() == ["first\\nline", "b\\\\nc\\r\\n"]

@@ -833,17 +833,31 @@ def _read_prompts(input: str | Path) -> list[str]:
     return lines
 
 
+# Every character Python's str.splitlines() breaks a line at, and the backslash, as escapes.
+_LINE_ESCAPES = str.maketrans({
+    "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\v": "\\v", "\f": "\\f",
+    **{c: f"\\x{ord(c):02x}" for c in "\x1c\x1d\x1e\x85"},
+    **{c: f"\\u{ord(c):04x}" for c in "\u2028\u2029"},
+})
+
+
+def _one_line(text: str) -> str:
+    """A continuation's text kept on its line: line breaks and backslashes escaped."""
+    return text.translate(_LINE_ESCAPES)
+
+
 def _write_in_order(events: Iterator[Any], n: int, sink: Any) -> list[str]:
     """Stream events of n prompts to `sink` in prompt order: the first unfinished prompt's text
-    as it comes, the others' kept until their turn; one line per continuation."""
+    as it comes, the others' kept until their turn; one line per continuation (see _one_line).
+    Returns the texts as generated."""
     texts, held, done, current = [""] * n, [[] for _ in range(n)], set(), 0
     for event in events:
         texts[event.index] += event.text
         if event.index == current:
-            sink.write(event.text)
+            sink.write(_one_line(event.text))
             sink.flush()
         else:
-            held[event.index].append(event.text)
+            held[event.index].append(_one_line(event.text))
         if event.finish_reason is not None:
             done.add(event.index)
         while current in done:
@@ -895,7 +909,7 @@ def generate(
         texts = _write_in_order(counted(events), len(prompts), sys.stdout)
     else:
         texts = _write_in_order(counted(events), len(prompts), io.StringIO())
-        sys.stdout.write("".join(text + "\n" for text in texts))
+        sys.stdout.write("".join(_one_line(text) + "\n" for text in texts))
         sys.stdout.flush()
     seconds = time.perf_counter() - started
     print(f"{len(prompts)} prompt(s), {sum(counts)} new tokens in {seconds:.2f} s "

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +46,34 @@ def render_chat(messages: list[dict[str, str]], template: dict[str, str] | None 
 @dataclass
 class _Request:
     job: GenerationJob
-    put: Callable[[object], None]  # onto the waiting coroutine's queue, from any thread
+    loop: asyncio.AbstractEventLoop  # where the waiting coroutine runs
+    queue: asyncio.Queue  # its items: StreamEvents, an exception, then _END
     stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
     def rows(self) -> int:
         return len(self.job.prompts)
+
+    def put(self, *items: object) -> None:
+        _deliver([(self, list(items))])
+
+
+def _deliver(outbox: list[tuple[_Request, list[object]]]) -> None:
+    """Hand items to their requests' coroutines, from the decoding thread: one wake-up of each
+    event loop for the lot (a step's events for every request), not one per event."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, list[object]]]] = {}
+    for request, items in outbox:
+        if items:
+            by_loop.setdefault(request.loop, []).append((request.queue, items))
+    for loop, parcels in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+            loop.call_soon_threadsafe(_unpack, parcels)
+
+
+def _unpack(parcels: list[tuple[asyncio.Queue, list[object]]]) -> None:
+    for queue, items in parcels:
+        for item in items:
+            queue.put_nowait(item)
 
 
 class GenerationEngine:
@@ -107,14 +129,8 @@ class GenerationEngine:
                 job = await asyncio.to_thread(self.generator.prepare, prompts, **options)
             except LmforgeError as error:
                 raise APIError(422, str(error), code="invalid_request") from None
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue = asyncio.Queue()
-
-            def put(item: object) -> None:
-                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-
-            request = _Request(job, put)
+            request = _Request(job, asyncio.get_running_loop(), asyncio.Queue())
+            queue = request.queue
             with self._wake:
                 self._inbox.append(request)
                 self._wake.notify()
@@ -147,8 +163,7 @@ class GenerationEngine:
                         batch.add(id(request), request.job.prompts, request.job.max_new_tokens,
                                   request.job.sampling, request.job.rng)
                     except ValueError as error:  # prepare() leaves room; this is a bug
-                        request.put(error)
-                        request.put(_END)
+                        request.put(error, _END)
                     else:
                         joining.append(request)
                 waiting = len(self._inbox)
@@ -159,14 +174,12 @@ class GenerationEngine:
                 self._step(batch, active)
             except Exception as error:  # out of memory, say: these requests fail, others go on
                 for request in active.values():
-                    request.put(error)
-                    request.put(_END)
+                    request.put(error, _END)
                 active.clear()
                 batch = self._new_batch()
         gone = APIError(503, "the server is shutting down", code="shutting_down")
         for request in [*active.values(), *self._inbox]:
-            request.put(gone)
-            request.put(_END)
+            request.put(gone, _END)
 
     def _new_batch(self) -> DecodeBatch:
         # On a GPU, rows that stay the same for a few steps decode as a CUDA graph: one client
@@ -184,19 +197,19 @@ class GenerationEngine:
         if self.metrics is not None:
             self.metrics.batch_size.labels(self.name).observe(batch.rows)
         tokens = torch.cat([step for _, step, _ in drawn]).tolist()  # one copy from the device
-        done, start = [], 0
+        done, start, outbox = [], 0, []
         for key, step, last in drawn:
             request = active[key]
-            events = request.job.take(tokens[start : start + len(step)])
+            items: list[object] = request.job.take(tokens[start : start + len(step)])
             start += len(step)
             if last:
-                events += request.job.end()
-            for event in events:
-                request.put(event)
+                items += request.job.end()
             if request.job.done or request.stopped.is_set():
-                request.put(_END)
+                items.append(_END)
                 done.append(key)
                 del active[key]
+            outbox.append((request, items))
+        _deliver(outbox)
         batch.leave(done)
         batch.advance()
 

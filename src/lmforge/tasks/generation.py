@@ -209,7 +209,20 @@ def sampling_scores(
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    """(B,) tokens drawn from (B, vocab) probabilities with one uniform number per row."""
+    uniform = torch.rand(len(probs), generator=generator, device=probs.device)
+    return inverse_cdf(probs, uniform)
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative probability first exceeds each row's uniform number: a draw
+    whose random numbers can come from different generators, row by row, in one batch (the
+    rows of several generations, each with its own seed). A token of probability 0 is never
+    drawn."""
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    point = torch.minimum(uniform[:, None] * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, point, right=True).squeeze(1)
 
 
 def left_padded(
@@ -391,9 +404,13 @@ class DecodeBatch:
             scores = sampling_scores(logits, None, sampling)
             if sampling.temperature == 0:
                 tokens = scores.argmax(dim=-1).split([g.rows for g in groups])
-            else:
-                probs = scores.softmax(dim=-1).split([g.rows for g in groups])
-                tokens = [draw(p, g.rng) for p, g in zip(probs, groups, strict=True)]
+            else:  # one small draw of uniform numbers per generation, then one batch
+                uniform = torch.cat([
+                    torch.rand(g.rows, generator=g.rng, device=self.device) for g in groups
+                ])
+                tokens = inverse_cdf(scores.softmax(dim=-1), uniform).split(
+                    [g.rows for g in groups]
+                )
             for g, token in zip(groups, tokens, strict=True):
                 g.token = token
         for g in self.groups:
