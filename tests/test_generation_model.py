@@ -7,7 +7,13 @@ import torch.nn.functional as F
 
 from lmforge.models import GPT, GPTConfig
 from lmforge.models.transformer import gpt_from_gpt2_state_dict
-from lmforge.tasks.generation import DecodeBatch, Sampling, decode_tokens, next_tokens
+from lmforge.tasks.generation import (
+    DecodeBatch,
+    Sampling,
+    SlotBatch,
+    decode_tokens,
+    next_tokens,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,15 +84,28 @@ def alone(model, prompts, n, sampling, seed=0):
     return torch.stack(list(steps), dim=1).tolist()
 
 
-@pytest.mark.parametrize("static_after", [None, 0, 2])
+BATCHES = {  # how the rows are laid out, and whether the static step (a CUDA graph on a GPU;
+    # here the same fixed-shape computation on the CPU) decodes them
+    "padded": lambda model: DecodeBatch(model, model.config.max_length, static_after=None),
+    "padded, static at once": lambda model: DecodeBatch(
+        model, model.config.max_length, static_after=0),
+    "padded, static after 2 steps": lambda model: DecodeBatch(
+        model, model.config.max_length, static_after=2),
+    "slots": lambda model: SlotBatch(model, model.config.max_length, slots=9),
+}
+
+
+def uses_static_step(batch):
+    return batch.static is not None or getattr(batch, "step", None) is not None
+
+
+@pytest.mark.parametrize("layout", list(BATCHES))
 def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone(
-    static_after, monkeypatch
+    layout, monkeypatch
 ):
     """Continuous batching: generations of different lengths, prompts and sampling join at
     different steps, one leaves early (a stop string, say); each gets the tokens it would get
-    decoded alone, and they were decoded together. With static_after, the static decode step
-    (a CUDA graph on a GPU; here the same fixed-shape computation on the CPU) takes over while
-    the rows stay the same, and gives the same tokens."""
+    decoded alone, and they were decoded together, in every layout."""
     monkeypatch.setattr(DecodeBatch, "STATIC_MIN_STEPS", 1)
     model = tiny(spread=20.0)
     plans = {  # key: (join at step, prompts, max new tokens, sampling, seed, leave after)
@@ -100,7 +119,7 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone(
         # wider than the batch when it joins: the others' rows get more padding
         "left": (3, [list(range(11, 23))], 10, Sampling(temperature=0), 0, 3),
     }
-    batch = DecodeBatch(model, model.config.max_length, static_after=static_after)
+    batch = BATCHES[layout](model)
     got = {key: [[] for _ in plan[1]] for key, plan in plans.items()}
     most_rows, static_steps = 0, 0
     for step in range(30):
@@ -119,15 +138,15 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone(
         most_rows = max(most_rows, batch.rows)
         batch.leave(done)
         batch.advance()
-        static_steps += batch.static is not None
+        static_steps += uses_static_step(batch)
     assert most_rows == 8  # every group's rows at once
-    assert (static_steps > 0) == (static_after is not None)
+    assert (static_steps > 0) == (layout != "padded")
     for key, (_, prompts, n, sampling, seed, leave_after) in plans.items():
         expected = alone(model, prompts, n, sampling, seed)
         if leave_after:
             expected = [row[:leave_after] for row in expected]
         assert got[key] == expected, key
-    assert batch.rows == 0 and batch.cache is None
+    assert batch.rows == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -150,6 +169,15 @@ def test_cuda_graph_decoding_gives_the_eager_tokens():
     graphed, used_graph = run(0)
     assert used_graph
     assert graphed == eager
+    slots = SlotBatch(model, model.config.max_length, slots=4)
+    slots.add("g", prompts, 20, Sampling(temperature=0), torch.Generator("cuda"))
+    in_slots = []
+    while slots.groups or slots.waiting:
+        ((_, token, _),) = slots.sample()
+        in_slots.append(token.tolist())
+        slots.advance()
+    assert slots.step.graph is not None
+    assert in_slots == eager
 
 
 def test_a_batch_trims_padding_when_the_longest_row_leaves():

@@ -151,8 +151,10 @@ def test_limits_and_bad_arguments_are_422_and_metered(api, db_url):
         api.chat.completions.create(model="story", messages=MESSAGES, max_completion_tokens=99)
     with pytest.raises(openai.UnprocessableEntityError, match="temperature"):
         api.completions.create(model="story", prompt=PROMPT, temperature=-1, stream=True)
+    with pytest.raises(openai.UnprocessableEntityError, match="at most 32"):
+        api.completions.create(model="story", prompt=[PROMPT] * 33, max_tokens=2)
     new = records(db_url)[before:]
-    assert [(r.status, r.completion_tokens) for r in new] == [(422, 0)] * 3
+    assert [(r.status, r.completion_tokens) for r in new] == [(422, 0)] * 4
 
 
 def test_several_prompts_are_choices_in_order(api, generator):

@@ -194,17 +194,23 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, Tmax, Dh)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
-        # Static mode (GPT.decode_step): each update writes at this column, a (1,) tensor, and
-        # attention sees every column (a mask hides the unused ones): fixed shapes throughout.
+        # Static mode (GPT.decode_step): each row's one new token is written at its column in
+        # write_at (B,), and attention sees every column (a mask hides the unused ones): fixed
+        # shapes throughout.
         self.write_at: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+
+    def make_static(self, write_at: torch.Tensor) -> None:
+        self.write_at = write_at
+        self._rows = torch.arange(len(write_at), device=write_at.device)
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, H, T, Dh) keys/values; return all of them so far."""
-        if self.write_at is not None:
-            self.k[layer].index_copy_(2, self.write_at, k)
-            self.v[layer].index_copy_(2, self.write_at, v)
+        if self.write_at is not None:  # (B, H, 1, Dh) at each row's column
+            self.k[layer][self._rows, :, self.write_at] = k[:, :, 0]
+            self.v[layer][self._rows, :, self.write_at] = v[:, :, 0]
             return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
@@ -357,9 +363,10 @@ class GPT(nn.Module):
         cache: KVCache,
     ) -> torch.Tensor:
         """The next-token logits (B, vocab) of one new token per row (B, 1) at `positions`
-        (B, 1), against a static cache (`cache.write_at` set): `key_mask` (B, capacity) marks
-        the columns each row attends to, the new one included. Every shape is fixed by the
-        cache, so the step can be captured as a CUDA graph and replayed."""
+        (B, 1), against a static cache (`cache.make_static`: written at each row's column):
+        `key_mask` (B, capacity) marks the columns each row attends to, the new one included.
+        Every shape is fixed by the cache, so the step can be captured as a CUDA graph and
+        replayed."""
         x = self.tok_emb(token) + self.pos_emb(positions)  # (B, 1, D)
         mask = key_mask[:, None, None, :]
         for block in self.blocks:

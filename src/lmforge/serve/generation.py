@@ -6,6 +6,7 @@ end-of-text, a stop string, max_tokens, or a client that went away), so up to
 --max-batch-size prompts are decoded per forward pass and a short request never waits behind a
 long one. Requests beyond that wait their turn in a bounded line (`max_queue`, then 503).
 A pretrained Hugging Face model's cache cannot be merged: it decodes one request at a time.
+On a GPU, lmforge's GPT decodes in fixed slots (SlotBatch): every step replays one CUDA graph.
 
 `stream` hands the request's StreamEvents to the event loop as they come; closing it (a client
 that went away, a timeout) takes the request out of the batch at the next step.
@@ -25,9 +26,10 @@ import torch
 
 from lmforge.bundle import GenerationJob, Generator, StreamEvent
 from lmforge.errors import LmforgeError
+from lmforge.models import GPT
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
-from lmforge.tasks.generation import DecodeBatch
+from lmforge.tasks.generation import DecodeBatch, SlotBatch
 
 # A bundle's lmforge.json may hold {"chat_template": {"message": ..., "generation_prompt": ...}},
 # format strings like these; without one, chat messages are rendered this way.
@@ -122,6 +124,14 @@ class GenerationEngine:
                 code="overloaded",
                 headers={"Retry-After": "1"},
             )
+        if isinstance(prompts, list) and len(prompts) > self.max_rows:
+            raise APIError(
+                422,
+                f"{len(prompts)} prompts in one request; this server takes at most "
+                f"{self.max_rows} (--max-batch-size)",
+                code="too_many_prompts",
+                param="prompt",
+            )
         self._waiting += 1
         request: _Request | None = None
         try:
@@ -182,11 +192,12 @@ class GenerationEngine:
             request.put(gone, _END)
 
     def _new_batch(self) -> DecodeBatch:
-        # On a GPU, rows that stay the same for a few steps decode as a CUDA graph: one client
-        # at a time goes several times faster; a batch that changes every step stays eager.
-        model = self.generator.model
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        return DecodeBatch(model, self.generator.max_length, static_after=4 if on_gpu else None)
+        # On a GPU, lmforge's GPT decodes in fixed slots, one CUDA graph replayed every step
+        # however requests come and go; elsewhere the padded batch, which copies less.
+        model, context = self.generator.model, self.generator.max_length
+        if isinstance(model, GPT) and next(model.parameters()).device.type == "cuda":
+            return SlotBatch(model, context, slots=self.max_rows)
+        return DecodeBatch(model, context, static_after=None)
 
     def _step(self, batch: DecodeBatch, active: dict[int, _Request]) -> None:
         """Draw a token for every request in the batch, hand out the text it makes, let the

@@ -265,47 +265,62 @@ class _Group:
 
 
 class _StaticStep:
-    """The decode step of a batch whose rows stay the same, over its fixed-size cache: GPT's
-    decode_step with every input in a buffer of fixed shape. On a GPU it is captured once as a
-    CUDA graph and replayed every step (one launch instead of hundreds: at small batches the
-    host's kernel launches, not the GPU, bound eager decoding); on the CPU it runs as it is."""
+    """GPT's decode_step over a fixed-size cache with every input in a buffer of fixed shape:
+    `token` (B, 1), `positions` (B, 1), `mask` (B, capacity) and the cache's `write_at` (B,),
+    which the caller sets before each `run()`. On a GPU it is captured once as a CUDA graph and
+    replayed every step (one launch instead of hundreds: at small batches the host's kernel
+    launches, not the GPU, bound eager decoding); on the CPU it runs as it is."""
+
+    def __init__(
+        self, model: GPT, cache: KVCache, mask: torch.Tensor, positions: torch.Tensor,
+        write_at: torch.Tensor,
+    ) -> None:
+        self.model, self.cache, self.mask, self.positions = model, cache, mask, positions
+        self.token = torch.zeros((len(mask), 1), dtype=torch.long, device=mask.device)
+        cache.make_static(write_at)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if mask.device.type == "cuda":
+            # Warm up on a side stream (as capture requires), then capture. Warm-up writes the
+            # cache at the next columns, which the first real step overwrites.
+            side = torch.cuda.Stream(mask.device)
+            side.wait_stream(torch.cuda.current_stream(mask.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward()
+            torch.cuda.current_stream(mask.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._forward()
+
+    def _forward(self) -> torch.Tensor:
+        return self.model.decode_step(self.token, self.positions, self.mask, self.cache)
+
+    def run(self) -> torch.Tensor:
+        """The next scores (B, vocab); valid until the next run."""
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.logits
+
+
+class _AlignedStaticStep(_StaticStep):
+    """A static step for DecodeBatch's left-padded rows, which all write the same column."""
 
     def __init__(self, model: GPT, cache: KVCache, key_mask: torch.Tensor) -> None:
         B, width = key_mask.shape
-        device = key_mask.device
-        self.model, self.cache, self.width = model, cache, width
-        self.mask = torch.zeros((B, cache.k.shape[3]), dtype=torch.bool, device=device)
-        self.mask[:, :width] = key_mask
-        self.positions = key_mask.sum(1, keepdim=True)  # (B, 1): the next token's position
-        self.token = torch.zeros((B, 1), dtype=torch.long, device=device)
-        cache.write_at = torch.tensor([width], device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        if device.type == "cuda":
-            # Warm up on a side stream (as capture requires), then capture. Warm-up writes the
-            # cache at the next column, which the first real step overwrites.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._run()
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._run()
-
-    def _run(self) -> torch.Tensor:
-        return self.model.decode_step(self.token, self.positions, self.mask, self.cache)
+        mask = torch.zeros((B, cache.k.shape[3]), dtype=torch.bool, device=key_mask.device)
+        mask[:, :width] = key_mask
+        positions = key_mask.sum(1, keepdim=True)  # (B, 1): the next token's position
+        write_at = torch.full((B,), width, device=key_mask.device)
+        self.width = width
+        super().__init__(model, cache, mask, positions, write_at)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """The next scores (B, vocab) after `tokens` (B,); valid until the next call."""
         self.token.copy_(tokens[:, None])
         self.mask[:, self.width] = True
         self.cache.write_at.fill_(self.width)
-        if self.graph is not None:
-            self.graph.replay()
-            logits = self.logits
-        else:
-            logits = self._run()
+        logits = self.run()
         self.positions += 1
         self.width += 1
         self.cache.length += 1
@@ -354,7 +369,7 @@ class DecodeBatch:
         self.cache: Any = None
         self.key_mask: torch.Tensor | None = None  # (B, W)
         self.ragged = False  # any padding: attention needs the mask
-        self.static: _StaticStep | None = None
+        self.static: _AlignedStaticStep | None = None
         self.steps_unchanged = 0  # steps since the rows last changed
 
     @property
@@ -447,7 +462,7 @@ class DecodeBatch:
             return
         tokens = torch.cat([g.token for g in self.groups])
         if self.static is None and self._static_worth_it():
-            self.static = _StaticStep(self.model, self.cache, self.key_mask)
+            self.static = _AlignedStaticStep(self.model, self.cache, self.key_mask)
         self.key_mask = torch.cat([self.key_mask, self.key_mask.new_ones((len(tokens), 1))], 1)
         if self.static is not None:
             logits = self.static(tokens)
@@ -464,14 +479,14 @@ class DecodeBatch:
             and min(g.steps_left for g in self.groups) >= self.STATIC_MIN_STEPS
         )
 
-    def _prefill(self) -> None:
-        """Run the waiting groups' prompts (together, padded) and merge them into the batch."""
-        groups, self.waiting = self.waiting, []
+    def _run_prompts(
+        self, groups: list[_Group], room: int
+    ) -> tuple[Any, torch.Tensor]:
+        """Run the groups' prompts (together, left-padded) into a new cache with `room` more
+        columns: each group gets its next scores (and, with a repetition penalty, what its
+        prompts hold). Returns the cache and its key mask."""
         ids, key_mask = left_padded([p for g in groups for p in g.prompts], self.device)
-        width = ids.shape[1]
-        # Alone, the cache is used as it is: room for every step. Else _rebuild makes room.
-        room = 0 if self.groups else max(g.steps_left for g in groups)
-        cache = self.model.new_cache(len(ids), width + room)
+        cache = self.model.new_cache(len(ids), ids.shape[1] + room)
         ragged = not bool(key_mask.all())  # no padding: no mask, and the fused causal kernels
         logits = self.model(ids, key_mask if ragged else None, cache, last_only=True)[:, -1]
         self._hand_out(logits, groups)
@@ -481,6 +496,15 @@ class DecodeBatch:
                 rows = slice(start, start + g.rows)
                 g.seen = prompt_seen(ids[rows], key_mask[rows], logits.shape[-1])
             start += g.rows
+        return cache, key_mask
+
+    def _prefill(self) -> None:
+        """Run the waiting groups' prompts and merge them into the batch."""
+        groups, self.waiting = self.waiting, []
+        # Alone, the cache is used as it is: room for every step. Else _rebuild makes room.
+        room = 0 if self.groups else max(g.steps_left for g in groups)
+        cache, key_mask = self._run_prompts(groups, room)
+        width = key_mask.shape[1]
         if not self.groups:
             self.groups = groups
             self._reset(cache, key_mask)
@@ -523,6 +547,84 @@ class DecodeBatch:
         """New rows: their cache and key mask; any static step is for the old ones."""
         self.cache, self.key_mask, self.static, self.steps_unchanged = cache, key_mask, None, 0
         self.ragged = key_mask is not None and not bool(key_mask.all())
+
+
+class SlotBatch(DecodeBatch):
+    """DecodeBatch's interface over a fixed set of slots, as servers batch on a GPU: `slots`
+    rows, each with the whole context, in one KV cache allocated once. A generation's rows take
+    free slots when it joins and give them back when it leaves; nobody else's rows move, so
+    every step replays the same CUDA graph however often generations come and go (where
+    DecodeBatch would copy its cache and decode eagerly). A step attends over the whole context
+    of every slot: bytes a GPU reads faster than the host launches kernels, while on a CPU
+    DecodeBatch's padded width is cheaper. lmforge's GPT only."""
+
+    def __init__(self, model: GPT, context: int, slots: int) -> None:
+        super().__init__(model, context, static_after=None)
+        device = self.device
+        self.cache = model.new_cache(slots, context)
+        self.mask = torch.zeros((slots, context), dtype=torch.bool, device=device)
+        self.mask[:, 0] = True  # a free slot sees column 0: no row of attention fully masked
+        self.positions = torch.zeros((slots, 1), dtype=torch.long, device=device)
+        self.write_at = torch.zeros(slots, dtype=torch.long, device=device)
+        self.free = list(range(slots))
+        self.slots_of: dict[Hashable, list[int]] = {}
+        self.slot_index: dict[Hashable, torch.Tensor] = {}  # the same, on the device
+        self.step: _StaticStep | None = None  # made at the first advance (a graph on a GPU)
+
+    def can_take(self, rows: int, max_rows: int) -> bool:
+        return rows <= len(self.free) - sum(g.rows for g in self.waiting)
+
+    def _prefill(self) -> None:
+        """Run the waiting groups' prompts; copy each row's keys and values into a free slot."""
+        groups, self.waiting = self.waiting, []
+        cache, key_mask = self._run_prompts(groups, room=0)
+        width, lengths = key_mask.shape[1], key_mask.sum(1).tolist()
+        row = 0
+        for g in groups:
+            slots = [self.free.pop() for _ in range(g.rows)]
+            self.slots_of[g.key] = slots
+            self.slot_index[g.key] = torch.tensor(slots, device=self.device)
+            for slot in slots:
+                n = lengths[row]  # the prompt's tokens: the last n columns of its padded row
+                self.cache.k[:, slot, :, :n] = cache.k[:, row, :, width - n : width]
+                self.cache.v[:, slot, :, :n] = cache.v[:, row, :, width - n : width]
+                self.mask[slot] = False
+                self.mask[slot, :n] = True
+                self.positions[slot] = n
+                self.write_at[slot] = n
+                row += 1
+        self.groups += groups
+
+    def leave(self, keys: Iterable[Hashable]) -> None:
+        keys = set(keys)
+        self.waiting = [g for g in self.waiting if g.key not in keys]
+        for g in self.groups:
+            if g.key in keys:
+                slots = self.slot_index.pop(g.key)
+                self.mask[slots] = False
+                self.mask[slots, 0] = True
+                self.positions[slots] = 0
+                self.write_at[slots] = 0
+                self.free += self.slots_of.pop(g.key)
+        self.groups = [g for g in self.groups if g.key not in keys]
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        self.leave([g.key for g in self.groups if g.steps_left <= 0])
+        if not self.groups:
+            return
+        if self.step is None:
+            self.step = _StaticStep(
+                self.model, self.cache, self.mask, self.positions, self.write_at
+            )
+        slots = torch.cat([self.slot_index[g.key] for g in self.groups])
+        self.step.token[slots, 0] = torch.cat([g.token for g in self.groups])
+        self.mask[slots, self.write_at[slots]] = True
+        logits = self.step.run()
+        self.positions[slots] += 1
+        self.write_at[slots] += 1
+        for g in self.groups:
+            g.logits, g.token = logits[self.slot_index[g.key]], None
 
 
 def decode_tokens(
