@@ -137,6 +137,22 @@ def test_prompt_tokens_are_the_tokenizer_count(client, key, bundle):
     assert usage == {"prompt_tokens": expected, "completion_tokens": 0, "total_tokens": expected}
 
 
+def test_a_failed_forward_pass_is_a_500_and_the_model_keeps_serving(client, key, monkeypatch):
+    from lmforge.serve.batching import ClassifyBatcher
+
+    forward = ClassifyBatcher._forward
+
+    def fail_once(self, batch):
+        monkeypatch.setattr(ClassifyBatcher, "_forward", forward)
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(ClassifyBatcher, "_forward", fail_once)
+    failed = classify(client, key, input="这个 产品 很好")
+    assert_openai_error(failed, 500, "server_error")
+    assert "RuntimeError" in failed.json()["error"]["message"]
+    assert classify(client, key, input="这个 产品 很好").status_code == 200
+
+
 def test_model_names_are_looked_up_never_used_as_paths(client, key, bundle):
     for name in ("nope", str(bundle), "../reviews/model"):
         response = classify(client, key, model=name, input="很好")

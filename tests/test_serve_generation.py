@@ -248,3 +248,22 @@ def test_a_request_past_the_timeout_is_a_504_streamed_or_not(bundle, db_url, mon
         new = [r for r in records(db_url)[before:] if r.key_name == "hasty"]
         assert [r.status for r in new] == [504, 504]
         assert 1 <= new[1].completion_tokens < 16
+
+
+def test_a_failed_decoding_step_fails_its_requests_and_the_next_ones_run(
+    api, generator, monkeypatch
+):
+    """An error inside decoding (out of GPU memory, say) is a 500 for the requests in the batch;
+    the model keeps serving."""
+    advance = DecodeBatch.advance
+
+    def fail_once(self):
+        monkeypatch.setattr(DecodeBatch, "advance", advance)
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(DecodeBatch, "advance", fail_once)
+    with pytest.raises(openai.InternalServerError):
+        api.completions.create(model="story", prompt=PROMPT, **SAMPLING)
+    (expected,) = generator.generate([PROMPT], max_new_tokens=8, temperature=0, seed=3)
+    reply = api.completions.create(model="story", prompt=PROMPT, **SAMPLING)
+    assert reply.choices[0].text == expected.text

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.bundle import Predictor
+from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
+
+log = logging.getLogger("lmforge.serve")
 
 UNTRUNCATED = 1 << 30  # a max_length no text reaches: counts every token
 
@@ -125,7 +129,11 @@ class ClassifyBatcher:
         try:
             results = await asyncio.to_thread(self._forward, batch)
         except Exception as error:  # a broken model fails its requests, not the server
-            results = [error] * len(batch)
+            log.exception("classification with '%s' failed; %d request(s) get a 500",
+                          self.name, len(batch))
+            failed = APIError(500, f"the model failed on this batch ({type(error).__name__}); "
+                              "retry the request", code="server_error")
+            results = [failed] * len(batch)
         for job, result in zip(batch, results, strict=True):
             if job.future.done():
                 continue  # timed out meanwhile

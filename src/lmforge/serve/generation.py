@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from lmforge.tasks.generation import DecodeBatch, SlotBatch
 DEFAULT_CHAT_TEMPLATE = {"message": "{role}: {content}\n", "generation_prompt": "assistant:"}
 
 _END = object()  # a request's last item on its queue
+log = logging.getLogger("lmforge.serve")
 
 
 def render_chat(messages: list[dict[str, str]], template: dict[str, str] | None = None) -> str:
@@ -98,6 +100,9 @@ class GenerationEngine:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._waiting = 0  # requests queued or decoding
+        # Made now, while the model loads: a KV cache that does not fit fails the load (and
+        # /readyz says so) rather than the first request.
+        self._batch = self._new_batch()
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -156,7 +161,7 @@ class GenerationEngine:
     # --- the decoding thread ---------------------------------------------------------------
 
     def _decode(self) -> None:
-        batch = self._new_batch()
+        batch = self._batch
         active: dict[int, _Request] = {}
         while True:
             with self._wake:
@@ -173,7 +178,7 @@ class GenerationEngine:
                         batch.add(id(request), request.job.prompts, request.job.max_new_tokens,
                                   request.job.sampling, request.job.rng)
                     except ValueError as error:  # prepare() leaves room; this is a bug
-                        request.put(error, _END)
+                        request.put(APIError(500, str(error), code="server_error"), _END)
                     else:
                         joining.append(request)
                 waiting = len(self._inbox)
@@ -182,11 +187,17 @@ class GenerationEngine:
                 self.metrics.queue_depth.labels(self.name).set(waiting)
             try:
                 self._step(batch, active)
-            except Exception as error:  # out of memory, say: these requests fail, others go on
+            except Exception as error:  # out of memory, say: these requests fail, later go on
+                log.exception("generation with '%s' failed; %d request(s) get a 500",
+                              self.name, len(active))
+                failed = APIError(
+                    500, f"the model failed while generating ({type(error).__name__}); "
+                    "retry the request", code="server_error",
+                )
                 for request in active.values():
-                    request.put(error, _END)
+                    request.put(failed, _END)
                 active.clear()
-                batch = self._new_batch()
+                batch.clear()
         gone = APIError(503, "the server is shutting down", code="shutting_down")
         for request in [*active.values(), *self._inbox]:
             request.put(gone, _END)

@@ -432,6 +432,11 @@ class DecodeBatch:
             g.steps_left -= 1
         return [(g.key, g.token, g.steps_left <= 0) for g in self.groups]
 
+    def clear(self) -> None:
+        """Drop every generation (after a failed step, say)."""
+        self.groups, self.waiting = [], []
+        self._reset(None, None)
+
     def leave(self, keys: Iterable[Hashable]) -> None:
         """Drop these groups (unknown keys are ignored); the cache keeps the others' rows only,
         trimmed of the padding no row needs any more."""
@@ -573,6 +578,15 @@ class SlotBatch(DecodeBatch):
 
     def can_take(self, rows: int, max_rows: int) -> bool:
         return rows <= len(self.free) - sum(g.rows for g in self.waiting)
+
+    def clear(self) -> None:
+        self.groups, self.waiting = [], []
+        self.free = list(range(len(self.mask)))
+        self.slots_of, self.slot_index = {}, {}
+        self.mask.zero_()
+        self.mask[:, 0] = True
+        self.positions.zero_()
+        self.write_at.zero_()
 
     def _prefill(self) -> None:
         """Run the waiting groups' prompts; copy each row's keys and values into a free slot."""
