@@ -15,7 +15,7 @@ import lmforge
 from lmforge.serve import keys
 from lmforge.serve.db import UsageRecord, open_database
 from lmforge.serve.generation import render_chat
-from lmforge.tasks.generation import DecodeBatch
+from lmforge.tasks.generation import DecodeBatch, SlotBatch
 
 openai = pytest.importorskip("openai")
 
@@ -68,14 +68,16 @@ def streamed(chunks):
 
 
 def slow_down(monkeypatch, seconds):
-    """Every decoding step of the server's batch takes `seconds` longer."""
-    advance = DecodeBatch.advance
+    """Every decoding step of the server's batch takes `seconds` longer (on a GPU the server
+    decodes in a SlotBatch)."""
+    for layout in (DecodeBatch, SlotBatch):
+        advance = layout.advance
 
-    def slow(self):
-        time.sleep(seconds)
-        advance(self)
+        def slow(self, advance=advance):
+            time.sleep(seconds)
+            advance(self)
 
-    monkeypatch.setattr(DecodeBatch, "advance", slow)
+        monkeypatch.setattr(layout, "advance", slow)
 
 
 def largest_batch(metrics_text, model):
@@ -255,13 +257,15 @@ def test_a_failed_decoding_step_fails_its_requests_and_the_next_ones_run(
 ):
     """An error inside decoding (out of GPU memory, say) is a 500 for the requests in the batch;
     the model keeps serving."""
-    advance = DecodeBatch.advance
+    advances = {layout: layout.advance for layout in (DecodeBatch, SlotBatch)}
 
     def fail_once(self):
-        monkeypatch.setattr(DecodeBatch, "advance", advance)
+        for layout, advance in advances.items():
+            monkeypatch.setattr(layout, "advance", advance)
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(DecodeBatch, "advance", fail_once)
+    for layout in advances:
+        monkeypatch.setattr(layout, "advance", fail_once)
     with pytest.raises(openai.InternalServerError):
         api.completions.create(model="story", prompt=PROMPT, **SAMPLING)
     (expected,) = generator.generate([PROMPT], max_new_tokens=8, temperature=0, seed=3)
