@@ -207,7 +207,14 @@ class GenerationEngine:
         # however requests come and go; elsewhere the padded batch, which copies less.
         model, context = self.generator.model, self.generator.max_length
         if isinstance(model, GPT) and next(model.parameters()).device.type == "cuda":
-            return SlotBatch(model, context, slots=self.max_rows)
+            try:
+                return SlotBatch(model, context, slots=self.max_rows)
+            except torch.cuda.OutOfMemoryError:
+                log.warning(
+                    "'%s': no GPU memory for %d slots of %d tokens; decoding in a padded batch "
+                    "(lower --max-batch-size for slots)", self.name, self.max_rows, context,
+                )
+                torch.cuda.empty_cache()
         return DecodeBatch(model, context, static_after=None)
 
     def _step(self, batch: DecodeBatch, active: dict[int, _Request]) -> None:
