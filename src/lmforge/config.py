@@ -151,7 +151,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 on CPU."
     )
-    compile: bool = Field(False, description="Run the model under torch.compile.")
+    compile: bool = Field(
+        False, description="Run the model and its loss under torch.compile (GPU: faster)."
+    )
     seed: int = Field(0, description="Seed of weights, dropout and batch order.")
     eval_every: int = Field(200, ge=1, description="Steps between val evaluations/checkpoints.")
     early_stopping_patience: int | None = Field(
