@@ -100,8 +100,8 @@ class GenerationEngine:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._waiting = 0  # requests queued or decoding
-        # Made now, while the model loads: a KV cache that does not fit fails the load (and
-        # /readyz says so) rather than the first request.
+        # Made now, while the model loads: a GPU's slots take their KV cache before /readyz
+        # says ready, not at the first request.
         self._batch = self._new_batch()
 
     def start(self) -> None:
