@@ -95,10 +95,6 @@ BATCHES = {  # how the rows are laid out, and whether the static step (a CUDA gr
 }
 
 
-def uses_static_step(batch):
-    return batch.static is not None or getattr(batch, "step", None) is not None
-
-
 @pytest.mark.parametrize("layout", list(BATCHES))
 def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone(
     layout, monkeypatch
@@ -138,7 +134,7 @@ def test_generations_joining_and_leaving_a_batch_decode_as_they_would_alone(
         most_rows = max(most_rows, batch.rows)
         batch.leave(done)
         batch.advance()
-        static_steps += uses_static_step(batch)
+        static_steps += batch.static is not None
     assert most_rows == 8  # every group's rows at once
     assert (static_steps > 0) == (layout != "padded")
     for key, (_, prompts, n, sampling, seed, leave_after) in plans.items():
@@ -176,7 +172,7 @@ def test_cuda_graph_decoding_gives_the_eager_tokens():
         ((_, token, _),) = slots.sample()
         in_slots.append(token.tolist())
         slots.advance()
-    assert slots.step.graph is not None
+    assert slots.static.graph is not None
     assert in_slots == eager
 
 

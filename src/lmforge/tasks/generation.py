@@ -264,6 +264,11 @@ class _Group:
         return len(self.prompts)
 
 
+def _rows_of(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The groups' rows as one tensor (a single group's as they are: no copy)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 class _StaticStep:
     """GPT's decode_step over a fixed-size cache with every input in a buffer of fixed shape:
     `token` (B, 1), `positions` (B, 1), `mask` (B, capacity) and the cache's `write_at` (B,),
@@ -369,7 +374,7 @@ class DecodeBatch:
         self.cache: Any = None
         self.key_mask: torch.Tensor | None = None  # (B, W)
         self.ragged = False  # any padding: attention needs the mask
-        self.static: _AlignedStaticStep | None = None
+        self.static: _StaticStep | None = None
         self.steps_unchanged = 0  # steps since the rows last changed
 
     @property
@@ -406,17 +411,15 @@ class DecodeBatch:
         if self.waiting:
             self._prefill()
         # Groups that sample alike are scored together (one set of kernels, not one per
-        # group); each still draws with its own generator from its own rows.
+        # group); each still draws with its own generator from its own rows (and, with a
+        # repetition penalty, against its own rows' history).
         alike: dict[Sampling, list[_Group]] = {}
         for g in self.groups:
-            if g.seen is not None:  # a repetition penalty: its own rows' history
-                g.token = next_tokens(g.logits, g.seen, g.sampling, g.rng)
-                g.seen[torch.arange(g.rows, device=self.device), g.token] = True
-            else:
-                alike.setdefault(g.sampling, []).append(g)
+            alike.setdefault(g.sampling, []).append(g)
         for sampling, groups in alike.items():
-            logits = torch.cat([g.logits for g in groups]) if len(groups) > 1 else groups[0].logits
-            scores = sampling_scores(logits, None, sampling)
+            logits = _rows_of([g.logits for g in groups])
+            seen = _rows_of([g.seen for g in groups]) if groups[0].seen is not None else None
+            scores = sampling_scores(logits, seen, sampling)
             if sampling.temperature == 0:
                 tokens = scores.argmax(dim=-1).split([g.rows for g in groups])
             else:  # one small draw of uniform numbers per generation, then one batch
@@ -428,6 +431,8 @@ class DecodeBatch:
                 )
             for g, token in zip(groups, tokens, strict=True):
                 g.token = token
+                if g.seen is not None:
+                    g.seen[torch.arange(g.rows, device=self.device), token] = True
         for g in self.groups:
             g.steps_left -= 1
         return [(g.key, g.token, g.steps_left <= 0) for g in self.groups]
@@ -568,13 +573,10 @@ class SlotBatch(DecodeBatch):
         device = self.device
         self.cache = model.new_cache(slots, context)
         self.mask = torch.zeros((slots, context), dtype=torch.bool, device=device)
-        self.mask[:, 0] = True  # a free slot sees column 0: no row of attention fully masked
         self.positions = torch.zeros((slots, 1), dtype=torch.long, device=device)
         self.write_at = torch.zeros(slots, dtype=torch.long, device=device)
-        self.free = list(range(slots))
-        self.slots_of: dict[Hashable, list[int]] = {}
-        self.slot_index: dict[Hashable, torch.Tensor] = {}  # the same, on the device
-        self.step: _StaticStep | None = None  # made at the first advance (a graph on a GPU)
+        self.static: _StaticStep | None = None  # made at the first advance (a graph on a GPU)
+        self.clear()
 
     def can_take(self, rows: int, max_rows: int) -> bool:
         return rows <= len(self.free) - sum(g.rows for g in self.waiting)
@@ -582,11 +584,17 @@ class SlotBatch(DecodeBatch):
     def clear(self) -> None:
         self.groups, self.waiting = [], []
         self.free = list(range(len(self.mask)))
-        self.slots_of, self.slot_index = {}, {}
-        self.mask.zero_()
-        self.mask[:, 0] = True
-        self.positions.zero_()
-        self.write_at.zero_()
+        self.slots_of: dict[Hashable, list[int]] = {}
+        self.slot_index: dict[Hashable, torch.Tensor] = {}  # the same, on the device
+        self._empty(slice(None))
+
+    def _empty(self, slots: torch.Tensor | slice) -> None:
+        """Free slots attend to column 0 only (no row of attention fully masked) and write
+        there; whatever they compute is never read."""
+        self.mask[slots] = False
+        self.mask[slots, 0] = True
+        self.positions[slots] = 0
+        self.write_at[slots] = 0
 
     def _prefill(self) -> None:
         """Run the waiting groups' prompts; copy each row's keys and values into a free slot."""
@@ -614,11 +622,7 @@ class SlotBatch(DecodeBatch):
         self.waiting = [g for g in self.waiting if g.key not in keys]
         for g in self.groups:
             if g.key in keys:
-                slots = self.slot_index.pop(g.key)
-                self.mask[slots] = False
-                self.mask[slots, 0] = True
-                self.positions[slots] = 0
-                self.write_at[slots] = 0
+                self._empty(self.slot_index.pop(g.key))
                 self.free += self.slots_of.pop(g.key)
         self.groups = [g for g in self.groups if g.key not in keys]
 
@@ -627,14 +631,14 @@ class SlotBatch(DecodeBatch):
         self.leave([g.key for g in self.groups if g.steps_left <= 0])
         if not self.groups:
             return
-        if self.step is None:
-            self.step = _StaticStep(
+        if self.static is None:
+            self.static = _StaticStep(
                 self.model, self.cache, self.mask, self.positions, self.write_at
             )
         slots = torch.cat([self.slot_index[g.key] for g in self.groups])
-        self.step.token[slots, 0] = torch.cat([g.token for g in self.groups])
+        self.static.token[slots, 0] = torch.cat([g.token for g in self.groups])
         self.mask[slots, self.write_at[slots]] = True
-        logits = self.step.run()
+        logits = self.static.run()
         self.positions[slots] += 1
         self.write_at[slots] += 1
         for g in self.groups:
