@@ -52,3 +52,15 @@ def tiny_config(data_path, **train) -> dict:
         "train": {"max_steps": 40, "batch_size": 16, "lr": 3e-3, "eval_every": 20, **train},
         "eval": {"bootstrap": 50},
     }
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and lose much on a busy machine. A test module
+    asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

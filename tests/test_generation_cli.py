@@ -7,20 +7,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from generation_support import random_bundle, tiny_generation_config
 
 import lmforge as lmforge_api
 from lmforge.cli import main
 from lmforge.config import load_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

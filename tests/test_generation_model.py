@@ -15,14 +15,7 @@ from lmforge.tasks.generation import (
     next_tokens,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and lose much on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed=0, vocab=64, context=32, dropout=0.0, spread=1.0) -> GPT:

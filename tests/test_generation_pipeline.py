@@ -19,14 +19,7 @@ from lmforge.tasks import generation
 from lmforge.tokenization import END_OF_TEXT, train_tokenizer
 from lmforge.training import fit
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and lose much on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
