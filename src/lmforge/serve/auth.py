@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from lmforge.serve.calls import printable
 from lmforge.serve.db import utcnow
 from lmforge.serve.errors import APIError
-from lmforge.serve.metering import ANONYMOUS, next_period_start, period_start
+from lmforge.serve.metering import ANONYMOUS, Call, next_period_start, period_start
 from lmforge.serve.state import get_state
 
 
@@ -26,6 +27,12 @@ class Caller:
 
 async def require_key(request: Request) -> Caller:
     """401 unless the request carries `Authorization: Bearer <an active key>` (or --no-auth)."""
+    caller = await _find_caller(request)
+    request.state.caller = caller  # so that a refused call is recorded under its key
+    return caller
+
+
+async def _find_caller(request: Request) -> Caller:
     state = get_state(request)
     if not state.settings.auth:
         return Caller(ANONYMOUS)
@@ -76,3 +83,28 @@ async def enforce_limits(
 # What handlers declare: the caller of a key-checked route, or of a rate- and quota-checked one.
 KeyCaller = Annotated[Caller, Depends(require_key)]
 LimitedCaller = Annotated[Caller, Depends(enforce_limits)]
+
+
+async def record_refused(request: Request, status: int, body: Any) -> None:
+    """The app's on_refused hook: a keyed model call refused before it ran (its body failed
+    validation or is not JSON, a rate limit) is recorded under its key with its status and no
+    tokens, so abuse shows up in usage. A call without a valid key is not recorded."""
+    if request.method != "POST":
+        return
+    caller = getattr(request.state, "caller", None)
+    if caller is None:  # the body failed before the key was checked
+        try:
+            caller = await _find_caller(request)
+        except APIError:
+            return
+    model = body.get("model") if isinstance(body, dict) else None
+    call = Call(
+        key_name=caller.key_name,
+        model=printable(model[:128]) if isinstance(model, str) else "",
+        endpoint=request.url.path.removeprefix("/v1/").replace("/", ".")[:64],
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=0.0,
+        status=status,
+    )
+    await get_state(request).usage.record(call)

@@ -8,14 +8,16 @@ the records of calls that end together share one transaction.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy import Engine
 
+from lmforge.serve.db import utcnow
 from lmforge.serve.errors import APIError
-from lmforge.serve.metering import Call, record_calls
+from lmforge.serve.metering import Call, next_period_start, record_calls, reserve_tokens
 
 
 class UsageWriter:
@@ -77,15 +79,48 @@ class MeteredCall:
     response sets `call.streaming` and calls `finish` itself when its last byte is out.
     """
 
-    def __init__(self, writer: UsageWriter, key_name: str, endpoint: str, model: str) -> None:
+    def __init__(
+        self,
+        writer: UsageWriter,
+        key_name: str,
+        endpoint: str,
+        model: str,
+        quota_tokens: int | None = None,
+        hold_s: float = 3600.0,
+    ) -> None:
         self.writer, self.key_name, self.endpoint, self.model = writer, key_name, endpoint, model
+        self.quota_tokens, self.hold_s = quota_tokens, hold_s
         self.prompt_tokens = self.completion_tokens = 0
         self.streaming = False
+        self.reservation: int | None = None
         self._start = 0.0
 
     async def reserve(self, tokens: int) -> None:
         """Hold `tokens` (the call's largest possible cost) against the key's quota before the
-        work is queued; 429 if that would pass the quota. Settled to the real count at finish."""
+        work is queued; 429 if that would pass the quota. Settled to the real count at finish.
+        A key without a quota reserves nothing."""
+        if self.quota_tokens is None:
+            return
+        held = await asyncio.to_thread(
+            reserve_tokens, self.writer.engine, self.key_name, self.quota_tokens, tokens,
+            self.hold_s,
+        )
+        if isinstance(held, int):
+            self.reservation = held
+            return
+        now = utcnow()
+        if held.used + tokens <= self.quota_tokens:  # calls in flight hold the rest
+            wait, detail = 1.0, f" ({held.reserved} held by its calls in flight)"
+        else:
+            wait, detail = (next_period_start(now) - now).total_seconds(), ""
+        raise APIError(
+            429,
+            f"quota: the key '{self.key_name}' has used {held.used} of its {self.quota_tokens} "
+            f"tokens this month{detail}, and this call may use up to {tokens} "
+            "(its prompt tokens + max_tokens; a smaller max_tokens may fit)",
+            code="insufficient_quota",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     async def __aenter__(self) -> MeteredCall:
         self._start = time.perf_counter()
@@ -107,17 +142,27 @@ class MeteredCall:
             status = 200
         elif isinstance(exc, APIError):
             status = exc.status
+            exc.recorded = True
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
             status = 499
         else:
             status = 500
+        # The billing rule (metering.py): a reply that was not streamed is paid for whole or
+        # not at all; a stream, for the chunks it sent.
+        billed = status == 200 or self.streaming
         call = Call(
             key_name=self.key_name,
             model=self.model,
             endpoint=self.endpoint,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
+            prompt_tokens=self.prompt_tokens if billed else 0,
+            completion_tokens=self.completion_tokens if billed else 0,
             latency_ms=(time.perf_counter() - self._start) * 1000,
             status=status,
+            reservation=self.reservation,
         )
         await self.writer.record(call)
+
+
+def printable(text: str) -> str:
+    """The text as valid UTF-8 (a lone surrogate becomes U+FFFD), as a database stores it."""
+    return text.encode("utf-8", "replace").decode("utf-8")

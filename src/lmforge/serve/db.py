@@ -66,6 +66,33 @@ class UsageRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
+class QuotaBalance(Base):
+    """A key's tokens in one quota period: `used` by calls recorded, `reserved` by calls in
+    flight (each at its largest possible cost). Admission is one conditional UPDATE of this
+    row, so the quota holds however many server processes share the database."""
+
+    __tablename__ = "quota_balances"
+
+    key_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger)
+    reserved: Mapped[int] = mapped_column(BigInteger)
+
+
+class QuotaReservation(Base):
+    """One call in flight and the tokens it holds; settled when its usage record is written.
+    One whose server died is released once past `expires_at`."""
+
+    __tablename__ = "quota_reservations"
+    __table_args__ = (Index("ix_reservation_key_expiry", "key_name", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_name: Mapped[str] = mapped_column(String(64))
+    period: Mapped[datetime] = mapped_column(DateTime)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 

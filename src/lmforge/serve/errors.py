@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,6 +33,7 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.headers = headers or {}
+        self.recorded = False  # set once a MeteredCall has recorded the call it ended
 
     def body(self) -> dict:
         return error_body(self.status, self.message, self.code, self.param)
@@ -51,15 +55,29 @@ def error_response(
                         headers=headers)
 
 
-async def _api_error(_request: Request, error: APIError) -> JSONResponse:
+# What the app calls when it refuses a call that no MeteredCall recorded (a body that fails
+# validation, say): (request, status, the request's body if known).
+OnRefused = Callable[[Request, int, Any], Awaitable[None]]
+
+
+async def _api_error(request: Request, error: APIError) -> JSONResponse:
+    if not error.recorded:
+        await _on_refused(request, error.status, None)
     return error_response(error.status, error.message, error.code, error.param, error.headers)
+
+
+async def _on_refused(request: Request, status: int, body: Any) -> None:
+    hook: OnRefused | None = getattr(request.app.state, "on_refused", None)
+    if hook is not None and 400 <= status < 500:
+        await hook(request, status, body)
 
 
 async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
     return error_response(error.status_code, str(error.detail), headers=error.headers)
 
 
-async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    await _on_refused(request, 422, error.body)
     first = error.errors()[0]
     not_an_object = first.get("loc") == ("body",) and first.get("type") == "model_attributes_type"
     if first.get("type") == "json_invalid" or not_an_object:

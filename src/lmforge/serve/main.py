@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lmforge import __version__
+from lmforge.serve.auth import record_refused
 from lmforge.serve.caches import KeyCache, TokenLedger
 from lmforge.serve.calls import UsageWriter
 from lmforge.serve.db import ApiKey, open_database
@@ -44,6 +45,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         openapi_url=None,
     )
     app.state.server = state
+    app.state.on_refused = record_refused
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees every status

@@ -8,16 +8,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from sqlalchemy import Engine
 
 from lmforge.serve.caches import KeyCache, TokenLedger
-from lmforge.serve.calls import UsageWriter
+from lmforge.serve.calls import MeteredCall, UsageWriter
 from lmforge.serve.limits import RateLimiter
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.registry import ModelRegistry
 from lmforge.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from lmforge.serve.auth import Caller
 
 log = logging.getLogger("lmforge.serve")
 
@@ -32,6 +36,13 @@ class ServerState:
     ledger: TokenLedger
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+
+    def metered(self, caller: Caller, endpoint: str, model: str) -> MeteredCall:
+        """A model call of `caller`'s, recorded however it ends; its quota reservation is
+        released by a later server if this one dies, once the call could no longer run."""
+        hold_s = 2 * self.settings.timeout_s + 60
+        return MeteredCall(self.usage, caller.key_name, endpoint, model, caller.quota_tokens,
+                           hold_s)
 
 
 def get_state(request: Request) -> ServerState:
