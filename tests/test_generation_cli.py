@@ -1,15 +1,19 @@
 """`lmforge generate` as a user meets it: only the continuation on stdout, streaming that prints
-the same text, and one clear line with exit code 2 for every bad input."""
+the same text, and one clear line with exit code 2 for every bad input; and the Python API
+behind it (lmforge.load(bundle).generate / stream)."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 from generation_support import random_bundle, tiny_generation_config
 
 import lmforge as lmforge_api
+from lmforge.bundle import _Continuation
 from lmforge.cli import main
 from lmforge.config import load_config
 
@@ -51,6 +55,18 @@ def assert_user_error(result, *fragments):
         (["--prompt", "a", "--top-p", "0"], ["top_p must be greater than 0"]),
         (["--prompt", "a", "--temperature", "-1"], ["temperature must be greater"]),
         (["--prompt", "a", "--top-k", "-1"], ["top_k must be greater"]),
+        (["--prompt", "a", "--top-k", "2000000"], ["top_k must be less than or equal to 1000000"]),
+        (["--prompt", "a", "--temperature", "3"], ["temperature must be less than or equal to 2"]),
+        (["--prompt", "a", "--temperature", "nan"], ["temperature must be"]),
+        (["--prompt", "a", "--repetition-penalty", "1e-300"],
+         ["repetition_penalty must be greater than or equal to 0.01"]),
+        (["--prompt", "a", "--repetition-penalty", "11"], ["repetition_penalty must be less"]),
+        (["--prompt", "a", "--seed", "-1"], ["seed must be greater than or equal to 0"]),
+        (["--prompt", "a", "--seed", str(2**64)], ["seed must be less than or equal to"]),
+        (["--prompt", "a", *["--stop", "x"] * 5], ["stop must have at most 4 items"]),
+        (["--prompt", "a", "--stop", "z" * 257], ["stop.0 must have at most 256 characters"]),
+        # a byte that is not UTF-8 in the command line reaches Python as a lone surrogate
+        (["--prompt", "the \udcff cat"], ["the prompt is not valid text"]),
         ([], ["give --prompt TEXT or --input FILE"]),
     ],
 )
@@ -147,3 +163,58 @@ def test_a_continuation_with_newlines_stays_on_its_line(monkeypatch, capsys, bun
                              "--prompt", "the dog", *args)
     assert code == 0, err
     assert out.splitlines() == ["first\\nline", "b\\\\nc\\r\\n"]
+
+
+def test_a_seeded_prompt_continues_the_same_alone_or_beside_others(monkeypatch, capsys, bundle):
+    """A prompt's text depends only on the prompt, the seed and the settings: not on the other
+    prompts of the call, nor on its place among them."""
+    sampling = ["--seed", "1", "--temperature", "1", "--top-k", "0", "--top-p", "1",
+                "--max-new-tokens", "8"]
+    _, alone, _ = lmforge(monkeypatch, capsys, "generate", bundle, "--prompt", "物流很快",
+                          *sampling)
+    code, beside, err = lmforge(monkeypatch, capsys, "generate", bundle, "--prompt", "这家酒店",
+                                "--prompt", "物流很快", *sampling)
+    assert code == 0, err
+    assert beside.splitlines()[1] == alone.splitlines()[0]
+
+    generator = lmforge_api.load(bundle)
+    options = {"max_new_tokens": 8, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 1}
+    (expected,) = generator.generate(["物流很快"], **options)
+    others = ["这家酒店", "the cat", "a big red dog ran", "log", "the small blue mat", "ran", "big"]
+    for place in (0, 3, 7):
+        prompts = [*others[:place], "物流很快", *others[place:]]
+        assert generator.generate(prompts, **options)[place].text == expected.text, place
+
+
+def test_text_that_is_not_utf8_streams_as_it_comes(bundle):
+    """A model that writes bytes that never make a character (an untrained one, say): each
+    U+FFFD is sent as soon as the next tokens show it cannot become a character, not held to
+    the end."""
+    generator = lmforge_api.load(bundle)
+    tokenizer = generator.tokenizer
+    stray = next(i for i in range(tokenizer.vocab_size)
+                 if tokenizer.decode([i, i, i]) == "\ufffd" * 3)  # no character
+    model = generator.model
+    with torch.no_grad():  # every position's scores favour the stray byte
+        model.tok_emb.weight[stray] *= 10
+        model.ln_f.weight.zero_()
+        model.ln_f.bias.copy_(model.tok_emb.weight[stray])
+    events = list(generator.stream(["the cat"], max_new_tokens=20, temperature=0))
+    assert events[0].text and events[0].completion_tokens <= 4
+    text = "".join(event.text for event in events)
+    assert set(text) == {"\ufffd"} and len(text) >= 17
+    assert events[-1].completion_tokens == 20
+
+
+def test_a_long_stop_string_costs_little_per_token(bundle):
+    """The stop check looks only where a new match can be: a long stop string does not slow
+    every token down (the server's decoding thread serves everyone)."""
+    tokenizer = lmforge_api.load(bundle).tokenizer
+    text = "the cat sat on the mat and the dog ran under the log " * 3
+    ids = tokenizer.encode_plain([text])[0].tolist()
+    row = _Continuation(tokenizer, ["z" * 50_000, "dog ran under the log the"])
+    started = time.perf_counter()
+    released = "".join(row.push(token, tokenizer.eos_id) for token in ids if not row.finish_reason)
+    assert time.perf_counter() - started < 0.25
+    assert row.finish_reason == "stop"
+    assert released == text[: text.index("dog ran under the log the")]

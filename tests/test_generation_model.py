@@ -236,3 +236,52 @@ def test_sampling_filters():
     assert draws(Sampling(temperature=1.0, top_p=0.5)) == {0}
     penalised = torch.tensor([[True, False, False, False, False]])
     assert draws(Sampling(temperature=0, repetition_penalty=4.0), seen=penalised) == {1}
+
+
+def test_a_row_whose_scores_are_unusable_still_gets_a_token_and_no_other_row_changes():
+    """NaN or infinite scores (a model or a temperature that overflowed) give that row its
+    likeliest token; never a token past the vocabulary, which would fail the whole batch."""
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[3.0, 2.0, 1.0], [nan, nan, nan], [0.0, inf, 1.0], [-inf, -inf, -inf]])
+    for sampling in (Sampling(temperature=0), Sampling(temperature=1.0),
+                     Sampling(temperature=1e-40), Sampling(temperature=0.5, top_p=0.5)):
+        tokens = next_tokens(logits, None, sampling, torch.Generator().manual_seed(0)).tolist()
+        assert all(0 <= token < 3 for token in tokens), (sampling, tokens)
+        assert tokens[2] == 1, sampling  # the infinite score is the likeliest
+    tiny_temperature = next_tokens(logits[:1], None, Sampling(temperature=1e-40),
+                                   torch.Generator().manual_seed(0))
+    assert tiny_temperature.tolist() == [0]  # a temperature near 0 is greedy
+
+
+def test_a_generation_whose_scores_overflow_decodes_greedily_beside_the_others():
+    model = tiny(spread=20.0)
+    batch = DecodeBatch(model, model.config.max_length)
+    batch.add("tiny", [[5, 9, 2]], 8, Sampling(temperature=1e-40), torch.Generator())
+    batch.add("sampled", [[1, 2]], 8, Sampling(temperature=1.0), torch.Generator().manual_seed(3))
+    got = {"tiny": [], "sampled": []}
+    while batch.groups or batch.waiting:
+        for key, token, _ in batch.sample():
+            got[key].append(token.item())
+        batch.advance()
+    assert got["tiny"] == greedy(model, [[5, 9, 2]], 8, use_cache=True)[0]
+    assert got["sampled"] == alone(model, [[1, 2]], 8, Sampling(temperature=1.0), seed=3)[0]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_with_a_generator_per_row_a_prompt_draws_the_same_tokens_in_any_batch(use_cache):
+    """Each row seeded alike: a prompt's sampled tokens do not depend on the prompts beside it,
+    nor on its place among them (left padding changes no scores)."""
+    model = tiny(spread=2.0)
+    sampling = Sampling(temperature=1.0)
+    prompts = [[5, 9, 2, 7, 1], [3], [8, 8, 8], [1, 2], [4], [6, 6], [7, 1, 3, 3], [2]]
+
+    def decode(rows):
+        rngs = [torch.Generator().manual_seed(1) for _ in rows]
+        steps = decode_tokens(model, rows, 10, model.config.max_length, sampling, rngs,
+                              use_cache=use_cache)
+        return torch.stack(list(steps), dim=1).tolist()
+
+    each_alone = [decode([prompt])[0] for prompt in prompts]
+    assert len({tuple(row) for row in each_alone}) > 1
+    assert decode(prompts) == each_alone
+    assert decode(prompts[::-1]) == each_alone[::-1]

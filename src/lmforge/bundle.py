@@ -14,6 +14,8 @@ Loading a bundle and predicting applies exactly the cleaning and tokenization of
 from __future__ import annotations
 
 import json
+import re
+import reprlib
 import shutil
 import unicodedata
 from collections.abc import Iterator
@@ -184,9 +186,17 @@ class StreamEvent:
 
 
 class _Continuation:
-    """One prompt's generated tokens as text. Text is released only when final: not while its
-    last character is incomplete (a byte-level token can end mid-character), nor while its end
-    could be the start of a stop string; the text is cut where a stop string begins."""
+    """One prompt's generated tokens as text. Text is released only when final: not while it
+    ends in what may be an incomplete character, nor while its end could be the start of a stop
+    string; the text is cut where a stop string begins.
+
+    A byte-level token can end mid-character: the text then ends in U+FFFD until the next
+    tokens complete it. An incomplete UTF-8 sequence is at most 3 bytes, so at most the last 3
+    U+FFFD are held back (one with a byte-level BPE, one per byte with a byte fallback); any
+    before them can no longer change, and are sent. The stop check of a token looks only where a
+    new match can be: its work is bounded by the stop strings' length, not by the text's."""
+
+    PENDING = 3  # trailing U+FFFD that may still become a character
 
     def __init__(self, tokenizer: TextTokenizer, stop: list[str]) -> None:
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
@@ -200,23 +210,45 @@ class _Continuation:
         self.generated += 1
         if token == eos_id:
             return self.finish("stop")
+        settled = self._settled()  # the text before it, which this token cannot change
         self.ids.append(token)
         self.text = self.tokenizer.decode(self.ids)
-        found = [i for s in self.stop if (i := self.text.find(s, self.released)) >= 0]
+        # a new match ends after `settled`: only the stretch that may hold one is searched
+        found = [i for s in self.stop
+                 if (i := self.text.find(s, max(self.released, settled - len(s) + 1))) >= 0]
         if found:
             self.text = self.text[: min(found)]
-            return self.finish("stop")
-        safe = len(self.text)
-        while safe > self.released and self.text[safe - 1] == "\ufffd":
-            safe -= 1
-        safe -= max((k for s in self.stop for k in range(1, len(s))
-                     if self.text[:safe].endswith(s[:k])), default=0)
-        return self._release(safe)
+            self.finish_reason = "stop"
+            return self._release(len(self.text))
+        safe = self._settled()
+        return self._release(safe - self._stop_start(safe))
 
     def finish(self, reason: str) -> str:
         self.finish_reason = reason
-        self.text = self.text.rstrip("\ufffd")  # a character cut off by the length limit
+        self.text = self.text[: self._settled()]  # a character cut off by the end
         return self._release(len(self.text))
+
+    def _settled(self) -> int:
+        """The length of the text without a trailing incomplete character."""
+        end = len(self.text)
+        floor = max(self.released, end - self.PENDING)
+        while end > floor and self.text[end - 1] == "\ufffd":
+            end -= 1
+        return end
+
+    def _stop_start(self, end: int) -> int:
+        """The length of the longest unreleased stretch ending at `end` that begins a stop
+        string (held back: the next tokens may complete it)."""
+        longest = 0
+        for s in self.stop:
+            start = max(self.released, end - len(s) + 1)
+            at = self.text.find(s[0], start, end)
+            while 0 <= at and end - at > longest:
+                if s.startswith(self.text[at:end]):
+                    longest = end - at
+                    break
+                at = self.text.find(s[0], at + 1, end)
+        return longest
 
     def _release(self, end: int) -> str:
         piece = self.text[self.released : end] if end > self.released else ""
@@ -234,9 +266,9 @@ class GenerationJob:
         generator: Generator,
         prompts: list[list[int]],
         settings: GenerateConfig,
-        rng: torch.Generator,
+        rngs: list[torch.Generator],
     ) -> None:
-        self.prompts, self.rng = prompts, rng
+        self.prompts, self.rngs = prompts, rngs  # a random generator per prompt
         self.max_new_tokens = settings.max_new_tokens
         self.sampling = Sampling(
             settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
@@ -275,8 +307,8 @@ class GenerationJob:
 def _describe_setting(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
-    message = first["msg"].replace("Input should be", "must be")
-    return f"{key} {message} (got {first.get('input')!r})"
+    message = re.sub(r"^\w+ should", "must", first["msg"]).replace(" after validation", "")
+    return f"{key} {message} (got {reprlib.repr(first.get('input'))})"
 
 
 class Generator:
@@ -286,9 +318,11 @@ class Generator:
     the same text; several prompts are generated as one batch.
 
     Arguments left as None take the bundle's defaults (the run's `generate` config section).
-    temperature 0 is greedy decoding; a given seed gives the same text every time (on the same
-    machine; with several prompts, for the same batch). Prompts are cleaned and encoded as
-    training documents were: each starts a new document."""
+    temperature 0 is greedy decoding. Every prompt draws its tokens from its own random
+    generator, seeded with `seed`: a prompt's text depends only on the prompt, the seed and the
+    settings (on the same machine), never on the prompts generated beside it or its place among
+    them (short of a near-tie that float rounding in a batch of another shape tips). Prompts are
+    cleaned and encoded as training documents were: each starts a new document."""
 
     def __init__(self, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> None:
         self.model = model.eval()
@@ -319,6 +353,12 @@ class Generator:
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise LmforgeError(f"{name(i)} is a {type(prompt).__name__}, not text")
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError as error:  # a lone surrogate, say
+                raise LmforgeError(
+                    f"{name(i)} is not valid text: {error.reason} at character {error.start}"
+                ) from None
             cleaned.append(clean_document(prompt, self.clean))
             if not cleaned[-1]:
                 raise LmforgeError(f"{name(i)} is empty")
@@ -354,16 +394,17 @@ class Generator:
         LmforgeError."""
         settings = self.settings(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, stop=stop,
+            repetition_penalty=repetition_penalty, stop=stop, seed=seed,
         )
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = self.encode_prompts(prompts, settings.max_new_tokens, truncate)
-        rng = torch.Generator(device=next(self.model.parameters()).device)
-        if seed is None:
-            rng.seed()
-        else:
-            rng.manual_seed(seed)
-        return GenerationJob(self, encoded, settings, rng)
+        rngs = [torch.Generator() for _ in encoded]  # on the CPU: one small draw each per step
+        for rng in rngs:
+            if settings.seed is None:
+                rng.seed()
+            else:
+                rng.manual_seed(settings.seed)
+        return GenerationJob(self, encoded, settings, rngs)
 
     def stream(self, prompts: list[str] | str, *args: Any, **kwargs: Any) -> Iterator[StreamEvent]:
         """Yield StreamEvents (index, new text, finish reason, token counts) as tokens are
@@ -373,7 +414,7 @@ class Generator:
 
     def _events(self, job: GenerationJob) -> Iterator[StreamEvent]:
         tokens = decode_tokens(
-            self.model, job.prompts, job.max_new_tokens, self.max_length, job.sampling, job.rng
+            self.model, job.prompts, job.max_new_tokens, self.max_length, job.sampling, job.rngs
         )
         try:
             for step in tokens:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -202,18 +202,30 @@ class GenerateConfig(Section):
 
     max_new_tokens: int = Field(128, ge=1, description="Tokens to generate at most.")
     temperature: float = Field(
-        0.8, ge=0, description="Sampling temperature; 0 is greedy (always the likeliest token)."
+        0.8, ge=0, le=2,
+        description="Sampling temperature (0 to 2); 0 is greedy (always the likeliest token).",
     )
-    top_k: int = Field(50, ge=0, description="Sample among the k likeliest tokens; 0 is off.")
+    top_k: int = Field(
+        50, ge=0, le=1_000_000,
+        description="Sample among the k likeliest tokens (up to 1,000,000); 0 is off.",
+    )
     top_p: float = Field(
         0.95, gt=0, le=1, description="Sample among the likeliest tokens holding this "
         "probability mass (nucleus); 1 is off."
     )
     repetition_penalty: float = Field(
-        1.0, gt=0, description="Divide the scores of tokens already present by this; 1 is off."
+        1.0, ge=0.01, le=10,
+        description="Divide the scores of tokens already present by this (0.01 to 10); 1 is off.",
     )
-    stop: list[str] = Field(
-        default_factory=list, description="Strings that end a continuation (not included)."
+    stop: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=4,
+        description="Strings that end a continuation (not included): at most 4, of at most 256 "
+        "characters each.",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="Seed of the sampling (0 to 2^63 - 1): the same seed gives a prompt the same "
+        "text; null draws a new one every call.",
     )
 
 

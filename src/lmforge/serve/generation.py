@@ -8,8 +8,9 @@ long one. Requests beyond that wait their turn in a bounded line (`max_queue`, t
 A pretrained Hugging Face model's cache cannot be merged: it decodes one request at a time.
 On a GPU, lmforge's GPT decodes in fixed slots (SlotBatch): every step replays one CUDA graph.
 
-`stream` hands the request's StreamEvents to the event loop as they come; closing it (a client
-that went away, a timeout) takes the request out of the batch at the next step.
+`prepare` encodes a request's prompts and checks its options; `stream` then hands the job's
+StreamEvents to the event loop as they come; closing it (a client that went away, a timeout)
+takes the request out of the batch at the next step.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def _unpack(parcels: list[tuple[asyncio.Queue, list[object]]]) -> None:
 
 
 class GenerationEngine:
-    """The served form of a Generator: `stream(prompts, **options)` as an async iterator."""
+    """The served form of a Generator: `prepare(prompts, **options)`, then `stream(job)` as an
+    async iterator."""
 
     def __init__(
         self,
@@ -120,8 +122,9 @@ class GenerationEngine:
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return render_chat(messages, self.chat_template)
 
-    async def stream(self, prompts: list[str], **options: Any) -> AsyncIterator[StreamEvent]:
-        """Events as generated. Bad options or prompts raise APIError(422) before the first."""
+    async def prepare(self, prompts: list[str], **options: Any) -> GenerationJob:
+        """The prompts encoded and the options checked (Generator.prepare's arguments): a job
+        for `stream`. 503 if the queue is full; 422 for bad options or prompts."""
         if self._waiting >= self.max_queue:
             raise APIError(
                 503,
@@ -137,25 +140,25 @@ class GenerationEngine:
                 code="too_many_prompts",
                 param="prompt",
             )
-        self._waiting += 1
-        request: _Request | None = None
         try:
-            try:
-                job = await asyncio.to_thread(self.generator.prepare, prompts, **options)
-            except LmforgeError as error:
-                raise APIError(422, str(error), code="invalid_request") from None
-            request = _Request(job, asyncio.get_running_loop(), asyncio.Queue())
-            queue = request.queue
+            return await asyncio.to_thread(self.generator.prepare, prompts, **options)
+        except LmforgeError as error:
+            raise APIError(422, str(error), code="invalid_request") from None
+
+    async def stream(self, job: GenerationJob) -> AsyncIterator[StreamEvent]:
+        """The job's events as generated, its rows decoded in the model's shared batch."""
+        request = _Request(job, asyncio.get_running_loop(), asyncio.Queue())
+        self._waiting += 1
+        try:
             with self._wake:
                 self._inbox.append(request)
                 self._wake.notify()
-            while (item := await queue.get()) is not _END:
+            while (item := await request.queue.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            if request is not None:
-                request.stopped.set()
+            request.stopped.set()
             self._waiting -= 1
 
     # --- the decoding thread ---------------------------------------------------------------
@@ -176,7 +179,7 @@ class GenerationEngine:
                         continue
                     try:
                         batch.add(id(request), request.job.prompts, request.job.max_new_tokens,
-                                  request.job.sampling, request.job.rng)
+                                  request.job.sampling, request.job.rngs)
                     except ValueError as error:  # prepare() leaves room; this is a bug
                         request.put(APIError(500, str(error), code="server_error"), _END)
                     else:

@@ -168,18 +168,22 @@ class Sampling:
     repetition_penalty: float = 1.0  # 1: off
 
 
+# One generator for every row of a generation, or one per row (each prompt its own stream of
+# random numbers, so its text never depends on the rows decoded beside it).
+Rngs = torch.Generator | Sequence[torch.Generator]
+
+
 def next_tokens(
     logits: torch.Tensor,
     seen: torch.Tensor | None,
     sampling: Sampling,
-    generator: torch.Generator,
+    generator: Rngs,
 ) -> torch.Tensor:
     """(B,) next tokens from (B, vocab) scores: repetition penalty, then temperature, top-k
     and top-p (nucleus) filtering, then a draw; or the likeliest token at temperature 0."""
     scores = sampling_scores(logits, seen, sampling)
-    if sampling.temperature == 0:
-        return scores.argmax(dim=-1)
-    return draw(scores.softmax(dim=-1), generator)
+    uniform = None if sampling.temperature == 0 else uniforms(generator, len(logits), logits.device)
+    return pick_tokens(logits, scores, sampling, uniform)
 
 
 def sampling_scores(
@@ -196,7 +200,9 @@ def sampling_scores(
         logits = torch.where(seen, penalised, logits)
     if sampling.temperature == 0:
         return logits
-    logits = logits / sampling.temperature
+    # Shifted so the best score is 0 before dividing: however small the temperature, the
+    # scores stay finite (the likeliest token takes all the probability), never inf or NaN.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -208,10 +214,32 @@ def sampling_scores(
     return logits
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B,) tokens drawn from (B, vocab) probabilities with one uniform number per row."""
-    uniform = torch.rand(len(probs), generator=generator, device=probs.device)
-    return inverse_cdf(probs, uniform)
+def uniforms(generator: Rngs, rows: int, device: torch.device) -> torch.Tensor:
+    """(rows,) uniform numbers on `device`: `rows` from one generator, or one from each row's."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(rows, generator=generator, device=generator.device).to(device)
+    if len(generator) != rows:
+        raise ValueError(f"{len(generator)} random generators for {rows} rows")
+    return torch.cat([torch.rand(1, generator=g, device=g.device) for g in generator]).to(device)
+
+
+def pick_tokens(
+    logits: torch.Tensor,
+    scores: torch.Tensor,
+    sampling: Sampling,
+    uniform: torch.Tensor | None,
+) -> torch.Tensor:
+    """(B,) tokens from `sampling_scores`' scores: the likeliest at temperature 0, else drawn
+    with one uniform number per row. A row whose scores are unusable (NaN or inf: a model that
+    overflowed; or nothing left to draw from) takes its likeliest logit instead: one bad row
+    never fails the rows decoded beside it."""
+    if sampling.temperature == 0:
+        tokens = scores.argmax(dim=-1)
+    else:
+        tokens = inverse_cdf(scores.softmax(dim=-1), uniform)
+    unusable = ~scores.amax(dim=-1).isfinite()  # amax is NaN if any score is
+    fallback = logits.float().nan_to_num(nan=float("-inf")).argmax(dim=-1)
+    return torch.where(unusable, fallback, tokens)
 
 
 def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -222,7 +250,8 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
     point = torch.minimum(uniform[:, None] * total, total.nextafter(torch.zeros_like(total)))
-    return torch.searchsorted(cdf, point, right=True).squeeze(1)
+    # clamped: a row of NaN probabilities finds no token, and must not name one past the end
+    return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 def left_padded(
@@ -253,7 +282,7 @@ class _Group:
     key: Hashable
     prompts: list[list[int]]
     sampling: Sampling
-    rng: torch.Generator
+    rng: Rngs
     steps_left: int  # tokens it may still draw (max_new_tokens, or until the context is full)
     logits: torch.Tensor | None = None  # (rows, vocab): scores of the next token
     seen: torch.Tensor | None = None  # (rows, vocab), with a repetition penalty only
@@ -346,8 +375,9 @@ class DecodeBatch:
 
     All rows share one KV cache, left-padded to a common width W (the longest row); the key mask
     (B, W) marks real tokens and positions count real tokens only, so a row is computed as it
-    would be alone. A group draws its tokens from its own rows' scores with its own generator, as
-    `decode_tokens` would for it alone (up to the float rounding of a batch of another shape).
+    would be alone. A group draws its tokens from its own rows' scores with its own generator
+    (or each row with its own), as `decode_tokens` would for it alone (up to the float rounding
+    of a batch of another shape).
 
     Joining and leaving copy the cache into one of the new shape: O(cache) per event, as much
     as one step reads, so cheap while generations run for more than a few tokens. A model whose
@@ -394,10 +424,10 @@ class DecodeBatch:
         prompts: list[list[int]],
         max_new_tokens: int,
         sampling: Sampling,
-        rng: torch.Generator,
+        rng: Rngs,
     ) -> None:
         """Queue a generation; it joins the batch at the next sample(). Prompts must leave room
-        for one token in the context."""
+        for one token in the context. `rng`: one generator for all its rows, or one per row."""
         if any(g.token is not None for g in self.groups):
             raise RuntimeError("add() between sample() and advance()")
         steps = min(max_new_tokens, self.context - max(len(p) for p in prompts))
@@ -420,15 +450,12 @@ class DecodeBatch:
             logits = _rows_of([g.logits for g in groups])
             seen = _rows_of([g.seen for g in groups]) if groups[0].seen is not None else None
             scores = sampling_scores(logits, seen, sampling)
-            if sampling.temperature == 0:
-                tokens = scores.argmax(dim=-1).split([g.rows for g in groups])
-            else:  # one small draw of uniform numbers per generation, then one batch
-                uniform = torch.cat([
-                    torch.rand(g.rows, generator=g.rng, device=self.device) for g in groups
-                ])
-                tokens = inverse_cdf(scores.softmax(dim=-1), uniform).split(
-                    [g.rows for g in groups]
-                )
+            uniform = None  # greedy; else one small draw per generation (or row), one batch
+            if sampling.temperature != 0:
+                uniform = torch.cat([uniforms(g.rng, g.rows, self.device) for g in groups])
+            tokens = pick_tokens(logits, scores, sampling, uniform).split(
+                [g.rows for g in groups]
+            )
             for g, token in zip(groups, tokens, strict=True):
                 g.token = token
                 if g.seen is not None:
@@ -651,7 +678,7 @@ def decode_tokens(
     max_new_tokens: int,
     context: int,
     sampling: Sampling,
-    generator: torch.Generator,
+    generator: Rngs,
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, (B,) per step, for max_new_tokens steps or until

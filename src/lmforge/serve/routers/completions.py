@@ -3,9 +3,16 @@
 Non-streamed, the reply holds the whole text; with "stream": true it comes as server-sent
 events, one chunk per piece of text, then a chunk with only "usage" (as OpenAI sends for
 stream_options.include_usage; on unless that is false), then `data: [DONE]`. A client that
-disconnects stops its generation and is billed for the tokens it was sent. Besides OpenAI's
-temperature, top_p, stop and seed, a request may set top_k, repetition_penalty and truncate.
-A classification model named here gets a 400 that points at /v1/classify.
+disconnects stops its generation (a 499); streamed, it is billed for the tokens it was sent.
+Besides OpenAI's temperature, top_p, stop and seed, a request may set top_k, repetition_penalty
+and truncate. A classification model named here gets a 400 that points at /v1/classify.
+
+Sampling values have the ranges of the bundle's `generate` config (GenerateConfig), so the
+server, `lmforge generate` and the Python API take the same ones: temperature 0 to 2, top_p
+above 0 up to 1, top_k 0 to 1,000,000, repetition_penalty 0.01 to 10, seed 0 to 2^63 - 1, at
+most 4 stop strings of at most 256 characters. Text (prompts, chat roles and contents, stop
+strings) must be valid Unicode: a lone surrogate such as "\\ud800" is refused. A value out of
+range is a 422 whose `param` names it.
 """
 
 from __future__ import annotations
@@ -16,13 +23,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from lmforge.bundle import StreamEvent
+from lmforge.config import GenerateConfig
 from lmforge.serve.auth import Caller, LimitedCaller, require_key
 from lmforge.serve.calls import MeteredCall
 from lmforge.serve.errors import APIError
@@ -33,6 +41,29 @@ T = TypeVar("T")
 router = APIRouter(prefix="/v1", tags=["generation"], dependencies=[Depends(require_key)])
 
 
+DISCONNECT_POLL_S = 0.1  # how often a non-streamed request checks that its client is there
+
+
+def _encodable(text: str) -> str:
+    """`text`, if it is valid Unicode (JSON can carry a lone surrogate, "\\ud800", which no
+    tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"not valid text: {error.reason} at character {error.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+def _setting(name: str) -> Any:
+    """The type of GenerateConfig's field `name`, with its bounds, or None (the bundle's
+    default)."""
+    field = GenerateConfig.model_fields[name]
+    return Annotated[(field.annotation, *field.metadata)] | None
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = True
 
@@ -41,19 +72,24 @@ class _GenerationRequest(BaseModel):
     # Other OpenAI parameters (frequency_penalty, user, ...) are accepted and ignored.
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
-    model: str = Field(max_length=128)
+    model: Text = Field(max_length=128)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="One choice per prompt.")
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    temperature: _setting("temperature") = None
+    top_p: _setting("top_p") = None
+    top_k: _setting("top_k") = None
+    repetition_penalty: _setting("repetition_penalty") = None
+    stop: _setting("stop") = None  # one string or a list, as OpenAI takes it
+    seed: _setting("seed") = None
     truncate: bool = False
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, stop: Any) -> Any:
+        return [stop] if isinstance(stop, str) else stop
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -66,7 +102,7 @@ class _GenerationRequest(BaseModel):
             "top_k": self.top_k,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
-            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+            "stop": self.stop,
             "seed": self.seed,
             "truncate": self.truncate,
         }
@@ -75,17 +111,47 @@ class _GenerationRequest(BaseModel):
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str]
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_is_text(cls, prompt: str | list[str]) -> str | list[str]:
+        for text in [prompt] if isinstance(prompt, str) else prompt:
+            _encodable(text)
+        return prompt
+
+
+class TextPart(BaseModel):
+    """A part of a message's content: text is the only kind a language model takes."""
+
+    type: Literal["text"]
+    text: str
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Text
+    content: str | list[TextPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        # One clear error that names the content (a part that is not text, an image say, or
+        # text that is not valid), rather than pydantic's for each shape it could have had.
+        if isinstance(content, str):
+            _encodable(content)
+        for i, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text":
+                raise ValueError(f"part {i} is of type {kind!r}; only \"text\" parts are taken")
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"part {i} has no \"text\" string")
+            _encodable(part["text"])
+        return content
 
     def text(self) -> str:
-        """The content as text: a list of parts contributes its "text" parts."""
+        """The content as text: a list of parts is their texts, joined."""
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content)
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
@@ -144,23 +210,22 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _tally(
-    call: MeteredCall, prompt: dict[int, int], completion: dict[int, int], event: StreamEvent
-) -> None:
-    """Note an event's token counts (per prompt) and the call's totals."""
-    prompt[event.index], completion[event.index] = event.prompt_tokens, event.completion_tokens
-    call.prompt_tokens, call.completion_tokens = sum(prompt.values()), sum(completion.values())
+def _tally(call: MeteredCall, completion: dict[int, int], event: StreamEvent) -> None:
+    """Note an event's completion tokens (per prompt) and the call's total."""
+    completion[event.index] = event.completion_tokens
+    call.completion_tokens = sum(completion.values())
 
 
-def _usage(prompt: dict[int, int], completion: dict[int, int]) -> dict:
-    p, c = sum(prompt.values()), sum(completion.values())
+def _usage(call: MeteredCall) -> dict:
+    p, c = call.prompt_tokens, call.completion_tokens
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
 async def _generate(
-    state: ServerState, caller: Caller, endpoint: str, body: _GenerationRequest, prompts: Any
+    request: Request, caller: Caller, endpoint: str, body: _GenerationRequest, prompts: Any
 ) -> dict | StreamingResponse:
     """`prompts(engine)` gives the prompt texts once the model is known."""
+    state = get_state(request)
     async with MeteredCall(state.usage, caller.key_name, endpoint, body.model) as call:
         budget, cap = body.token_budget(), state.settings.max_tokens_cap
         if budget is not None and budget > cap:
@@ -174,13 +239,17 @@ async def _generate(
         served = state.models.require(body.model, "generation")
         engine = served.engine
         options = body.options(budget or min(engine.default_max_tokens, cap))
-        events = engine.stream(prompts(engine), **options)
+        deadline = _Deadline(state.settings.timeout_s)
+        job = await deadline.run(engine.prepare(prompts(engine), **options))
+        call.prompt_tokens = sum(len(ids) for ids in job.prompts)
+        # the most the call can cost, held against the key's quota before it joins the batch
+        await call.reserve(call.prompt_tokens + job.max_new_tokens * len(job.prompts))
+        events = engine.stream(job)
         shape = _Shape(endpoint, served.name)
         count_tokens = partial(_count_tokens, state, served.name)
-        deadline = _Deadline(state.settings.timeout_s)
         if body.stream:
-            try:  # bad options fail here, as a plain error reply
-                first = await deadline.run(anext(events))
+            try:  # a failure before the first token is a plain error reply
+                first = await deadline.run(_unless_gone(request, anext(events)))
             except BaseException:
                 await events.aclose()
                 raise
@@ -191,9 +260,25 @@ async def _generate(
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        reply = await deadline.run(_collect(call, shape, events))
+        reply = await deadline.run(_unless_gone(request, _collect(call, shape, events)))
     count_tokens(call)
     return reply
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or a 499 once the client has disconnected (checked every
+    DISCONNECT_POLL_S): the work is cancelled, which takes its generation out of the batch."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                raise APIError(499, "the client closed the connection", code="client_closed")
+        return task.result()
+    finally:
+        if not task.done():  # the client left, or the deadline passed
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # its generation closes
 
 
 class _Deadline:
@@ -221,19 +306,16 @@ class _Deadline:
 async def _collect(call: MeteredCall, shape: _Shape, events: AsyncIterator[StreamEvent]) -> dict:
     texts: dict[int, str] = {}
     reasons: dict[int, str] = {}
-    prompt: dict[int, int] = {}
     completion: dict[int, int] = {}
     try:
         async for event in events:
             texts[event.index] = texts.get(event.index, "") + event.text
             reasons[event.index] = event.finish_reason or ""
-            _tally(call, prompt, completion, event)
+            _tally(call, completion, event)
     finally:
         await events.aclose()
     order = sorted(texts)
-    return shape.reply(
-        [texts[i] for i in order], [reasons[i] for i in order], _usage(prompt, completion)
-    )
+    return shape.reply([texts[i] for i in order], [reasons[i] for i in order], _usage(call))
 
 
 async def _stream(
@@ -249,7 +331,6 @@ async def _stream(
     the call is recorded before the closing chunks, so a client that has read them all sees
     its usage exact. Past the deadline the stream ends with an error event (the openai client
     raises it) and the call is recorded as a 504, billed for what was sent."""
-    prompt: dict[int, int] = {}
     completion: dict[int, int] = {}
     started: set[int] = set()
     event: StreamEvent | None = first
@@ -257,7 +338,7 @@ async def _stream(
         while event is not None:
             yield shape.chunk(event, event.index not in started)
             started.add(event.index)
-            _tally(call, prompt, completion, event)
+            _tally(call, completion, event)
             event = await deadline.run(anext(events, None))
     except APIError as error:  # the deadline: the response has begun, so it ends in-band
         await events.aclose()
@@ -273,7 +354,7 @@ async def _stream(
     on_end(call)
     await call.finish(None)
     if include_usage:
-        yield shape.usage_chunk(_usage(prompt, completion))
+        yield shape.usage_chunk(_usage(call))
     yield "data: [DONE]\n\n"
 
 
@@ -287,7 +368,7 @@ async def completions(
     body: CompletionRequest, request: Request, caller: LimitedCaller
 ) -> dict | StreamingResponse:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    return await _generate(get_state(request), caller, "completions", body, lambda _: prompts)
+    return await _generate(request, caller, "completions", body, lambda _: prompts)
 
 
 @router.post("/chat/completions", response_model=None)
@@ -296,9 +377,5 @@ async def chat_completions(
 ) -> dict | StreamingResponse:
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     return await _generate(
-        get_state(request),
-        caller,
-        "chat.completions",
-        body,
-        lambda engine: [engine.render_chat(messages)],
+        request, caller, "chat.completions", body, lambda engine: [engine.render_chat(messages)]
     )
