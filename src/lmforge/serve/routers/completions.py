@@ -226,7 +226,7 @@ async def _generate(
 ) -> dict | StreamingResponse:
     """`prompts(engine)` gives the prompt texts once the model is known."""
     state = get_state(request)
-    async with MeteredCall(state.usage, caller.key_name, endpoint, body.model) as call:
+    async with state.metered(caller, endpoint, body.model) as call:
         budget, cap = body.token_budget(), state.settings.max_tokens_cap
         if budget is not None and budget > cap:
             param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
