@@ -17,15 +17,17 @@ import json
 import re
 import reprlib
 import shutil
+import textwrap
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -49,6 +51,12 @@ from lmforge.training import resolve_device
 
 META_FILE = "lmforge.json"
 WEIGHTS_FILE = "model.safetensors"
+# The tasks a bundle can be loaded for, each with the arch name, config and module of the model
+# lmforge builds itself (the other arch is "pretrained": a Hugging Face model's own files).
+OWN_MODELS: dict[str, tuple[str, type, type[nn.Module]]] = {
+    "classification": ("transformer", TransformerConfig, EncoderClassifier),
+    "generation": ("gpt", GPTConfig, GPT),
+}
 
 
 @dataclass
@@ -123,38 +131,209 @@ def save_bundle(
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
+    """A bundle's lmforge.json: a JSON object naming its task (what loading that task needs
+    besides is checked by check_meta)."""
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise LmforgeError(
             f"{directory} is not an lmforge bundle (no {META_FILE}); pass a run's model/ folder"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise LmforgeError(f"{path}: cannot be read ({error.strerror})") from None
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise LmforgeError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise LmforgeError(f"{path}: must be a JSON object (got a {type(meta).__name__})")
+    if not isinstance(meta.get("task"), str):
+        raise LmforgeError(f"{path}: 'task' must name a task (got {_shown(meta.get('task'))})")
+    return meta
+
+
+def check_meta(directory: str | Path, meta: dict[str, Any]) -> None:
+    """Raise LmforgeError naming lmforge.json if it lacks what loading its (classification or
+    generation) model needs: a damaged or hand-edited file fails here, not deep in a load."""
+    problem = _meta_problem(meta) or _settings_problem(meta) or _architecture_problem(meta)
+    if problem:
+        raise LmforgeError(f"{Path(directory) / META_FILE}: {problem}")
+
+
+def _shown(value: Any) -> str:
+    return reprlib.repr(value)  # a long list or string is cut short
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    task, arch, length = meta["task"], meta.get("arch"), meta.get("max_length")
+    own_arch = OWN_MODELS[task][0]
+    if arch not in (own_arch, "pretrained"):
+        return f"'arch' must be '{own_arch}' or 'pretrained' for {task} (got {_shown(arch)})"
+    if type(length) is not int or length < 1:
+        return f"'max_length' must be a positive integer (got {_shown(length)})"
+    columns = ["text_column", "label_column"] if task == "classification" else ["text_column"]
+    for key in columns:
+        if not isinstance(meta.get(key), str):
+            return f"'{key}' must be a column name (got {_shown(meta.get(key))})"
+    labels = meta.get("labels")
+    if task == "classification" and not (
+        isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)
+    ):
+        return f"'labels' must be a non-empty list of label names (got {_shown(labels)})"
+    runtime, onnx = meta.get("runtime"), meta.get("onnx")
+    if runtime not in (None, "onnx"):
+        return f"'runtime' must be 'onnx' or absent (got {_shown(runtime)})"
+    if runtime == "onnx" and not (isinstance(onnx, dict) and isinstance(onnx.get("file"), str)):
+        return f"'onnx' must be an object naming the model's file (got {_shown(onnx)})"
+    return None
+
+
+def _settings_problem(meta: dict[str, Any]) -> str | None:
+    """The cleaning settings and the sampling defaults (generation), as the config checks them."""
+    for key, settings_class in (("clean", CleanConfig), ("generate", GenerateConfig)):
+        value = meta.get(key, {} if key == "generate" else None)
+        if not isinstance(value, dict):
+            return f"'{key}' must be a JSON object (got {_shown(value)})"
+        try:
+            settings_class(**value)
+        except ValidationError as error:
+            return f"{key}.{_describe_setting(error)}"  # clean.min_chars must be ...
+    return None
+
+
+def _architecture_problem(meta: dict[str, Any]) -> str | None:
+    """The config of lmforge's own model: its fields, of the right kinds, and for a classifier
+    as many outputs as labels."""
+    own_arch, config_class, _ = OWN_MODELS[meta["task"]]
+    if meta["arch"] != own_arch:
+        return None
+    architecture = meta.get("architecture")
+    if not isinstance(architecture, dict):
+        return f"'architecture' must be a JSON object (got {_shown(architecture)})"
+    kinds = {"int": int, "float": (int, float), "str": str}
+    for field in fields(config_class):
+        name = field.type if isinstance(field.type, str) else field.type.__name__
+        value = architecture.get(field.name)
+        if field.name in architecture and not isinstance(value, kinds.get(name, object)):
+            return f"'architecture.{field.name}' must be a {name} (got {_shown(value)})"
+    try:
+        config = config_class(**architecture)
+    except TypeError as error:  # a field missing or unknown
+        return f"'architecture' does not describe a {own_arch} model ({error})"
+    n_labels = len(meta.get("labels", []))
+    if meta["task"] == "classification" and config.n_classes != n_labels:
+        return (f"'labels' names {n_labels} classes but the model has {config.n_classes} "
+                "outputs ('architecture.n_classes')")
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    return textwrap.shorten(str(error), 300, placeholder=" ...")
+
+
+def _check_weights_file(path: Path) -> None:
+    """Raise LmforgeError naming `path` unless it is a whole safetensors file. Reads only the
+    header (whose length safetensors caps, so a damaged one claiming terabytes allocates
+    nothing) and checks that the tensors it lists exactly fill the file."""
+    if not path.is_file():
+        raise LmforgeError(f"{path}: missing; the bundle's weights belong there")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as error:
+        raise LmforgeError(f"{path}: not a valid safetensors file ({error})") from None
+
+
+def _load_tokenizer(directory: Path, meta: dict[str, Any]) -> TextTokenizer:
+    """The bundle's tokenizer. Ids past the model's vocabulary mean a tokenizer from elsewhere:
+    the model would fail on them, or worse, read them as other tokens."""
+    tokenizer = TextTokenizer.load(directory)
+    if meta["arch"] == "pretrained":
+        return tokenizer
+    known = meta["architecture"]["vocab_size"]
+    if tokenizer.vocab_size > known:
+        raise LmforgeError(
+            f"{directory / 'tokenizer.json'}: {tokenizer.vocab_size} tokens where the model "
+            f"knows {known}: not the one the model was trained with"
+        )
+    return tokenizer
+
+
+def _open_bundle(directory: Path) -> tuple[dict[str, Any], TextTokenizer, nn.Module | None]:
+    """Everything of a bundle but its model: lmforge.json checked, the tokenizer loaded, the
+    weights' files checked. An ONNX bundle's model (a Runtime session) is made here too."""
+    meta = read_meta(directory)
+    if meta["task"] not in OWN_MODELS:
+        raise LmforgeError(
+            f"{directory} holds a '{meta['task']}' model; lmforge loads "
+            f"{' and '.join(OWN_MODELS)} bundles"
+        )
+    check_meta(directory, meta)
+    tokenizer = _load_tokenizer(directory, meta)
+    if meta.get("runtime") == "onnx":  # written by `lmforge export` / `compress --quantize`
+        from lmforge.models.onnx_runtime import OnnxClassifier
+
+        return meta, tokenizer, OnnxClassifier(directory / meta["onnx"]["file"])
+    if meta["arch"] == "pretrained":  # save_pretrained's files, perhaps sharded
+        weights = sorted(directory.glob("*.safetensors"))
+    else:
+        weights = [directory / WEIGHTS_FILE]
+    for path in weights:
+        _check_weights_file(path)
+    return meta, tokenizer, None
+
+
+def check_bundle(directory: str | Path) -> dict[str, Any]:
+    """Check a bundle's files without building its model, and return its lmforge.json: what
+    `lmforge serve` does before it starts (the models load afterwards). A damaged lmforge.json,
+    tokenizer or weights file raises LmforgeError naming it."""
+    return _open_bundle(Path(directory))[0]
 
 
 def load(directory: str | Path, device: str = "auto") -> Predictor | Generator:
     """Load a bundle: a Predictor for a classifier (`lmforge.load(path).predict([...])`), a
-    Generator for a generation model (`lmforge.load(path).generate([...])`)."""
+    Generator for a generation model (`lmforge.load(path).generate([...])`). A damaged bundle
+    raises LmforgeError naming the file and what is wrong with it."""
     directory = Path(directory)
-    meta = read_meta(directory)
-    if meta.get("task") == "generation":
-        return load_generator(directory, meta, device)
-    if meta.get("task") != "classification":
-        raise LmforgeError(f"{directory} holds a '{meta.get('task')}' model, not a classifier")
-    tokenizer = TextTokenizer.load(directory)
-    if meta.get("runtime") == "onnx":  # written by `lmforge export` / `compress --quantize`
-        from lmforge.models.onnx_runtime import OnnxClassifier
+    meta, tokenizer, onnx_model = _open_bundle(directory)
+    if onnx_model is not None:
+        return Predictor(onnx_model, tokenizer, meta)
+    model = _build_model(directory, meta).to(resolve_device(device))
+    if meta["task"] == "generation":
+        return Generator(model, tokenizer, meta)
+    return Predictor(model, tokenizer, meta)
 
-        return Predictor(OnnxClassifier(directory / meta["onnx"]["file"]), tokenizer, meta)
+
+def _build_model(directory: Path, meta: dict[str, Any]) -> nn.Module:
+    """The bundle's model with its weights, on the CPU."""
     if meta["arch"] == "pretrained":
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        model: nn.Module = PretrainedClassifier(
-            AutoModelForSequenceClassification.from_pretrained(directory)
-        )
-    else:
-        model = EncoderClassifier(TransformerConfig(**meta["architecture"]))
+        if meta["task"] == "generation":
+            return PretrainedCausalLM(_from_pretrained(AutoModelForCausalLM, directory))
+        return PretrainedClassifier(_from_pretrained(AutoModelForSequenceClassification, directory))
+    _, config_class, model_class = OWN_MODELS[meta["task"]]
+    try:
+        model = model_class(config_class(**meta["architecture"]))
+    except (ValueError, RuntimeError) as error:  # sizes that make no model: heads, dimensions
+        raise LmforgeError(f"{directory / META_FILE}: 'architecture' does not describe a "
+                           f"model ({_one_line(error)})") from None
+    try:
         load_model(model, str(directory / WEIGHTS_FILE))
-    return Predictor(model.to(resolve_device(device)), tokenizer, meta)
+    except RuntimeError as error:  # a tensor missing, unexpected, or of another shape
+        raise LmforgeError(
+            f"{directory / WEIGHTS_FILE}: its tensors do not fit the architecture in "
+            f"{directory / META_FILE} ({_one_line(error)})"
+        ) from None
+    return model
+
+
+def _from_pretrained(auto_class: Any, directory: Path) -> nn.Module:
+    try:
+        return auto_class.from_pretrained(directory)
+    except (OSError, ValueError, RuntimeError) as error:  # config.json missing or damaged, ...
+        raise LmforgeError(
+            f"{directory}: cannot load the pretrained model ({_one_line(error)})"
+        ) from None
 
 
 def to_device(model: nn.Module, device: str) -> nn.Module:
@@ -447,14 +626,3 @@ class Generator:
         return [Completion(text, e.finish_reason, e.prompt_tokens, e.completion_tokens)
                 for text, e in zip(texts, last, strict=True)]
 
-
-def load_generator(directory: Path, meta: dict[str, Any], device: str = "auto") -> Generator:
-    tokenizer = TextTokenizer.load(directory)
-    if meta["arch"] == "pretrained":
-        from transformers import AutoModelForCausalLM
-
-        model: nn.Module = PretrainedCausalLM(AutoModelForCausalLM.from_pretrained(directory))
-    else:
-        model = GPT(GPTConfig(**meta["architecture"]))
-        load_model(model, str(directory / WEIGHTS_FILE))
-    return Generator(model.to(resolve_device(device)), tokenizer, meta)

@@ -117,7 +117,12 @@ class TextTokenizer:
         path = directory / "tokenizer.json"
         if not path.is_file():
             raise LmforgeError(f"no tokenizer in {directory}: expected tokenizer.json")
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as error:  # the Rust side raises a bare Exception for any bad file
+            reason = " ".join(str(error).split())
+            raise LmforgeError(f"{path}: not a valid tokenizer file ({reason})") from None
+        return cls(backend)
 
 
 def load_pretrained_tokenizer(
@@ -129,7 +134,7 @@ def load_pretrained_tokenizer(
         hf = AutoTokenizer.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code, use_fast=True
         )
-    except (OSError, ValueError) as error:
+    except Exception as error:  # OSError, ValueError, or the Rust side's bare Exception
         raise LmforgeError(
             f"cannot load tokenizer '{name}': {str(error).splitlines()[0]}"
         ) from None

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge.errors import LmforgeError
+
 ONNX_INPUTS = ("input_ids", "attention_mask")
 ONNX_OUTPUT = "logits"
 
@@ -24,7 +26,15 @@ class OnnxClassifier(nn.Module):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if not self.path.is_file():
+            raise LmforgeError(f"{path}: missing; the bundle's ONNX model belongs there")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ONNX Runtime's own types (InvalidProtobuf, Fail, ...)
+            reason = " ".join(str(error).rpartition("failed:")[2].split()) or type(error).__name__
+            raise LmforgeError(f"{path}: not a valid ONNX model ({reason})") from None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feeds = {

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.bundle import Generator, load, read_meta
+from lmforge.bundle import Generator, check_bundle, load, read_meta
 from lmforge.errors import LmforgeError
 from lmforge.serve.batching import ClassifyBatcher
 from lmforge.serve.errors import APIError
@@ -94,12 +94,13 @@ class ModelRegistry:
                 raise LmforgeError(
                     f"two models are named '{name}'; name them apart with NAME=BUNDLE"
                 )
-            task = read_meta(bundle_dir).get("task", "")
+            task = read_meta(bundle_dir)["task"]
             if task not in TASK_LOADERS:
                 raise LmforgeError(
                     f"{bundle_dir} holds a '{task}' model; lmforge serve runs "
                     f"{', '.join(TASK_LOADERS)} models so far"
                 )
+            check_bundle(bundle_dir)  # a damaged file stops the start; the model loads later
             created = int((bundle_dir / "lmforge.json").stat().st_mtime)
             self._models[name] = ServedModel(name, task, bundle_dir, created)
 
@@ -113,7 +114,9 @@ class ModelRegistry:
                 model.engine = TASK_LOADERS[model.task](
                     model.name, model.bundle_dir, settings, metrics
                 )
-            except Exception as error:  # reported by /readyz; the other models still serve
+            except LmforgeError as error:  # reported by /readyz; the other models still serve
+                model.load_error = str(error)
+            except Exception as error:
                 model.load_error = f"{type(error).__name__}: {error}"
 
     @property
