@@ -1,5 +1,8 @@
 """The training loop: it learns, resumes exactly after a crash, survives a damaged checkpoint."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,8 @@ from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 from lmforge.models import EncoderClassifier, TransformerConfig
 from lmforge.tasks import classification as task
-from lmforge.training import fit
+from lmforge.training import checkpoint, fit
+from lmforge.training import loop as training_loop
 from lmforge.training.checkpoint import WEIGHTS
 
 
@@ -40,7 +44,7 @@ def model(seed=0):
     )
 
 
-def run(tmp, cfg, resume=False, loss_fn=None, m=None):
+def run(tmp, cfg, resume=False, loss_fn=None, m=None, show_progress=False):
     m = m or model()
     m.fit_result = fit(
         m,
@@ -51,7 +55,7 @@ def run(tmp, cfg, resume=False, loss_fn=None, m=None):
         cfg,
         tmp,
         resume=resume,
-        show_progress=False,
+        show_progress=show_progress,
     )
     return m
 
@@ -97,6 +101,93 @@ def test_interrupted_then_resumed_run_equals_straight_through(tmp_path, grad_acc
     resumed = weights(run(tmp_path / "b", cfg, resume=True, m=model(seed=123)))
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+class SaveFaults:
+    """Counts the file writes, fsyncs and renames of the n-th save of checkpoints/last in a run
+    and raises Crash at the k-th of them, as if the process died there."""
+
+    def __init__(self, monkeypatch, nth_save):
+        self.nth_save, self.armed = nth_save, False
+        self.new_run()
+        real_save = training_loop.save_checkpoint
+
+        def save(directory, *args, **kwargs):
+            self.saves += directory.name == "last"
+            self.armed = directory.name == "last" and self.saves == self.nth_save
+            try:
+                real_save(directory, *args, **kwargs)
+            finally:
+                self.armed = False
+
+        monkeypatch.setattr(training_loop, "save_checkpoint", save)
+        for owner, name, label in [(checkpoint, "save_model", "write weights"),
+                                   (torch, "save", "write state"),
+                                   (Path, "write_text", "write meta"),
+                                   (os, "fsync", "fsync"),
+                                   (Path, "rename", "rename")]:
+            monkeypatch.setattr(owner, name, self.counted(getattr(owner, name), label))
+
+    def counted(self, real, label):
+        def call(*args, **kwargs):
+            if self.armed:
+                self.calls.append(label)
+                if len(self.calls) == self.fail_at:
+                    raise Crash(label)
+            return real(*args, **kwargs)
+
+        return call
+
+    def new_run(self, fail_at=None):
+        """Count from the start of a run; fail at the fail_at-th operation (None: never)."""
+        self.fail_at, self.calls, self.saves = fail_at, [], 0
+
+
+def test_a_save_killed_at_any_point_resumes_from_the_newest_complete_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    cfg = TrainConfig(max_steps=32, batch_size=16, lr=3e-3, eval_every=8)
+    faults = SaveFaults(monkeypatch, nth_save=3)  # at step 24: last.prev (8) and last (16) exist
+    straight = weights(run(tmp_path / "straight", cfg))
+    operations = faults.calls
+    assert operations.count("rename") == 2 and operations.count("fsync") >= 4
+    for k in range(1, len(operations) + 1):
+        done = operations[: k - 1]  # what finished before the crash
+        faults.new_run(fail_at=k)
+        with pytest.raises(Crash):
+            run(tmp_path / str(k), cfg)
+        faults.new_run()
+        capsys.readouterr()
+        resumed = run(tmp_path / str(k), cfg, resume=True, m=model(seed=123), show_progress=True)
+        if "write meta" not in done:  # the new checkpoint was not complete: the previous one
+            step, name = 16, "last"
+        else:
+            step, name = 24, "last" if done.count("rename") == 2 else "last.tmp"
+        assert resumed.fit_result.resumed_from == step, (k, operations[k - 1])
+        used = tmp_path / str(k) / "checkpoints" / name
+        err = "".join(capsys.readouterr().err.split())  # rich wraps long lines
+        assert f"resumedfromstep{step}({used})" in err, (k, operations[k - 1])
+        after = weights(resumed)
+        for key in straight:
+            assert torch.equal(straight[key], after[key]), (k, operations[k - 1], key)
+
+
+def test_a_save_resumed_from_last_tmp_is_kept_by_the_next_save(tmp_path, monkeypatch):
+    cfg = TrainConfig(max_steps=24, batch_size=16, lr=3e-3, eval_every=8)
+    faults = SaveFaults(monkeypatch, nth_save=2)  # at step 16
+    faults.new_run(fail_at=9)
+    with pytest.raises(Crash):
+        run(tmp_path, cfg)
+    assert faults.calls[-2:] == ["rename", "rename"]  # died between last -> last.prev and the next
+    folder = tmp_path / "checkpoints"
+    assert not (folder / "last").exists() and (folder / "last.tmp").is_dir()
+    faults.new_run()
+    assert run(tmp_path, cfg, resume=True).fit_result.resumed_from == 16
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("last")) == [
+        "last", "last.prev"
+    ]
+    assert checkpoint.find_checkpoint(folder / "last") == (folder / "last", 24)
+    assert checkpoint.recorded_step(folder / "last.prev") == 16
 
 
 def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path):

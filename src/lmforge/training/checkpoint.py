@@ -1,8 +1,10 @@
 """Atomic checkpoints: weights as safetensors plus everything an exact resume needs.
 
-A checkpoint is a folder written under a temporary name, fsynced, then renamed into place, so a
-crash leaves either the previous checkpoint or the new one, never half of one. The previous
-checkpoint is kept as `<name>.prev`, and loading falls back to it when the newest is damaged.
+A checkpoint is a folder written as `<name>.tmp`, fsynced, marked complete (meta.json, with the
+step, written last), then renamed into place; the previous checkpoint is kept as `<name>.prev`.
+Wherever a save dies, one of `<name>`, a complete `<name>.tmp` and `<name>.prev` holds a whole
+checkpoint: loading takes the newest complete one, and falls back to an older one when it is
+damaged.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,8 @@ from lmforge.errors import LmforgeError
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
-META = "meta.json"
+META = "meta.json"  # written last: a folder holding a readable one is complete
+COPIES = ("", ".tmp", ".prev")  # the suffixes of a checkpoint's copies, in order of preference
 
 
 def _fsync_dir(path: Path) -> None:
@@ -34,11 +38,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
-    for file in path.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(path)
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def capture_rng() -> dict[str, Any]:
@@ -69,25 +71,80 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["cuda"]])
 
 
+def _copy(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def recorded_step(directory: Path) -> int:
+    """The step in `directory`'s meta.json; raises if the folder is not a complete checkpoint."""
+    meta = json.loads((directory / META).read_text())
+    # checkpoints written before "step" was recorded at the top hold it in "loop"
+    return int(meta["step"] if "step" in meta else meta["loop"]["step"])
+
+
+def _complete_copies(directory: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The complete copies of checkpoint `directory`, newest first, and warnings about
+    damaged ones. A `.tmp` without a readable meta.json is a save that had not finished."""
+    found, warnings = [], []
+    for preference, suffix in enumerate(COPIES):
+        path = _copy(directory, suffix)
+        if not path.is_dir():
+            continue
+        try:
+            found.append((recorded_step(path), -preference, path))
+        except Exception as error:  # missing, truncated or malformed meta.json
+            if suffix != ".tmp":
+                warnings.append(f"checkpoint {path} is damaged ({type(error).__name__}: {error})")
+    found.sort(key=lambda item: item[:2], reverse=True)
+    return [(path, step) for step, _, path in found], warnings
+
+
+def find_checkpoint(directory: Path) -> tuple[Path, int] | None:
+    """(path, step) of the newest complete copy of checkpoint `directory`, or None."""
+    copies, _ = _complete_copies(directory)
+    return copies[0] if copies else None
+
+
+def _promote(directory: Path) -> None:
+    """The renames that put `<name>.tmp` in place, keeping the current one as `<name>.prev`."""
+    previous = _copy(directory, ".prev")
+    if directory.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        directory.rename(previous)
+    _copy(directory, ".tmp").rename(directory)
+    _fsync_dir(directory.parent)
+
+
 def save_checkpoint(
-    directory: Path, model: nn.Module, meta: dict[str, Any], state: dict[str, Any] | None = None
+    directory: Path, model: nn.Module, step: int, meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
 ) -> None:
-    """Write `directory` atomically: weights, a JSON meta file and (optionally) trainer state."""
+    """Write `directory` atomically: weights, trainer state (optionally), then meta.json with
+    `step` and `meta` as the mark that the copy is complete, then the renames."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(directory.name + ".tmp")
+    tmp = _copy(directory, ".tmp")
+    newest = find_checkpoint(directory)
+    if newest is not None and newest[0] == tmp:
+        _promote(directory)  # a save killed between its renames: finish it, so it is kept
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS))
     if state is not None:
         torch.save(state, tmp / STATE)
-    (tmp / META).write_text(json.dumps(meta, indent=2))
-    _fsync_tree(tmp)
-    previous = directory.with_name(directory.name + ".prev")
-    if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        directory.rename(previous)
-    tmp.rename(directory)
-    _fsync_dir(directory.parent)
+    for file in tmp.iterdir():
+        _fsync_file(file)
+    (tmp / META).write_text(json.dumps({"step": step, **meta}, indent=2))
+    _fsync_file(tmp / META)
+    _fsync_dir(tmp)
+    _promote(directory)
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path  # the copy read: `<name>`, `<name>.tmp` or `<name>.prev`
+    meta: dict[str, Any]
+    state: dict[str, Any] | None  # trainer state, when asked for
+    warnings: list[str]  # damaged copies that were skipped
 
 
 def _read(directory: Path, model: nn.Module, with_state: bool) -> tuple[dict, dict | None]:
@@ -99,21 +156,15 @@ def _read(directory: Path, model: nn.Module, with_state: bool) -> tuple[dict, di
     return meta, state
 
 
-def load_checkpoint(
-    directory: Path, model: nn.Module, with_state: bool = True
-) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
-    """Load `directory` into `model`, falling back to its `.prev` copy if it is damaged.
-
-    Returns (meta, trainer state, warnings about damaged checkpoints that were skipped).
-    """
-    warnings = []
-    for candidate in (directory, directory.with_name(directory.name + ".prev")):
-        if not candidate.exists():
-            continue
+def load_checkpoint(directory: Path, model: nn.Module, with_state: bool = True) -> LoadedCheckpoint:
+    """Load the newest complete copy of checkpoint `directory` into `model`, falling back to an
+    older copy when it is damaged."""
+    copies, warnings = _complete_copies(directory)
+    for path, _ in copies:
         try:
-            meta, state = _read(candidate, model, with_state)
-            return meta, state, warnings
+            meta, state = _read(path, model, with_state)
+            return LoadedCheckpoint(path, meta, state, warnings)
         except Exception as error:  # any damage (truncation, bad JSON, bad pickle) means "skip"
-            warnings.append(f"checkpoint {candidate} is damaged ({type(error).__name__}: {error})")
+            warnings.append(f"checkpoint {path} is damaged ({type(error).__name__}: {error})")
     detail = "; ".join(warnings) or "none found"
     raise LmforgeError(f"no usable checkpoint in {directory.parent}: {detail}")

@@ -24,7 +24,13 @@ from torch import nn
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 from lmforge.training import distributed
-from lmforge.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from lmforge.training.checkpoint import (
+    capture_rng,
+    find_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from lmforge.training.progress import RunLog, TrainProgress
 
 Batch = dict[str, torch.Tensor]
@@ -210,8 +216,10 @@ class _Loop:
         # vocabulary then fuses with the logits' cast instead of making float copies of them.
         self._losses: dict[Callable, Callable[[Batch], torch.Tensor]] = {}
 
-    def restore(self) -> tuple[int, list[str]]:
-        meta, saved, warnings = load_checkpoint(self.ckpt_dir / "last", self.model)
+    def restore(self) -> tuple[int, Path, list[str]]:
+        """(step, the checkpoint copy read, warnings about damaged copies skipped)."""
+        loaded = load_checkpoint(self.ckpt_dir / "last", self.model)
+        saved = loaded.state
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -222,8 +230,8 @@ class _Loop:
                 f"{distributed.world_size()}; resume with the same number of processes"
             )
         restore_rng(rngs[distributed.rank()])
-        self.state = LoopState(**meta["loop"])
-        return self.state.step, warnings
+        self.state = LoopState(**loaded.meta["loop"])
+        return self.state.step, loaded.path, loaded.warnings
 
     def checkpoint(self) -> None:
         rngs = distributed.gather(capture_rng())  # each rank's dropout stream, for exact resume
@@ -234,8 +242,8 @@ class _Loop:
                 "scaler": self.scaler.state_dict(),
                 "rng": rngs,
             }
-            save_checkpoint(self.ckpt_dir / "last", self.model, {"loop": asdict(self.state)},
-                            trainer_state)
+            save_checkpoint(self.ckpt_dir / "last", self.model, self.state.step,
+                            {"loop": asdict(self.state)}, trainer_state)
         distributed.barrier()
 
     def evaluate(self, evaluate_fn: Callable[[nn.Module], dict[str, float]]) -> None:
@@ -258,8 +266,8 @@ class _Loop:
         if better:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
             if self.main:
-                save_checkpoint(self.ckpt_dir / "best", self.model,
-                                {"step": state.step, "metrics": metrics})
+                save_checkpoint(self.ckpt_dir / "best", self.model, state.step,
+                                {"metrics": metrics})
         else:
             state.evals_since_best += 1
         patience = cfg.early_stopping_patience
@@ -327,13 +335,13 @@ def fit(
     """
     t_start = time.perf_counter()
     loop = _Loop(model, len(dataset), cfg, run_dir, metric_mode, show_progress)
-    resumed_from, warnings = loop.restore() if resume else (None, [])
+    resumed_from, resumed_path, warnings = loop.restore() if resume else (None, None, [])
     state = loop.state
     progress = TrainProgress(loop.steps, state.step, enabled=loop.show_progress)
     for warning in warnings:
-        progress.note(f"[yellow]warning:[/] {warning}; using the previous checkpoint")
+        progress.note(f"[yellow]warning:[/] {warning}; skipped")
     if resumed_from is not None:
-        progress.note(f"resumed from step {resumed_from} ({loop.ckpt_dir / 'last'})")
+        progress.note(f"resumed from step {resumed_from} ({resumed_path})")
 
     model.train()
     batches = _batches_from(dataset, collate, cfg, state, lengths if cfg.bucket_by_length else None)
@@ -364,5 +372,5 @@ def fit(
     progress.close()
     loop.log.close()
     best = loop.ckpt_dir / "best"
-    return FitResult(state, resumed_from, best if best.exists() else None,
+    return FitResult(state, resumed_from, best if find_checkpoint(best) else None,
                      time.perf_counter() - t_start)
