@@ -1,12 +1,14 @@
-"""Splitting: disjoint, deterministic per seed, stratified; and label ordering."""
+"""Splitting: disjoint, deterministic per seed, stratified; label ordering; and the record of
+which texts each split held (splits.json)."""
 
+import json
 from collections import Counter
 
 import pytest
 
 from lmforge.config import DataConfig, SplitConfig
 from lmforge.data import order_labels, prepare_classification_data
-from lmforge.data.split import split_dataset
+from lmforge.data.split import SplitRecord, split_dataset, text_key
 from lmforge.errors import LmforgeError
 
 
@@ -69,3 +71,20 @@ def test_report_shows_split_sizes_and_balance(tmp_path):
     assert report["split_sizes"] == {"train": 320, "val": 40, "test": 40}
     assert report["label_balance"]["test"] == {"a": 30, "b": 10}
     assert set(report["length_chars"]) == {"min", "p50", "p90", "p99", "max"}
+
+
+def test_a_split_record_finds_its_splits_in_edited_data_in_split_order():
+    texts, labels = _rows()
+    train, val, test, _ = split_dataset(texts, labels, SplitConfig(val=0.1, test=0.1))
+    record = SplitRecord.of("hash", {"train": train.texts, "val": val.texts, "test": test.texts})
+    assert SplitRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert record.keys["test"][0] == text_key(test.texts[0]) and len(text_key("x")) == 16
+    edited = ["a new text"] + texts[::-1] + ["another new text"]  # reordered, rows added
+    found, missing = record.locate("test", edited)
+    assert [edited[i] for i in found] == test.texts and missing == 0
+    edited.remove(test.texts[5])
+    found, missing = record.locate("test", edited)
+    assert missing == 1 and len(found) == len(test.texts) - 1
+    unseen = [edited[i] for i in record.unseen(edited)]  # neither train nor val
+    assert sorted(unseen) == sorted(["a new text", "another new text", *test.texts[:5],
+                                     *test.texts[6:]])

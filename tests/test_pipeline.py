@@ -29,6 +29,7 @@ def test_train_writes_the_whole_run_directory(trained):
     for name in (
         "config.yaml",
         "data_report.json",
+        "splits.json",
         "metrics.jsonl",
         "eval.json",
         "test_predictions.jsonl",
@@ -104,6 +105,21 @@ def test_resume_continues_a_run_to_more_steps(tmp_path, reviews_csv, trained):
     assert result.resumed_from == 40 and result.steps == 60
 
 
+@pytest.mark.parametrize("how", ["--resume", "torchrun restart"])
+def test_a_run_killed_between_the_renames_of_a_save_resumes(
+    tmp_path, reviews_csv, trained, monkeypatch, how
+):
+    checkpoints = trained.run_dir / "checkpoints"
+    # as left by a kill after last -> last.prev (step 20), before last.tmp (step 40) -> last
+    (checkpoints / "last").rename(checkpoints / "last.tmp")
+    if how == "torchrun restart":
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    result = lmforge.train(tiny_config(reviews_csv), out=trained.run_dir,
+                           resume=how == "--resume", overrides=["train.max_steps=60"],
+                           show_progress=False)
+    assert result.resumed_from == 40 and result.steps == 60
+
+
 def test_evaluate_on_a_new_file_writes_its_own_report(tmp_path, trained):
     other = tmp_path / "holdout.csv"
     with open(other, "w", newline="", encoding="utf-8") as handle:
@@ -117,6 +133,100 @@ def test_evaluate_on_a_new_file_writes_its_own_report(tmp_path, trained):
     assert (trained.run_dir / "eval.json").read_text() == before
     again = lmforge.evaluate(trained.bundle_dir, show=False)  # the run's own test split
     assert again["accuracy"] == json.loads(before)["accuracy"]
+
+
+def write_reviews(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "review", "sentiment"])
+        writer.writerows([i, text, label] for i, (text, label) in enumerate(rows))
+
+
+def scored_texts(monkeypatch):
+    """The texts each evaluation scores, in order."""
+    scored, evaluate_split = [], pipeline._evaluate_split
+
+    def spy(predictor, split, *args):
+        scored.append(list(split.texts))
+        return evaluate_split(predictor, split, *args)
+
+    monkeypatch.setattr(pipeline, "_evaluate_split", spy)
+    return scored
+
+
+def test_evaluate_after_rows_are_added_and_edited_scores_the_original_test_split(
+    trained, reviews_csv, monkeypatch, capsys
+):
+    before = json.loads((trained.run_dir / "eval.json").read_text())
+    test_texts = [row["text"] for row in read_jsonl(trained.run_dir / "test_predictions.jsonl")]
+    rows = make_reviews()
+    edited = next(i for i, (text, _) in enumerate(rows) if text not in test_texts)
+    rows[edited] = ("an edited review, great", rows[edited][1])
+    rows += [(f"{text} (new)", label) for text, label in make_reviews(30, seed=5)]
+    write_reviews(reviews_csv, rows)
+    scored = scored_texts(monkeypatch)
+    capsys.readouterr()
+    report = lmforge.evaluate(trained.run_dir)
+    assert scored == [test_texts]  # the same texts in the same order, none trained on
+    for key in ("n", "accuracy", "f1_macro", "confusion_matrix", "ci95"):
+        assert json.loads(json.dumps(report[key])) == before[key], key
+    check = report["data_check"]
+    assert check["changed_since_training"] and check["test_texts_missing"] == 0
+    assert "changed since training" in capsys.readouterr().err
+
+
+def lmforge_cli(monkeypatch, capsys, *args):
+    """Run the command line in this process: (exit code, stderr)."""
+    from lmforge.cli import main
+
+    monkeypatch.setattr("sys.argv", ["lmforge", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_evaluate_refuses_when_test_rows_were_edited_away(trained, reviews_csv, monkeypatch,
+                                                           capsys):
+    test_texts = [row["text"] for row in read_jsonl(trained.run_dir / "test_predictions.jsonl")]
+    rows = make_reviews()
+    gone = [i for i, (text, _) in enumerate(rows) if text in test_texts][:3]
+    rows = [(f"{text}!" if i in gone else text, label) for i, (text, label) in enumerate(rows)]
+    write_reviews(reviews_csv, rows)
+    capsys.readouterr()
+    code, err = lmforge_cli(monkeypatch, capsys, "evaluate", trained.run_dir)
+    assert code == 2 and "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"error: {reviews_csv} changed since training (sha256 "), line
+    assert line.endswith(f"3 of the {len(test_texts)} test texts are missing; evaluate with "
+                         "--data FILE for a new test set"), line
+
+
+def test_evaluate_on_a_file_leaves_out_the_texts_the_model_trained_on(tmp_path, trained,
+                                                                      monkeypatch):
+    test_texts = [row["text"] for row in read_jsonl(trained.run_dir / "test_predictions.jsonl")]
+    seen = [row for row in make_reviews() if row[0] not in test_texts][:5]
+    unseen = [(f"{text} (new)", label) for text, label in make_reviews(20, seed=7)]
+    holdout = tmp_path / "holdout.csv"
+    write_reviews(holdout, seen + unseen)
+    scored = scored_texts(monkeypatch)
+    report = lmforge.evaluate(trained.run_dir, data=holdout, show=False)
+    assert scored == [[text for text, _ in unseen]]
+    assert report["n"] == 20 and report["data_check"]["dropped_seen_in_training"] == 5
+    written = json.loads((trained.run_dir / "eval-holdout.json").read_text())
+    assert written["data_check"]["dropped_seen_in_training"] == 5
+
+
+def test_a_run_without_splits_json_splits_edited_data_again_with_a_warning(
+    trained, reviews_csv, capsys
+):
+    (trained.run_dir / "splits.json").unlink()  # as written before lmforge recorded splits
+    write_reviews(reviews_csv, make_reviews() + make_reviews(30, seed=5))
+    capsys.readouterr()
+    report = lmforge.evaluate(trained.run_dir)
+    assert report["data_check"]["changed_since_training"]
+    assert not report["data_check"]["split_record"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: {reviews_csv} changed since training" in err and "no splits.json" in err
 
 
 def test_predict_writes_one_json_object_per_text(tmp_path, trained):

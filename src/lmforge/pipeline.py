@@ -43,6 +43,7 @@ from lmforge.data.documents import (
     prepare_documents,
     read_eval_documents,
 )
+from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
 from lmforge.models.transformer import EncoderForMaskedLM
@@ -57,9 +58,10 @@ from lmforge.tokenization import (
     document_stream,
 )
 from lmforge.training import distributed, fit, seed_everything
-from lmforge.training.checkpoint import load_checkpoint
+from lmforge.training.checkpoint import find_checkpoint, load_checkpoint
 
 TOKENIZER_DIR = "tokenizer"
+SPLITS_FILE = "splits.json"  # which texts each split held: see SplitRecord
 
 
 @dataclass
@@ -83,7 +85,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if resume:
-        if not (run_dir / "checkpoints" / "last").exists():
+        if find_checkpoint(run_dir / "checkpoints" / "last") is None:
             raise LmforgeError(f"--resume given but {run_dir} has no checkpoint to resume from")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -94,6 +96,23 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_split_record(run_dir: Path, data: PreparedData | PreparedDocuments) -> None:
+    splits = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+    _write_json(run_dir / SPLITS_FILE, SplitRecord.of(data.data_hash, splits).to_json())
+
+
+def _read_split_record(run_dir: Path | None) -> SplitRecord | None:
+    """The run's splits.json; None without a run, or for a run written before it existed."""
+    path = run_dir / SPLITS_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return SplitRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as error:
+        raise LmforgeError(f"{path} is damaged ({type(error).__name__}: {error}); evaluate "
+                           "with --data FILE") from None
 
 
 def _quantiles(values: Iterable[int]) -> dict[str, float]:
@@ -248,6 +267,7 @@ def _prepare(cfg: Config, run_dir: Path, resume: bool, console: Console) -> _Pre
     report["truncated_to_max_length"] = truncated
     if distributed.is_main():
         _write_json(run_dir / "data_report.json", report)
+        _write_split_record(run_dir, data)
     return _Prepared(cfg, data, tokenizer, splits)
 
 
@@ -305,10 +325,8 @@ def _pretrain(
         "eval_every": max(1, cfg.pretrain_steps // 5), "early_stopping_patience": None,
     })
     last = pretrain_dir / "checkpoints" / "last"
-    done = resume and last.exists() and (
-        json.loads((last / "meta.json").read_text())["loop"]["step"] >= cfg.pretrain_steps
-    )
-    if done:
+    found = find_checkpoint(last) if resume else None
+    if found is not None and found[1] >= cfg.pretrain_steps:
         load_checkpoint(last, mlm, with_state=False)
         console.print(f"pre-training: complete in {pretrain_dir}, not repeated")
         return
@@ -319,7 +337,7 @@ def _pretrain(
     collate = make_mlm_collate(tokenizer.pad_id, tokenizer.mask_id, tokenizer.vocab_size,
                                [tokenizer.pad_id, tokenizer.mask_id, *tokenizer.special_ids])
     fit(mlm, train_ids, collate, mlm_loss, None, pretrain_cfg, pretrain_dir,
-        resume=resume and last.exists(), show_progress=show_progress,
+        resume=found is not None, show_progress=show_progress,
         lengths=np.array([len(x) for x in train_ids.ids]))
 
 
@@ -366,7 +384,7 @@ def train(
     run_dir = Path(out) if out else _default_run_dir(config)
     distributed.init(cfg.train.device)
     console = _console() if distributed.is_main() else Console(quiet=True)
-    if distributed.restart_count() > 0 and (run_dir / "checkpoints" / "last").exists():
+    if distributed.restart_count() > 0 and find_checkpoint(run_dir / "checkpoints" / "last"):
         resume, force = True, False
         console.print(f"restarted by torchrun (restart {distributed.restart_count()}): resuming")
 
@@ -398,16 +416,105 @@ def _locate(target: str | Path) -> tuple[Path, Path | None]:
     raise LmforgeError(f"{target} is neither a run directory nor a bundle (no {META_FILE})")
 
 
+def _unrecorded_check(run_dir: Path, source: str, data_hash: str) -> dict[str, Any]:
+    """The data check of a run written before splits.json: its data is split again, which is
+    the same split only if the data has not changed since provenance.json recorded its hash."""
+    provenance_file = run_dir / "provenance.json"
+    recorded = (json.loads(provenance_file.read_text(encoding="utf-8"))
+                if provenance_file.is_file() else {})
+    trained = recorded.get("data", {}).get("sha256")
+    return {"source": source, "data_hash": data_hash, "split_record": False,
+            "changed_since_training": trained is not None and trained != data_hash,
+            "trained_data_hash": trained}
+
+
+def _recorded_check(
+    record: SplitRecord, source: str, data_hash: str, missing: int, dropped: int
+) -> dict[str, Any]:
+    return {"source": source, "data_hash": data_hash, "split_record": True,
+            "changed_since_training": data_hash != record.data_hash,
+            "trained_data_hash": record.data_hash, "test_texts": len(record.keys["test"]),
+            "test_texts_missing": missing, "dropped_seen_in_training": dropped}
+
+
+def _refuse_changed_test_split(check: dict[str, Any]) -> None:
+    if check.get("test_texts_missing"):
+        raise LmforgeError(
+            f"{check['source']} changed since training (sha256 {check['data_hash'][:12]}, was "
+            f"{check['trained_data_hash'][:12]}): {check['test_texts_missing']} of the "
+            f"{check['test_texts']} test texts are missing; evaluate with --data FILE for a new "
+            "test set"
+        )
+
+
+def _data_check_notes(check: dict[str, Any]) -> list[str]:
+    """What the user should know about the data evaluated on, one line each."""
+    notes = []
+    if check.get("changed_since_training") and check["split_record"]:
+        notes.append(f"{check['source']} changed since training: the {check['test_texts']} "
+                     "texts of the run's test split were found in it and scored")
+    elif check.get("changed_since_training"):
+        notes.append(f"warning: {check['source']} changed since training (sha256 "
+                     f"{check['data_hash'][:12]}, was {check['trained_data_hash'][:12]}) and the "
+                     "run has no splits.json: it was split again, so the test split differs and "
+                     "may hold texts the model trained on")
+    if check.get("dropped_seen_in_training"):
+        notes.append(f"{check['dropped_seen_in_training']} texts were not scored: the model "
+                     "trained on them (train or val split)")
+    return notes
+
+
+def _classification_run_splits(
+    cfg: Config, run_dir: Path, record: SplitRecord | None, need_test: bool
+) -> tuple[Split, Split, dict[str, Any]]:
+    """(train, test, data check) of a run as at training time. With splits.json: the rows of
+    the run's data whose texts each split held, in split order, and no text of train or val
+    in test; refused (with need_test) when test texts are missing. Without it (older runs):
+    the data split again."""
+    source = cfg.data.path
+    if record is None:
+        prepared = prepare_classification_data(cfg.data)
+        return (prepared.train, prepared.test,
+                _unrecorded_check(run_dir, source, prepared.data_hash))
+    rows, report = read_labelled(source, cfg.data)
+    test_rows, missing = record.locate("test", rows.texts)
+    test = rows.take(test_rows)
+    unseen = record.unseen(test.texts)
+    check = _recorded_check(record, source, report["data_hash"], missing,
+                            len(test.texts) - len(unseen))
+    if need_test:
+        _refuse_changed_test_split(check)
+    return rows.take(record.locate("train", rows.texts)[0]), test.take(unseen), check
+
+
+def _leak_check(
+    texts: list[str], record: SplitRecord, source: str, run_dir: Path
+) -> tuple[list[int], dict[str, Any]]:
+    """(indices of the texts the run did not train on (train or val), the data check)."""
+    unseen = record.unseen(texts)
+    if not unseen:
+        raise LmforgeError(f"{source}: all {len(texts)} texts were in the training data of "
+                           f"{run_dir}; nothing is left to evaluate on")
+    return unseen, {"source": source, "split_record": True,
+                    "dropped_seen_in_training": len(texts) - len(unseen)}
+
+
 def evaluate(
     target: str | Path, data: str | Path | None = None, show: bool = True
 ) -> dict[str, Any]:
-    """Re-evaluate a run's model on its test split, or on a new labelled file (`data`)."""
+    """Re-evaluate a run's model on its test split, or on a new labelled file (`data`).
+
+    The run's test split is the one it was trained beside (splits.json), even if its data file
+    was edited since; texts the model trained on are never scored (report["data_check"])."""
     bundle_dir, run_dir = _locate(target)
     if read_meta(bundle_dir).get("task") == "generation":
         return _evaluate_generation(bundle_dir, run_dir, data, show)
     predictor = load(bundle_dir)
     cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
-    prepared = prepare_classification_data(cfg.data) if run_dir else None
+    record = _read_split_record(run_dir)
+    train, check = None, {}
+    if run_dir is not None:
+        train, test, check = _classification_run_splits(cfg, run_dir, record, data is None)
     if data is not None:
         data_cfg = DataConfig(
             text_column=predictor.meta["text_column"],
@@ -415,27 +522,33 @@ def evaluate(
             clean=CleanConfig(**predictor.meta["clean"]),
         )
         split, _ = read_labelled(str(data), data_cfg)
+        check = {"source": str(data), "split_record": record is not None}
+        if record is not None:
+            unseen, check = _leak_check(split.texts, record, str(data), run_dir)
+            split = split.take(unseen)
         out_dir = run_dir or bundle_dir
         out_path = out_dir / f"eval-{Path(data).stem}.json"
         title = str(data)
     else:
-        if prepared is None:
+        if run_dir is None:
             raise LmforgeError(
                 f"{bundle_dir} has no run directory with a test split; "
                 "pass --data FILE with labelled texts"
             )
-        if not prepared.test.texts:
+        if not test.texts:
             raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
-        split, out_path, title = prepared.test, None, f"Test split of {run_dir}"
-    report, _ = _evaluate_split(
-        predictor, split, prepared.train if prepared else None, cfg, cfg.train.seed
-    )
+        split, out_path, title = test, None, f"Test split of {run_dir}"
+    report, _ = _evaluate_split(predictor, split, train, cfg, cfg.train.seed)
+    report["data_check"] = check
     if out_path is not None:
         _write_json(out_path, report)
     if show:
-        render_table(report, _console(), title=title)
+        console = _console()
+        for note in _data_check_notes(check):
+            console.print(note, markup=False)
+        render_table(report, console, title=title)
         if out_path is not None:
-            _console().print(f"written to {out_path}")
+            console.print(f"written to {out_path}")
     return report
 
 
@@ -648,6 +761,7 @@ def _prepare_generation(
     }
     if distributed.is_main():
         _write_json(run_dir / "data_report.json", report)
+        _write_split_record(run_dir, data)
     return _PreparedText(cfg, data, tokenizer, tokens)
 
 
@@ -774,24 +888,67 @@ def _train_generation(
                      result.state.step)
 
 
+def _token_ids(tokenizer: TextTokenizer, documents: list[str]) -> np.ndarray:
+    """The token stream of `documents`, as the token files hold it."""
+    pieces = list(document_stream(tokenizer, documents))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+
+def _generation_run_tokens(
+    cfg: Config, run_dir: Path, record: SplitRecord | None, tokenizer: TextTokenizer,
+    need_test: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Token ids of a run's splits as at training time, and the data check: as
+    _classification_run_splits, by document."""
+    quiet = Console(quiet=True)
+    data = prepare_documents(cfg.data)
+    if record is None:
+        return (_token_files(cfg, data, tokenizer, quiet),
+                _unrecorded_check(run_dir, cfg.data.path, data.data_hash))
+    documents = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+    tokens, missing = None, 0
+    if data.data_hash == record.data_hash:
+        tokens = _token_files(cfg, data, tokenizer, quiet)
+    else:  # edited since: the documents each split held, wherever they are now
+        every, _ = read_eval_documents(cfg.data.path, cfg.data)
+        for name in documents:
+            found, lost = record.locate(name, every)
+            documents[name] = [every[i] for i in found]
+            missing = lost if name == "test" else missing
+    test = documents["test"]
+    unseen = record.unseen(test)
+    check = _recorded_check(record, cfg.data.path, data.data_hash, missing,
+                            len(test) - len(unseen))
+    if need_test:
+        _refuse_changed_test_split(check)
+    if tokens is None:
+        tokens = {name: _token_ids(tokenizer, docs) for name, docs in documents.items()}
+    if len(unseen) < len(test):
+        tokens["test"] = _token_ids(tokenizer, [test[i] for i in unseen])
+    return tokens, check
+
+
 def _evaluate_generation(
     bundle_dir: Path, run_dir: Path | None, data: str | Path | None, show: bool
 ) -> dict[str, Any]:
     """Loss and perplexity on the run's val/test splits, or on the documents of `data`."""
     generator = load(bundle_dir)
     meta, tokenizer = generator.meta, generator.tokenizer
-    run_tokens, counts = None, None
+    record = _read_split_record(run_dir)
+    run_tokens, counts, check = None, None, {}
     if run_dir is not None:
         cfg = load_config(read_config_file(run_dir / "config.yaml"))
-        quiet = Console(quiet=True)
-        run_tokens = _token_files(cfg, prepare_documents(cfg.data), tokenizer, quiet)
+        run_tokens, check = _generation_run_tokens(cfg, run_dir, record, tokenizer, data is None)
         if cfg.eval.baselines:
             counts = generation.token_counts(run_tokens["train"], tokenizer.vocab_size)
     if data is not None:
         data_cfg = DataConfig(text_column=meta["text_column"], clean=CleanConfig(**meta["clean"]))
         documents, _ = read_eval_documents(str(data), data_cfg)
-        ids = np.concatenate(list(document_stream(tokenizer, documents)))
-        tokens, title = {"test": ids}, str(data)
+        check = {"source": str(data), "split_record": record is not None}
+        if record is not None:
+            unseen, check = _leak_check(documents, record, str(data), run_dir)
+            documents = [documents[i] for i in unseen]
+        tokens, title = {"test": _token_ids(tokenizer, documents)}, str(data)
         out_path = (run_dir or bundle_dir) / f"eval-{Path(data).stem}.json"
     elif run_tokens is None:
         raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
@@ -802,12 +959,16 @@ def _evaluate_generation(
         if len(tokens["test"]) <= 1:
             raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
     report = _lm_report(generator.model, tokens, counts, generator.max_length)
+    report["data_check"] = check
     if out_path is not None:
         _write_json(out_path, report)
     if show:
-        _render_lm_report(report, _console(), title)
+        console = _console()
+        for note in _data_check_notes(check):
+            console.print(note, markup=False)
+        _render_lm_report(report, console, title)
         if out_path is not None:
-            _console().print(f"written to {out_path}")
+            console.print(f"written to {out_path}")
     return report
 
 

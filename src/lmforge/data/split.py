@@ -1,11 +1,14 @@
-"""Splitting cleaned rows into train/val/test, stratified by label and deterministic per seed."""
+"""Splitting cleaned rows into train/val/test, stratified by label and deterministic per seed,
+and the record of which texts each split held (a run's splits.json)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +20,11 @@ from lmforge.errors import LmforgeError
 class Split:
     texts: list[str]
     labels: list[str]  # always strings: a label 5 in the file is "5" here
+
+    def take(self, indices: Iterable[int]) -> Split:
+        """The rows at `indices`, in that order."""
+        chosen = list(indices)
+        return Split([self.texts[i] for i in chosen], [self.labels[i] for i in chosen])
 
 
 def order_labels(labels: Iterable[str]) -> list[str]:
@@ -78,8 +86,52 @@ def split_dataset(
         rest, labels, val_fraction, split.seed, split.stratify, "val"
     )
 
-    def subset(chosen: np.ndarray) -> Split:
-        return Split(texts=[texts[i] for i in chosen], labels=[labels[i] for i in chosen])
-
+    rows = Split(texts, labels)
     warnings = [w for w in (test_warning, val_warning) if w]
-    return subset(train_idx), subset(val_idx), subset(test_idx), warnings
+    return rows.take(train_idx), rows.take(val_idx), rows.take(test_idx), warnings
+
+
+def text_key(text: str) -> str:
+    """A cleaned text's key in splits.json: the first 16 hex digits of its sha256. Cleaned texts
+    are what dedup compares, so a text and its duplicate share a key."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class SplitRecord:
+    """Which texts each split of a run held, by key and in split order, and the hash of the
+    data they came from: what lets a later evaluation find the same test split in edited data,
+    and keep texts the model trained on out of any test set."""
+
+    data_hash: str
+    keys: dict[str, list[str]]  # split name -> the keys of its texts, in split order
+
+    @classmethod
+    def of(cls, data_hash: str, splits: dict[str, list[str]]) -> SplitRecord:
+        keys = {name: [text_key(text) for text in texts] for name, texts in splits.items()}
+        return cls(data_hash, keys)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data_hash": self.data_hash, "key": "sha256 of the cleaned text, 16 hex digits",
+                "splits": self.keys}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> SplitRecord:
+        return cls(value["data_hash"], value["splits"])
+
+    def locate(self, name: str, texts: list[str]) -> tuple[list[int], int]:
+        """(indices into `texts` of split `name`'s texts, in split order; how many are missing)."""
+        slots: defaultdict[str, list[int]] = defaultdict(list)
+        for slot, key in enumerate(self.keys[name]):
+            slots[key].append(slot)
+        found: list[int | None] = [None] * len(self.keys[name])
+        for index, text in enumerate(texts):
+            free = slots.get(text_key(text))
+            if free:
+                found[free.pop(0)] = index
+        return [i for i in found if i is not None], found.count(None)
+
+    def unseen(self, texts: list[str]) -> list[int]:
+        """Indices of the texts that were in neither train nor val (early stopping saw val)."""
+        seen = {key for name in ("train", "val") for key in self.keys.get(name, [])}
+        return [i for i, text in enumerate(texts) if text_key(text) not in seen]
