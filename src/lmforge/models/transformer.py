@@ -1,7 +1,8 @@
-"""lmforge's own Transformer family in one readable file: the encoder (attention, MLP, block,
-encoder, heads) and, below it, the GPT decoder with its KV cache.
+"""lmforge's own Transformer family in one file: the encoder (with its classifier and masked-LM
+heads) and GPT, built from one attention, one MLP and one block.
 
-Reads bottom-up. Shapes in comments: B batch, T tokens, D d_model, H heads, Dh = D / H.
+Reads bottom-up: attention, MLP, block, configs, encoder models, then GPT with its KV cache.
+Shapes in comments: B batch, T tokens, D d_model, nh heads, hs head size (D / nh).
 """
 
 from __future__ import annotations
@@ -12,6 +13,91 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+# The norm is torch's nn.LayerNorm (with bias): both models are pre-LN.
+
+
+class SelfAttention(nn.Module):
+    """Multi-head softmax(QKᵀ/√hs)V through torch's fused scaled_dot_product_attention.
+
+    Causal (GPT): a token sees itself and the tokens before it only. `layer` is this layer's
+    slot in a KVCache, used when generating."""
+
+    def __init__(self, cfg: TransformerConfig | GPTConfig, causal: bool, layer: int) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.causal, self.layer = causal, layer
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """`mask` is True where a query may attend to a key: (B, 1, 1, T) hides padding keys,
+        (B, 1, T, past + T) is a whole causal mask (decoder_mask); None hides nothing but the
+        future of a causal layer."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nh, past + T, hs)
+        # No mask and no past: the plain causal case, which runs the flash kernels on GPU.
+        # One new token with no padding sees every cached key, so it needs no mask either.
+        is_causal = self.causal and mask is None and k.shape[2] == T and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """D -> d_ff -> D with GELU: exact ("none", BERT) or its tanh approximation ("tanh", which
+    GPT-2 was trained with)."""
+
+    def __init__(self, cfg: TransformerConfig | GPTConfig, gelu: str) -> None:
+        super().__init__()
+        self.gelu = gelu
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x), approximate=self.gelu)))
+
+
+class Block(nn.Module):
+    """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); stable without warm-up tricks."""
+
+    def __init__(
+        self, cfg: TransformerConfig | GPTConfig, causal: bool, gelu: str, layer: int
+    ) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg, causal, layer)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg, gelu)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask, cache)
+        return x + self.mlp(self.ln2(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+
+
+# --- Configs -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -27,58 +113,50 @@ class TransformerConfig:
     pooling: str = "mean"  # "cls" (first token) or "mean" (over non-padding tokens)
     pad_id: int = 0
 
+    def __post_init__(self) -> None:
+        _check_shape(self)
+        if self.n_classes < 1:
+            raise ValueError(f"n_classes must be at least 1, got {self.n_classes}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head softmax(QKᵀ/√Dh)V through torch's fused scaled_dot_product_attention."""
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    max_length: int = 1024  # the context: learned positions exist up to here
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    dropout: float = 0.0
 
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.n_heads = cfg.n_heads
-        self.dropout = cfg.dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+    def __post_init__(self) -> None:
+        _check_shape(self)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
-        # (B, T, D) -> (B, H, T, Dh)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        # keep: (B, 1, 1, T) True where the key is a real token, so padding is never attended to
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_shape(cfg: TransformerConfig | GPTConfig) -> None:
+    """Raise ValueError naming the value for sizes that make no model."""
+    for name in ("vocab_size", "max_length", "d_model", "n_layers", "n_heads", "d_ff"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.d_model % cfg.n_heads:
+        nearest = max(cfg.n_heads, round(cfg.d_model / cfg.n_heads) * cfg.n_heads)
+        raise ValueError(
+            f"n_heads ({cfg.n_heads}) must divide d_model ({cfg.d_model}): each head takes "
+            f"d_model / n_heads dimensions; e.g. d_model={nearest}"
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, D)
-        return self.resid_dropout(self.proj(y))
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
-
-
-class Block(nn.Module):
-    """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); stable without warm-up tricks."""
-
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = SelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), keep)
-        return x + self.mlp(self.ln2(x))
+# --- The encoder: task classification, and masked-LM pre-training --------------------------------
 
 
 class Encoder(nn.Module):
@@ -89,27 +167,19 @@ class Encoder(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.pos_emb = nn.Embedding(cfg.max_length, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg, causal=False, gelu="none", layer=i) for i in range(cfg.n_layers)
+        )
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device)
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(positions))  # (B, T, D)
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
         for block in self.blocks:
             x = block(x, keep)
         return self.ln_f(x)
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.padding_idx is not None:
-            nn.init.zeros_(module.weight[module.padding_idx])
 
 
 class EncoderClassifier(nn.Module):
@@ -166,21 +236,7 @@ class EncoderForMaskedLM(nn.Module):
         return self.head(hidden[masked])  # only the masked positions: (N, vocab)
 
 
-# --- GPT: the decoder of task generation --------------------------------------------------------
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int
-    max_length: int = 1024  # the context: learned positions exist up to here
-    d_model: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    d_ff: int = 3072
-    dropout: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# --- GPT: the decoder of task generation ---------------------------------------------------------
 
 
 class KVCache:
@@ -191,7 +247,7 @@ class KVCache:
         self, cfg: GPTConfig, batch: int, length: int, device: torch.device, dtype: torch.dtype
     ) -> None:
         shape = (cfg.n_layers, batch, cfg.n_heads, length, cfg.d_model // cfg.n_heads)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, Tmax, Dh)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, Tmax, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
         # Static mode (GPT.decode_step): each row's one new token is written at its column in
@@ -207,8 +263,8 @@ class KVCache:
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's (B, H, T, Dh) keys/values; return all of them so far."""
-        if self.write_at is not None:  # (B, H, 1, Dh) at each row's column
+        """Store this step's (B, nh, T, hs) keys/values; return all of them so far."""
+        if self.write_at is not None:  # (B, nh, 1, hs) at each row's column
             self.k[layer][self._rows, :, self.write_at] = k[:, :, 0]
             self.v[layer][self._rows, :, self.write_at] = v[:, :, 0]
             return self.k[layer], self.v[layer]
@@ -216,65 +272,6 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-
-class CausalSelfAttention(nn.Module):
-    """Masked multi-head attention: a token sees itself and the tokens before it only."""
-
-    def __init__(self, cfg: GPTConfig, layer: int) -> None:
-        super().__init__()
-        self.n_heads, self.dropout, self.layer = cfg.n_heads, cfg.dropout, layer
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
-    ) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, H, past + T, Dh)
-        # No mask and no past: the plain causal case, which runs the flash kernels on GPU.
-        # One new token with no padding sees every cached key, so it needs no mask either.
-        is_causal = mask is None and k.shape[2] == T and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, D)
-        return self.resid_dropout(self.proj(y))
-
-
-class DecoderMLP(nn.Module):
-    """GPT-2's MLP: GELU in its tanh approximation, as GPT-2 was trained with."""
-
-    def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
-
-
-class DecoderBlock(nn.Module):
-    """Pre-LN: x + attn(LN(x)), then x + mlp(LN(x))."""
-
-    def __init__(self, cfg: GPTConfig, layer: int) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg, layer)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = DecoderMLP(cfg)
-
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask, cache)
-        return x + self.mlp(self.ln2(x))
 
 
 def decoder_mask(key_mask: torch.Tensor | None, T: int, past: int) -> torch.Tensor | None:
@@ -307,7 +304,9 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_length, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg, causal=True, gelu="tanh", layer=i) for i in range(cfg.n_layers)
+        )
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(_init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * layers), so the sum of the residual
@@ -354,7 +353,6 @@ class GPT(nn.Module):
         x = self.ln_f(x[:, -1:] if last_only else x)
         return F.linear(x, self.tok_emb.weight)  # tied output layer: (B, T, vocab)
 
-
     def decode_step(
         self,
         token: torch.Tensor,
@@ -368,7 +366,7 @@ class GPT(nn.Module):
         Every shape is fixed by the cache, so the step can be captured as a CUDA graph and
         replayed."""
         x = self.tok_emb(token) + self.pos_emb(positions)  # (B, 1, D)
-        mask = key_mask[:, None, None, :]
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, capacity)
         for block in self.blocks:
             x = block(x, mask, cache)
         return F.linear(self.ln_f(x), self.tok_emb.weight)[:, -1]
