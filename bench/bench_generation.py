@@ -33,9 +33,10 @@ from transformers import (
 )
 
 from lmforge.config import TrainConfig
+from lmforge.decoding import Sampling, decode_tokens
 from lmforge.models import GPTConfig
 from lmforge.models.transformer import gpt_from_gpt2_state_dict
-from lmforge.tasks.generation import Sampling, TokenWindows, decode_tokens, lm_loss, make_collate
+from lmforge.tasks.generation import TokenWindows, lm_loss, make_collate
 from lmforge.training import fit
 
 GPT2 = {"d": 768, "layers": 12, "heads": 12, "context": 1024, "batch": 16, "vocab": 50257,

@@ -13,9 +13,9 @@ import torch
 from generation_support import random_bundle, tiny_generation_config
 
 import lmforge as lmforge_api
-from lmforge.bundle import _Continuation
 from lmforge.cli import main
-from lmforge.config import load_config
+from lmforge.config import generate_settings, load_config
+from lmforge.decoding import _Continuation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,7 +150,8 @@ def test_init_writes_a_generation_config_with_the_text_column(monkeypatch, capsy
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_continuation_with_newlines_stays_on_its_line(monkeypatch, capsys, bundle, stream):
     """Line i of the output is prompt i's continuation, whatever characters it holds."""
-    from lmforge.bundle import Generator, StreamEvent
+    from lmforge.bundle import Generator
+    from lmforge.decoding import StreamEvent
 
     def events(self, job):
         yield StreamEvent(1, "b\\nc", None, 2, 1)
@@ -184,6 +185,21 @@ def test_a_seeded_prompt_continues_the_same_alone_or_beside_others(monkeypatch, 
     for place in (0, 3, 7):
         prompts = [*others[:place], "物流很快", *others[place:]]
         assert generator.generate(prompts, **options)[place].text == expected.text, place
+
+
+def test_the_sampling_settings_travel_as_one_object(bundle):
+    """A GenerateConfig gives the text its fields give as keywords; keywords replace the fields
+    it sets, and what it leaves unset is the bundle's default; a misspelt setting is refused."""
+    generator = lmforge_api.load(bundle)
+    settings = generate_settings(max_new_tokens=6, temperature=1.0, seed=4)
+    (as_object,) = generator.generate(["the cat"], settings)
+    assert as_object == generator.generate(["the cat"], max_new_tokens=6, temperature=1.0,
+                                           seed=4)[0]
+    (greedy,) = generator.generate(["the cat"], settings, temperature=0)
+    assert greedy == generator.generate(["the cat"], max_new_tokens=6, temperature=0)[0]
+    assert generator.settings(settings).top_p == generator.defaults.top_p
+    with pytest.raises(TypeError, match="tempature"):
+        generator.generate(["the cat"], tempature=0)
 
 
 def test_text_that_is_not_utf8_streams_as_it_comes(bundle):

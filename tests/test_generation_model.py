@@ -5,15 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.models import GPT, GPTConfig
-from lmforge.models.transformer import gpt_from_gpt2_state_dict
-from lmforge.tasks.generation import (
+from lmforge.decoding import (
     DecodeBatch,
     Sampling,
     SlotBatch,
     decode_tokens,
     next_tokens,
 )
+from lmforge.models import GPT, GPTConfig
+from lmforge.models.transformer import gpt_from_gpt2_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

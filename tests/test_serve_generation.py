@@ -12,10 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import lmforge
+from lmforge.decoding import DecodeBatch, SlotBatch
 from lmforge.serve import keys
 from lmforge.serve.db import UsageRecord, open_database
 from lmforge.serve.generation import render_chat
-from lmforge.tasks.generation import DecodeBatch, SlotBatch
 
 openai = pytest.importorskip("openai")
 

@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import lmforge
+from lmforge.decoding import DecodeBatch, SlotBatch
 from lmforge.serve import keys
 from lmforge.serve.calls import MeteredCall
 from lmforge.serve.db import UsageRecord, open_database
 from lmforge.serve.errors import APIError
-from lmforge.tasks.generation import DecodeBatch, SlotBatch
 
 PROMPT = "the cat sat on"
 

@@ -19,9 +19,9 @@ from serve_support import REPO, auth, postgres_url, running_server, settings, tr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lmforge.decoding import DecodeBatch
 from lmforge.serve import keys, metering
 from lmforge.serve.db import QuotaBalance, UsageRecord, open_database, utcnow
-from lmforge.tasks.generation import DecodeBatch
 
 TEXT = "这个 产品 很好 推荐"
 

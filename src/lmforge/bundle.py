@@ -14,11 +14,9 @@ Loading a bundle and predicting applies exactly the cleaning and tokenization of
 from __future__ import annotations
 
 import json
-import re
 import reprlib
 import shutil
 import textwrap
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,9 +30,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lmforge import __version__
-from lmforge.config import CleanConfig, GenerateConfig
+from lmforge.config import CleanConfig, GenerateConfig, describe_setting, generate_settings
 from lmforge.data import clean_text
 from lmforge.data.documents import clean_document
+from lmforge.decoding import Completion, GenerationJob, StreamEvent, decode_tokens
 from lmforge.errors import LmforgeError
 from lmforge.models import (
     GPT,
@@ -45,7 +44,6 @@ from lmforge.models import (
     TransformerConfig,
 )
 from lmforge.tasks.classification import predict_logits, softmax
-from lmforge.tasks.generation import Sampling, decode_tokens
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
 
@@ -196,7 +194,7 @@ def _settings_problem(meta: dict[str, Any]) -> str | None:
         try:
             settings_class(**value)
         except ValidationError as error:
-            return f"{key}.{_describe_setting(error)}"  # clean.min_chars must be ...
+            return f"{key}.{describe_setting(error)}"  # clean.min_chars must be ...
     return None
 
 
@@ -343,160 +341,17 @@ def to_device(model: nn.Module, device: str) -> nn.Module:
 # --- generation --------------------------------------------------------------------------------
 
 
-@dataclass
-class Completion:
-    """One prompt's continuation."""
-
-    text: str
-    finish_reason: str  # "stop": end of text or a stop string; "length": max_new_tokens/context
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class StreamEvent:
-    """A piece of one prompt's continuation, as soon as it is known to be final text."""
-
-    index: int  # which prompt
-    text: str  # new text since this prompt's previous event ("" is possible on its last)
-    finish_reason: str | None  # None until this prompt's last event, then as in Completion
-    prompt_tokens: int
-    completion_tokens: int  # tokens generated for this prompt so far
-
-
-class _Continuation:
-    """One prompt's generated tokens as text. Text is released only when final: not while it
-    ends in what may be an incomplete character, nor while its end could be the start of a stop
-    string; the text is cut where a stop string begins.
-
-    A byte-level token can end mid-character: the text then ends in U+FFFD until the next
-    tokens complete it. An incomplete UTF-8 sequence is at most 3 bytes, so at most the last 3
-    U+FFFD are held back (one with a byte-level BPE, one per byte with a byte fallback); any
-    before them can no longer change, and are sent. The stop check of a token looks only where a
-    new match can be: its work is bounded by the stop strings' length, not by the text's."""
-
-    PENDING = 3  # trailing U+FFFD that may still become a character
-
-    def __init__(self, tokenizer: TextTokenizer, stop: list[str]) -> None:
-        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
-        self.ids: list[int] = []  # the text's tokens (not the end-of-text token)
-        self.generated = 0  # tokens generated, the end-of-text token included
-        self.text = ""  # everything decoded so far
-        self.released = 0  # characters of `text` handed out
-        self.finish_reason: str | None = None
-
-    def push(self, token: int, eos_id: int | None) -> str:
-        self.generated += 1
-        if token == eos_id:
-            return self.finish("stop")
-        settled = self._settled()  # the text before it, which this token cannot change
-        self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids)
-        # a new match ends after `settled`: only the stretch that may hold one is searched
-        found = [i for s in self.stop
-                 if (i := self.text.find(s, max(self.released, settled - len(s) + 1))) >= 0]
-        if found:
-            self.text = self.text[: min(found)]
-            self.finish_reason = "stop"
-            return self._release(len(self.text))
-        safe = self._settled()
-        return self._release(safe - self._stop_start(safe))
-
-    def finish(self, reason: str) -> str:
-        self.finish_reason = reason
-        self.text = self.text[: self._settled()]  # a character cut off by the end
-        return self._release(len(self.text))
-
-    def _settled(self) -> int:
-        """The length of the text without a trailing incomplete character."""
-        end = len(self.text)
-        floor = max(self.released, end - self.PENDING)
-        while end > floor and self.text[end - 1] == "\ufffd":
-            end -= 1
-        return end
-
-    def _stop_start(self, end: int) -> int:
-        """The length of the longest unreleased stretch ending at `end` that begins a stop
-        string (held back: the next tokens may complete it)."""
-        longest = 0
-        for s in self.stop:
-            start = max(self.released, end - len(s) + 1)
-            at = self.text.find(s[0], start, end)
-            while 0 <= at and end - at > longest:
-                if s.startswith(self.text[at:end]):
-                    longest = end - at
-                    break
-                at = self.text.find(s[0], at + 1, end)
-        return longest
-
-    def _release(self, end: int) -> str:
-        piece = self.text[self.released : end] if end > self.released else ""
-        self.released = max(self.released, end)
-        return piece
-
-
-class GenerationJob:
-    """Prompts ready to decode and the text decoded so far: what `Generator.prepare` returns.
-    A decoding loop (Generator.stream, or the server's shared batch) feeds it each step's tokens
-    with `take` and gets the StreamEvents they make; `end` closes the rows still open."""
-
-    def __init__(
-        self,
-        generator: Generator,
-        prompts: list[list[int]],
-        settings: GenerateConfig,
-        rngs: list[torch.Generator],
-    ) -> None:
-        self.prompts, self.rngs = prompts, rngs  # a random generator per prompt
-        self.max_new_tokens = settings.max_new_tokens
-        self.sampling = Sampling(
-            settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty
-        )
-        stop = settings.stop
-        if generator.clean.normalize:  # the model writes NFKC text: "，" comes out as ","
-            stop = [unicodedata.normalize("NFKC", s) for s in stop]
-        self.eos_id = generator.tokenizer.eos_id
-        self.rows = [_Continuation(generator.tokenizer, stop) for _ in prompts]
-
-    @property
-    def done(self) -> bool:
-        return all(row.finish_reason for row in self.rows)
-
-    def take(self, tokens: list[int]) -> list[StreamEvent]:
-        """The events of one step: a token per prompt (ignored for prompts already done)."""
-        events = []
-        for i, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
-            if row.finish_reason is None:
-                piece = row.push(token, self.eos_id)
-                if piece or row.finish_reason:
-                    events.append(self._event(i, piece))
-        return events
-
-    def end(self) -> list[StreamEvent]:
-        """The last events of the prompts still open: max_new_tokens generated or the context
-        full."""
-        return [self._event(i, row.finish("length"))
-                for i, row in enumerate(self.rows) if row.finish_reason is None]
-
-    def _event(self, i: int, piece: str) -> StreamEvent:
-        row = self.rows[i]
-        return StreamEvent(i, piece, row.finish_reason, len(self.prompts[i]), row.generated)
-
-
-def _describe_setting(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
-    message = re.sub(r"^\w+ should", "must", first["msg"]).replace(" after validation", "")
-    return f"{key} {message} (got {reprlib.repr(first.get('input'))})"
-
-
 class Generator:
     """A loaded generation bundle. `generate(prompts)` returns one Completion per prompt;
     `stream(prompts)` yields StreamEvents as the text is generated (what `lmforge generate
     --stream` and the server's streaming responses use). Both take the same arguments and give
     the same text; several prompts are generated as one batch.
 
-    Arguments left as None take the bundle's defaults (the run's `generate` config section).
+    How to generate is one GenerateConfig, `settings` (config.generate_settings makes one of the
+    values given), and/or its fields as keywords (`generate(prompts, temperature=0, seed=3)`):
+    the keywords replace the fields that `settings` sets, which replace the bundle's defaults
+    (the run's `generate` config section); None is not given. `truncate` is not a sampling
+    setting (nor a bundle default): it says what to do with a prompt too long for the context.
     temperature 0 is greedy decoding. Every prompt draws its tokens from its own random
     generator, seeded with `seed`: a prompt's text depends only on the prompt, the seed and the
     settings (on the same machine), never on the prompts generated beside it or its place among
@@ -511,13 +366,11 @@ class Generator:
         self.clean = CleanConfig(**meta["clean"])
         self.defaults = GenerateConfig(**meta.get("generate", {}))
 
-    def settings(self, **overrides: Any) -> GenerateConfig:
-        """The bundle's defaults with the given (not None) values, validated."""
-        values = self.defaults.model_dump() | {k: v for k, v in overrides.items() if v is not None}
-        try:
-            return GenerateConfig(**values)
-        except ValidationError as error:
-            raise LmforgeError(_describe_setting(error)) from None
+    def settings(self, given: GenerateConfig | None = None, **overrides: Any) -> GenerateConfig:
+        """The bundle's defaults, replaced by the fields `given` sets, then by the (not None)
+        overrides; validated (LmforgeError naming a bad value)."""
+        given_values = given.model_dump(include=given.model_fields_set) if given else {}
+        return generate_settings(generate_settings(self.defaults, **given_values), **overrides)
 
     def encode_prompts(
         self, prompts: list[str], max_new_tokens: int, truncate: bool = False
@@ -560,21 +413,13 @@ class Generator:
     def prepare(
         self,
         prompts: list[str] | str,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
+        settings: GenerateConfig | None = None,
         truncate: bool = False,
+        **overrides: Any,
     ) -> GenerationJob:
         """The prompts encoded and the settings checked, ready to decode. Bad arguments raise
         LmforgeError."""
-        settings = self.settings(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, stop=stop, seed=seed,
-        )
+        settings = self.settings(settings, **overrides)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         encoded = self.encode_prompts(prompts, settings.max_new_tokens, truncate)
         rngs = [torch.Generator() for _ in encoded]  # on the CPU: one small draw each per step
@@ -583,13 +428,19 @@ class Generator:
                 rng.seed()
             else:
                 rng.manual_seed(settings.seed)
-        return GenerationJob(self, encoded, settings, rngs)
+        return GenerationJob(self.tokenizer, encoded, settings, rngs, self.clean.normalize)
 
-    def stream(self, prompts: list[str] | str, *args: Any, **kwargs: Any) -> Iterator[StreamEvent]:
+    def stream(
+        self,
+        prompts: list[str] | str,
+        settings: GenerateConfig | None = None,
+        truncate: bool = False,
+        **overrides: Any,
+    ) -> Iterator[StreamEvent]:
         """Yield StreamEvents (index, new text, finish reason, token counts) as tokens are
         generated; each prompt's last event has its finish_reason. Takes the arguments of generate;
         bad ones raise LmforgeError here, before the first event."""
-        return self._events(self.prepare(prompts, *args, **kwargs))
+        return self._events(self.prepare(prompts, settings, truncate, **overrides))
 
     def _events(self, job: GenerationJob) -> Iterator[StreamEvent]:
         tokens = decode_tokens(
@@ -607,20 +458,14 @@ class Generator:
     def generate(
         self,
         prompts: list[str] | str,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float | None = None,
-        stop: list[str] | None = None,
-        seed: int | None = None,
+        settings: GenerateConfig | None = None,
         truncate: bool = False,
+        **overrides: Any,
     ) -> list[Completion]:
         """One Completion per prompt (a single string is one prompt), in prompt order."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         texts, last = [""] * len(prompts), [None] * len(prompts)
-        for event in self.stream(prompts, max_new_tokens, temperature, top_k, top_p,
-                                 repetition_penalty, stop, seed, truncate):
+        for event in self.stream(prompts, settings, truncate, **overrides):
             texts[event.index] += event.text
             last[event.index] = event
         return [Completion(text, e.finish_reason, e.prompt_tokens, e.completion_tokens)

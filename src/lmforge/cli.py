@@ -137,20 +137,14 @@ def generate(
     """Continue prompts with a generation model: only the continuations go to stdout, one per
     line; timings go to stderr."""
     from lmforge import pipeline
+    from lmforge.config import generate_settings
 
+    settings = generate_settings(  # the flags given; the bundle's defaults fill in the rest
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, seed=seed, stop=stop,
+    )
     pipeline.generate(
-        bundle,
-        prompts=prompt,
-        input=input,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        stop=stop,
-        truncate=truncate,
-        stream=stream,
+        bundle, prompts=prompt, input=input, settings=settings, truncate=truncate, stream=stream
     )
 
 

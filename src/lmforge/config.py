@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -227,6 +229,32 @@ class GenerateConfig(Section):
         description="Seed of the sampling (0 to 2^63 - 1): the same seed gives a prompt the same "
         "text; null draws a new one every call.",
     )
+
+
+def generate_settings(base: GenerateConfig | None = None, /, **values: Any) -> GenerateConfig:
+    """How to generate, as one object: `base` (default: nothing set) with the values given in
+    place of its own, a value of None meaning not given. Only what `base` set and the values
+    given count as set (`model_fields_set`): a bundle's defaults fill in the rest. A bad value
+    raises LmforgeError naming it ("temperature must be less than or equal to 2 (got 3.0)"), the
+    same line for the CLI and the Python API; an unknown name is a TypeError."""
+    unknown = sorted(values.keys() - GenerateConfig.model_fields.keys())
+    if unknown:
+        raise TypeError(f"unknown generate setting(s) {', '.join(unknown)}; the settings are "
+                        f"{', '.join(GenerateConfig.model_fields)}")
+    start = base.model_dump(include=base.model_fields_set) if base is not None else {}
+    given = {key: value for key, value in values.items() if value is not None}
+    try:
+        return GenerateConfig(**start | given)
+    except ValidationError as error:
+        raise LmforgeError(describe_setting(error)) from None
+
+
+def describe_setting(error: ValidationError) -> str:
+    """A section's first validation error as one line: "top_p must be ... (got 1.5)"."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = re.sub(r"^\w+ should", "must", first["msg"]).replace(" after validation", "")
+    return f"{key} {message} (got {reprlib.repr(first.get('input'))})"
 
 
 class Config(Section):

@@ -25,6 +25,7 @@ from lmforge.config import (
     CleanConfig,
     Config,
     DataConfig,
+    GenerateConfig,
     dump_config,
     load_config,
     read_config_file,
@@ -45,7 +46,14 @@ from lmforge.data.documents import (
 )
 from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
-from lmforge.evaluation import build_eval_report, render_table
+from lmforge.evaluation import (
+    build_eval_report,
+    perplexity,
+    render_table,
+    token_counts,
+    token_nll,
+    unigram_nll,
+)
 from lmforge.models.transformer import EncoderForMaskedLM
 from lmforge.tasks import classification as task
 from lmforge.tasks import generation
@@ -799,7 +807,7 @@ def _lm_report(
 ) -> dict[str, Any]:
     """eval.json of generation: val and test loss, test perplexity, and the same for a smoothed
     unigram model (fitted on the training tokens) on the same test tokens."""
-    scored = {name: generation.token_nll(model, ids, context)
+    scored = {name: token_nll(model, ids, context)
               for name, ids in tokens.items() if len(ids) > 1}
     loss = {name: total / count for name, (total, count) in scored.items()}
     test = tokens.get("test")
@@ -807,13 +815,13 @@ def _lm_report(
         "n_tokens": scored["test"][1] if "test" in scored else 0,
         "val_loss": loss.get("val"),
         "test_loss": loss.get("test"),
-        "perplexity": generation.perplexity(*scored["test"]) if "test" in scored else None,
+        "perplexity": perplexity(*scored["test"]) if "test" in scored else None,
         "baselines": {},
     }
     if train_counts is not None and test is not None and len(test) > 1:
-        total, count = generation.unigram_nll(train_counts, test)
+        total, count = unigram_nll(train_counts, test)
         report["baselines"]["unigram"] = {
-            "test_loss": total / count, "perplexity": generation.perplexity(total, count)
+            "test_loss": total / count, "perplexity": perplexity(total, count)
         }
     return report
 
@@ -861,7 +869,7 @@ def _finish_generation(run: _PreparedText, model: Any, run_dir: Path, console: C
     cfg = run.cfg
     counts = None
     if cfg.eval.baselines:
-        counts = generation.token_counts(run.tokens["train"], run.tokenizer.vocab_size)
+        counts = token_counts(run.tokens["train"], run.tokenizer.vocab_size)
     report = _lm_report(model, run.tokens, counts, cfg.model.max_length)
     _write_json(run_dir / "eval.json", report)
     meta = _generation_meta(cfg, run, model, run_dir)
@@ -940,7 +948,7 @@ def _evaluate_generation(
         cfg = load_config(read_config_file(run_dir / "config.yaml"))
         run_tokens, check = _generation_run_tokens(cfg, run_dir, record, tokenizer, data is None)
         if cfg.eval.baselines:
-            counts = generation.token_counts(run_tokens["train"], tokenizer.vocab_size)
+            counts = token_counts(run_tokens["train"], tokenizer.vocab_size)
     if data is not None:
         data_cfg = DataConfig(text_column=meta["text_column"], clean=CleanConfig(**meta["clean"]))
         documents, _ = read_eval_documents(str(data), data_cfg)
@@ -1034,18 +1042,14 @@ def generate(
     bundle: str | Path,
     prompts: list[str] | None = None,
     input: str | Path | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float | None = None,
-    seed: int | None = None,
-    stop: list[str] | None = None,
+    settings: GenerateConfig | None = None,
     truncate: bool = False,
     stream: bool = False,
+    **overrides: Any,
 ) -> list[str]:
     """Continue each prompt (or each line of `input`) with a generation bundle; the
-    continuations go to stdout, one per line (streamed with `stream`), timings to stderr."""
+    continuations go to stdout, one per line (streamed with `stream`), timings to stderr.
+    `settings` and `overrides` (GenerateConfig's fields) as Generator.generate takes them."""
     if bool(prompts) == (input is not None):
         raise LmforgeError("give --prompt TEXT (one or more) or --input FILE, not both"
                            if prompts else "give --prompt TEXT or --input FILE")
@@ -1054,11 +1058,8 @@ def generate(
         raise LmforgeError(f"{bundle} holds a classification model; use `lmforge predict`")
     prompts = list(prompts) if prompts else _read_prompts(input)
     generator = load(bundle_dir)
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
-                "top_p": top_p, "repetition_penalty": repetition_penalty, "stop": stop,
-                "seed": seed, "truncate": truncate}
     started = time.perf_counter()
-    events = generator.stream(prompts, **settings)
+    events = generator.stream(prompts, settings, truncate, **overrides)
     counts = [0] * len(prompts)
 
     def counted(stream_events: Iterator[Any]) -> Iterator[Any]:

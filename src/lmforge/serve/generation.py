@@ -22,16 +22,16 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from lmforge.bundle import GenerationJob, Generator, StreamEvent
+from lmforge.bundle import Generator
+from lmforge.config import GenerateConfig
+from lmforge.decoding import DecodeBatch, GenerationJob, SlotBatch, StreamEvent
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
-from lmforge.tasks.generation import DecodeBatch, SlotBatch
 
 # A bundle's lmforge.json may hold {"chat_template": {"message": ..., "generation_prompt": ...}},
 # format strings like these; without one, chat messages are rendered this way.
@@ -82,8 +82,8 @@ def _unpack(parcels: list[tuple[asyncio.Queue, list[object]]]) -> None:
 
 
 class GenerationEngine:
-    """The served form of a Generator: `prepare(prompts, **options)`, then `stream(job)` as an
-    async iterator."""
+    """The served form of a Generator: `prepare(prompts, settings, truncate)`, then
+    `stream(job)` as an async iterator."""
 
     def __init__(
         self,
@@ -122,9 +122,11 @@ class GenerationEngine:
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return render_chat(messages, self.chat_template)
 
-    async def prepare(self, prompts: list[str], **options: Any) -> GenerationJob:
-        """The prompts encoded and the options checked (Generator.prepare's arguments): a job
-        for `stream`. 503 if the queue is full; 422 for bad options or prompts."""
+    async def prepare(
+        self, prompts: list[str], settings: GenerateConfig, truncate: bool = False
+    ) -> GenerationJob:
+        """The prompts encoded and the settings checked (as Generator.prepare does): a job for
+        `stream`. 503 if the queue is full; 422 for bad settings or prompts."""
         if self._waiting >= self.max_queue:
             raise APIError(
                 503,
@@ -141,7 +143,7 @@ class GenerationEngine:
                 param="prompt",
             )
         try:
-            return await asyncio.to_thread(self.generator.prepare, prompts, **options)
+            return await asyncio.to_thread(self.generator.prepare, prompts, settings, truncate)
         except LmforgeError as error:
             raise APIError(422, str(error), code="invalid_request") from None
 

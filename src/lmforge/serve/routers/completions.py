@@ -29,8 +29,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from lmforge.bundle import StreamEvent
-from lmforge.config import GenerateConfig
+from lmforge.config import GenerateConfig, generate_settings
+from lmforge.decoding import StreamEvent
 from lmforge.serve.auth import Caller, LimitedCaller, require_key
 from lmforge.serve.calls import MeteredCall
 from lmforge.serve.errors import APIError
@@ -94,18 +94,10 @@ class _GenerationRequest(BaseModel):
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def options(self, max_new_tokens: int) -> dict[str, Any]:
-        """The Generator's arguments (None: the bundle's default)."""
-        return {
-            "max_new_tokens": max_new_tokens,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "repetition_penalty": self.repetition_penalty,
-            "stop": self.stop,
-            "seed": self.seed,
-            "truncate": self.truncate,
-        }
+    def settings(self, max_new_tokens: int) -> GenerateConfig:
+        """The sampling settings the request sets (the bundle's defaults fill in the rest)."""
+        sampling = GenerateConfig.model_fields.keys() - {"max_new_tokens"}
+        return generate_settings(max_new_tokens=max_new_tokens, **self.model_dump(include=sampling))
 
 
 class CompletionRequest(_GenerationRequest):
@@ -238,9 +230,9 @@ async def _generate(
             )
         served = state.models.require(body.model, "generation")
         engine = served.engine
-        options = body.options(budget or min(engine.default_max_tokens, cap))
+        settings = body.settings(budget or min(engine.default_max_tokens, cap))
         deadline = _Deadline(state.settings.timeout_s)
-        job = await deadline.run(engine.prepare(prompts(engine), **options))
+        job = await deadline.run(engine.prepare(prompts(engine), settings, body.truncate))
         call.prompt_tokens = sum(len(ids) for ids in job.prompts)
         # the most the call can cost, held against the key's quota before it joins the batch
         await call.reserve(call.prompt_tokens + job.max_new_tokens * len(job.prompts))

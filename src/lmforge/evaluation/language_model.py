@@ -1,0 +1,68 @@
+"""Language-model evaluation: the summed negative log-likelihood of a token file under a model,
+and the smoothed unigram baseline scored on the same tokens, as perplexity.
+
+Token files are flat arrays of ids (memory-mapped; they may exceed memory).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def token_nll(
+    model: nn.Module, tokens: np.ndarray, context: int, batch_size: int = 16,
+    max_tokens: int | None = None,
+) -> tuple[float, int]:
+    """(summed negative log-likelihood, tokens scored) of tokens[1:], in consecutive windows
+    of `context` + 1 tokens that overlap by one, so every token but the first is predicted
+    once. With max_tokens, evenly spaced windows holding about that many tokens."""
+    n_windows = math.ceil((len(tokens) - 1) / context) if len(tokens) > 1 else 0
+    starts = np.arange(n_windows) * context
+    if max_tokens is not None and n_windows * context > max_tokens:
+        keep = max(1, max_tokens // context)
+        starts = starts[np.linspace(0, n_windows - 1, keep).round().astype(np.int64)]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    full = [s for s in starts if s + context + 1 <= len(tokens)]
+    tail = [s for s in starts if s + context + 1 > len(tokens)]  # the last, shorter window
+    for group in (full, tail):
+        for i in range(0, len(group), batch_size):
+            rows = np.stack([tokens[s : s + context + 1] for s in group[i : i + batch_size]])
+            window = torch.from_numpy(rows.astype(np.int64)).to(device)
+            logits = model(window[:, :-1])
+            nll = F.cross_entropy(
+                logits.flatten(0, 1).float(), window[:, 1:].flatten(), reduction="sum"
+            )
+            total, count = total + float(nll), count + window[:, 1:].numel()
+    model.train(was_training)
+    return total, count
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Occurrences of every token id, read a chunk at a time (the file may exceed memory)."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start : start + chunk], dtype=np.int64)
+        counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def unigram_nll(train_counts: np.ndarray, tokens: np.ndarray) -> tuple[float, int]:
+    """The baseline: each token predicted by its training frequency, add-one smoothed so an
+    unseen token still has a probability; (summed NLL, count) over the same tokens[1:] as
+    token_nll scores."""
+    log_probs = np.log(train_counts + 1.0) - np.log(train_counts.sum() + len(train_counts))
+    counts = token_counts(tokens[1:], len(train_counts))
+    return float(-(counts * log_probs).sum()), int(counts.sum())
+
+
+def perplexity(total_nll: float, count: int) -> float | None:
+    return math.exp(total_nll / count) if count else None
