@@ -10,9 +10,17 @@ per request (sampled, temperature 0.8), continuous batching; also prints generat
 generation model has random weights (speed does not depend on them): GPT-2 124M's shape on a
 GPU, a small shape on the CPU.
 
+--overload F (classification): one server (batching on, --timeout-s 10, a queue bound too large
+to matter, so that only the expected-wait rule sheds load): its capacity (requests/s) measured
+closed-loop as above, then open-loop Poisson arrivals at F × that capacity for
+--overload-seconds; prints the goodput (answered 200 per second, and as a share of the capacity),
+p50/p99 latency of the 200s, the count of each status, and how many answers came only after the
+whole timeout.
+
     .venv/bin/python bench/bench_serve.py                    # trains a default-size model first
     .venv/bin/python bench/bench_serve.py --bundle runs/x/model --clients 32 --seconds 20
     .venv/bin/python bench/bench_serve.py --task generation --max-tokens 64
+    .venv/bin/python bench/bench_serve.py --overload 2.0 --overload-seconds 20
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import signal
@@ -29,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
+from collections.abc import Coroutine
 from pathlib import Path
 
 import httpx
@@ -106,12 +117,19 @@ def lmforge_cli(*args: str, db: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def start_server(bundle: Path, db: str, max_batch_size: int, max_wait_ms: float) -> tuple:
+def start_server(
+    bundle: Path,
+    db: str,
+    max_batch_size: int,
+    max_wait_ms: float,
+    timeout_s: float = 300.0,
+    max_queue: int = 1024,
+) -> tuple:
     port = free_port()
     command = [
         sys.executable, "-m", "lmforge", "serve", f"bench={bundle}", "--port", str(port),
         "--db", db, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
-        "--timeout-s", "300",
+        "--timeout-s", str(timeout_s), "--max-queue", str(max_queue),
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -127,6 +145,28 @@ def start_server(bundle: Path, db: str, max_batch_size: int, max_wait_ms: float)
     raise SystemExit("the server did not become ready in 120 s")
 
 
+def request_head(path: str, key: str) -> bytes:
+    """An HTTP/1.1 POST up to its Content-Length value: the body's length and the body follow."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: "
+    ).encode()
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+) -> tuple[int, bytes]:
+    """Send one request on a keep-alive connection and read its whole answer: (status, body)."""
+    writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
 async def client_loop(
     port: int, path: str, bodies: list[bytes], key: str, stop_at: float, seed: int, result: dict
 ) -> None:
@@ -136,23 +176,12 @@ async def client_loop(
     on a small machine the CPU goes to the server being measured.
     """
     rng = random.Random(seed)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Length: "
-    ).encode()
+    head = request_head(path, key)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < stop_at:
-            body = rng.choice(bodies)
             start = time.perf_counter()
-            writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-            status = int((await reader.readline()).split()[1])
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            reply = await reader.readexactly(length)
+            status, reply = await exchange(reader, writer, head, rng.choice(bodies))
             if status == 200:
                 result["latencies"].append(time.perf_counter() - start)
                 if b'"completion_tokens"' in reply:
@@ -168,6 +197,10 @@ async def client_loop(
 def request_bodies(args: argparse.Namespace) -> tuple[str, list[bytes]]:
     """(path, bodies) of the requests the clients send, picked at random."""
     texts = [review(random.Random(i))[0] for i in range(500)]
+    if args.task == "classification" and args.texts_per_request > 1:
+        n = args.texts_per_request
+        groups = [[texts[(i + j) % len(texts)] for j in range(n)] for i in range(len(texts))]
+        return "/v1/classify", [json.dumps({"model": "bench", "input": g}).encode() for g in groups]
     if args.task == "classification":
         return "/v1/classify", [json.dumps({"model": "bench", "input": t}).encode() for t in texts]
     bodies = [
@@ -190,6 +223,147 @@ async def drive(
     )
     result["elapsed"] = time.perf_counter() - started
     return result
+
+
+async def open_loop_request(
+    port: int, head: bytes, body: bytes, due: float, idle: list, result: dict
+) -> None:
+    """One request of the open loop, on an idle keep-alive connection or a new one; its latency
+    counts from when it was due, so a load generator that falls behind is not hidden."""
+    for reuse in (bool(idle), False):
+        if reuse:
+            reader, writer = idle.pop()
+        else:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                result["statuses"]["no connection"] += 1
+                return
+        try:
+            status, _ = await exchange(reader, writer, head, body)
+            break
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            writer.close()
+            if not reuse:  # else the server had closed the idle connection: a new one
+                result["statuses"]["broken connection"] += 1
+                return
+    result["statuses"][status] += 1
+    result["latencies"][status].append(time.perf_counter() - due)
+    idle.append((reader, writer))
+
+
+async def open_loop(
+    port: int, key: str, rate: float, seconds: float, path: str, bodies: list[bytes],
+    timeout_s: float,
+) -> dict:  # fmt: skip
+    """Poisson arrivals at `rate` requests/s for `seconds`, however slowly the server answers;
+    then up to the timeout (and a minute) for the answers still due."""
+    rng = random.Random(0)
+    result: dict = {"statuses": Counter(), "latencies": defaultdict(list), "sent": 0}
+    idle: list = []
+    pending: set[asyncio.Task] = set()
+    head = request_head(path, key)
+    started = time.perf_counter()
+    due = started + rng.expovariate(rate)
+    while due < started + seconds:
+        if (wait := due - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        body = rng.choice(bodies)
+        task = asyncio.create_task(open_loop_request(port, head, body, due, idle, result))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        result["sent"] += 1
+        due += rng.expovariate(rate)
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s + 60)
+    result["unanswered"] = len(pending)
+    for _, writer in idle:
+        writer.close()
+    return result
+
+
+def percentile_ms(latencies: list[float], share: float) -> float:
+    ordered = sorted(latencies)
+    return 1000 * ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux's /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_overload(args: argparse.Namespace, bundle: Path, db: str, key: str) -> dict:
+    """Capacity closed-loop, open-loop arrivals at args.overload × capacity, capacity again;
+    one server, with the CPU it got in each phase (other processes share the machine)."""
+    server, url = start_server(
+        bundle, db, args.max_batch_size, args.max_wait_ms, args.timeout_s, max_queue=1_000_000
+    )
+    cores: dict[str, float] = {}
+
+    def phase(name: str, work: Coroutine) -> dict:
+        cpu, started = cpu_seconds(server.pid), time.perf_counter()
+        result = asyncio.run(work)
+        cores[name] = (cpu_seconds(server.pid) - cpu) / (time.perf_counter() - started)
+        return result
+
+    try:
+        path, bodies = request_bodies(args)
+        port = int(url.rsplit(":", 1)[1])
+        asyncio.run(drive(port, key, args.clients, args.warmup, path, bodies))  # not counted
+        closed = phase("before", drive(port, key, args.clients, args.seconds, path, bodies))
+        capacity = len(closed["latencies"]) / closed["elapsed"]
+        rate = args.overload * capacity
+        opened = phase(
+            "overload",
+            open_loop(port, key, rate, args.overload_seconds, path, bodies, args.timeout_s),
+        )
+        after = phase("after", drive(port, key, args.clients, args.seconds, path, bodies))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    latencies = opened["latencies"]
+    every = [latency for times in latencies.values() for latency in times]
+    return {
+        "capacity": capacity,
+        "capacity_after": len(after["latencies"]) / after["elapsed"],
+        "server_cores": cores,
+        "rate": rate,
+        "sent": opened["sent"],
+        "statuses": opened["statuses"],
+        "goodput": len(latencies[200]) / args.overload_seconds,
+        "p50_ms": percentile_ms(latencies[200], 0.5),
+        "p99_ms": percentile_ms(latencies[200], 0.99),
+        "max_ms": 1000 * max(latencies[200], default=0.0),
+        "p50_503_ms": percentile_ms(latencies[503], 0.5),
+        "p99_503_ms": percentile_ms(latencies[503], 0.99),
+        "late": sum(latency >= args.timeout_s for latency in every),
+        "unanswered": opened["unanswered"],
+    }
+
+
+def print_overload(args: argparse.Namespace, row: dict, load: tuple) -> None:
+    cores = row["server_cores"]
+    print(f"\nlmforge serve under {args.overload:g}x overload, model {args.bundle or 'trained'}, "
+          f"--timeout-s {args.timeout_s:g}, load average {load[0]:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
+    print(f"capacity (closed loop, {args.clients} clients, {args.seconds:g} s): "
+          f"{row['capacity']:.1f} requests/s before (server used {cores['before']:.2f} cores), "
+          f"{row['capacity_after']:.1f} after ({cores['after']:.2f} cores)")
+    print(f"offered (open loop, Poisson, {args.overload_seconds:g} s): {row['rate']:.1f} "
+          f"requests/s, {row['sent']} sent (server used {cores['overload']:.2f} cores)")
+    print(f"goodput: {row['goodput']:.1f} requests/s answered 200 = "
+          f"{row['goodput'] / row['capacity']:.0%} of the capacity before, "
+          f"{row['goodput'] / row['capacity_after']:.0%} of the capacity after")
+    print(f"200 latency: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+          f"max {row['max_ms']:.1f} ms; 503 p50 {row['p50_503_ms']:.1f} ms, "
+          f"p99 {row['p99_503_ms']:.1f} ms")
+    counts = ", ".join(f"{status}: {n}" for status, n in sorted(row["statuses"].items(), key=str))
+    print(f"statuses: {counts}; unanswered: {row['unanswered']}")
+    print(f"answered only after the whole {args.timeout_s:g} s timeout: {row['late']}")
 
 
 def mean_batch_size(url: str) -> float:
@@ -235,7 +409,13 @@ def main() -> None:
     parser.add_argument("--task", choices=["classification", "generation"],
                         default="classification")
     parser.add_argument("--max-tokens", type=int, default=64, help="generation: new tokens")
+    parser.add_argument("--texts-per-request", type=int, default=1, help="classification")
+    parser.add_argument("--overload", type=float, help="open-loop load, times the capacity")
+    parser.add_argument("--overload-seconds", type=float, default=20.0)
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="server's, --overload")
     args = parser.parse_args()
+    if args.overload and args.task != "classification":
+        parser.error("--overload measures classification only")
 
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-serve-") as tmp:
         tmp_dir = Path(tmp)
@@ -249,6 +429,10 @@ def main() -> None:
         else:
             bundle = train_bundle(tmp_dir)
         key = lmforge_cli("keys", "create", "bench", db=db)
+        if args.overload:
+            load = os.getloadavg()
+            print_overload(args, run_overload(args, bundle, db, key), load)
+            return
         rows = [
             run_mode(args, bundle, db, key, args.max_batch_size),
             run_mode(args, bundle, db, key, 1),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from lmforge.bundle import Predictor
 from lmforge.serve.auth import LimitedCaller, require_key
-from lmforge.serve.batching import QueueFull, TooLong
-from lmforge.serve.calls import MeteredCall
+from lmforge.serve.batching import UNTRUNCATED, Overloaded, TooLong
 from lmforge.serve.errors import APIError
-from lmforge.serve.state import get_state
+from lmforge.serve.state import ServerState, get_state
 
 MAX_INPUTS = 2048  # texts per request, so that one request cannot hold a model for long
 
@@ -25,6 +26,47 @@ class ClassifyRequest(BaseModel):
     input: str | list[str] = Field(description="One text, or a list of texts.")
     truncate: bool = Field(False, description="Cut texts longer than the model's max length.")
 
+    @field_validator("input")
+    @classmethod
+    def _is_unicode_text(cls, value: str | list[str]) -> str | list[str]:
+        # JSON can escape a lone UTF-16 surrogate ("\ud800"), which is no character at all.
+        for index, text in enumerate([value] if isinstance(value, str) else value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise PydanticCustomError(
+                    "invalid_text",
+                    "input[{index}] holds a lone surrogate at character {at}, which is not text; "
+                    "send valid Unicode (UTF-8)",
+                    {"index": index, "at": error.start},
+                ) from None
+        return value
+
+
+def prompt_tokens(predictor: Predictor, texts: list[str]) -> int:
+    """The tokens the model will read of these texts (at most max_length each), as billed."""
+    counts = [len(ids) for ids in predictor.encode(texts, UNTRUNCATED).ids]
+    return sum(min(n, predictor.max_length) for n in counts)
+
+
+def overloaded_error(error: Overloaded) -> APIError:
+    headers = {"Retry-After": str(error.retry_after_s)}
+    return APIError(503, f"{error}; retry later", code="overloaded", headers=headers)
+
+
+def shed_if_overloaded(state: ServerState, model: str, n_texts: int) -> None:
+    """503 at once when the model could not answer within the timeout. This runs before any
+    database work (the quota's hold, the usage record): under overload a refused call must cost
+    next to nothing, or refusing calls becomes the overload. /metrics still counts it."""
+    try:
+        engine = state.models.require(model, "classification").engine
+    except APIError:
+        return  # refused, and recorded, in the metered call
+    try:
+        engine.admit(n_texts, state.settings.timeout_s)
+    except Overloaded as error:
+        raise overloaded_error(error) from None
+
 
 @router.post("/classify")
 async def classify(body: ClassifyRequest, request: Request, caller: LimitedCaller) -> dict:
@@ -37,16 +79,19 @@ async def classify(body: ClassifyRequest, request: Request, caller: LimitedCalle
             code="invalid_request",
             param="input",
         )
-    async with MeteredCall(state.usage, caller.key_name, "classify", body.model) as call:
+    shed_if_overloaded(state, body.model, len(texts))
+    async with state.metered(caller, "classify", body.model) as call:
         served = state.models.require(body.model, "classification")
+        if call.quota_tokens is not None:  # the quota holds these texts' tokens first
+            predictor = served.engine.predictor
+            await call.reserve(await asyncio.to_thread(prompt_tokens, predictor, texts))
         try:
             result = await asyncio.wait_for(
-                served.engine.classify(texts, body.truncate), state.settings.timeout_s
+                served.engine.classify(texts, body.truncate, state.settings.timeout_s),
+                state.settings.timeout_s,
             )
-        except QueueFull as error:
-            raise APIError(
-                503, f"{error}; retry shortly", code="overloaded", headers={"Retry-After": "1"}
-            ) from None
+        except Overloaded as error:
+            raise overloaded_error(error) from None
         except TooLong as error:
             raise APIError(422, str(error), code="context_length_exceeded", param="input") from None
         except TimeoutError:
