@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lmforge.config import DataConfig
 from lmforge.data import prepare_classification_data, read_labelled, read_texts
+from lmforge.data.sources import read_records
 from lmforge.errors import LmforgeError
 
 TEXTS = ["great phone", "awful battery", "NA", "works, mostly", "broke after a day", "love it"]
@@ -140,6 +141,18 @@ def test_folder_ignores_and_counts_stray_files(tmp_path):
     split, report = _read(path)
     assert len(split.texts) == len(TEXTS)
     assert report["ignored_files"] == {"count": 2, "examples": ["README.md", "pos/notes.md"]}
+
+
+def test_a_corpus_folder_and_a_labelled_folder_count_stray_files_alike(tmp_path):
+    path = _write(tmp_path, "folder")
+    (path / "pos" / "notes.md").write_text("not data", encoding="utf-8")
+    (path / "pos" / ".draft.txt").write_text("hidden", encoding="utf-8")
+    labelled = read_records(str(path), "auto", "text", label_column="label")
+    corpus = read_records(str(path), "auto", "text", label_column=None)
+    assert sorted(corpus.texts) == sorted(text + "\n" for text in TEXTS)
+    assert labelled.data_hash == corpus.data_hash
+    for records in (labelled, corpus):
+        assert list(records.ignored_files.examples) == ["pos/.draft.txt", "pos/notes.md"]
 
 
 def test_data_hash_is_the_sha256_of_the_file(tmp_path):

@@ -1,7 +1,7 @@
 """The data stage: read a dataset, clean it, split it, and report what happened to every row."""
 
 from lmforge.data.clean import clean_text
-from lmforge.data.detect import detect_columns
+from lmforge.data.detect import detect_columns, detect_text_column
 from lmforge.data.prepare import (
     PreparedData,
     prepare_classification_data,
@@ -15,6 +15,7 @@ __all__ = [
     "Split",
     "clean_text",
     "detect_columns",
+    "detect_text_column",
     "order_labels",
     "prepare_classification_data",
     "read_labelled",

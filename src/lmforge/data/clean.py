@@ -6,10 +6,12 @@ import html
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.config import CleanConfig
-from lmforge.data.report import DropLog, RowId
+from lmforge.data.records import Records
+from lmforge.data.report import RowId
 
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
@@ -43,10 +45,10 @@ class CleanedRows:
     """Rows that survived cleaning, and the numbers the report needs about the rest."""
 
     texts: list[str]
-    labels: list[str]
+    labels: list[str]  # empty when the rows have no labels
     row_ids: list[RowId]
     duplicates: int
-    conflicts: dict[str, int]
+    conflicts: dict[str, int] | None  # None when the rows have no labels
     repeated_texts: int  # texts kept more than once because dedupe is off
 
 
@@ -61,15 +63,20 @@ def _length_problem(text: str, clean: CleanConfig) -> str | None:
 
 
 def clean_rows(
-    texts: list[str], labels: list[str], row_ids: list[RowId], clean: CleanConfig, drops: DropLog
+    records: Records,
+    clean: CleanConfig,
+    clean_one: Callable[[str, CleanConfig], str] = clean_text,
 ) -> CleanedRows:
-    """Clean each text, then drop empty/too short/too long rows, conflicts and duplicates."""
+    """Clean each text with `clean_one`, then drop empty/too short/too long rows, conflicts
+    (labelled rows only) and duplicates, counting each in records.drops."""
+    labelled = records.labels is not None
+    labels = records.labels if records.labels is not None else [""] * len(records.texts)
     kept: list[tuple[str, str, RowId]] = []
-    for text, label, row_id in zip(texts, labels, row_ids, strict=True):
-        text = clean_text(text, clean)
+    for text, label, row_id in zip(records.texts, labels, records.row_ids, strict=True):
+        text = clean_one(text, clean)
         problem = _length_problem(text, clean)
         if problem:
-            drops.add(problem, row_id)
+            records.drops.add(problem, row_id)
         else:
             kept.append((text, label, row_id))
 
@@ -84,21 +91,22 @@ def clean_rows(
     repeated = 0
     for text, label, row_id in kept:
         if text in conflicting:
-            drops.add("conflicting_labels", row_id)
+            records.drops.add("conflicting_labels", row_id)
             continue
         if text in seen_texts:
             if clean.dedupe:
-                drops.add("duplicate", row_id)
+                records.drops.add("duplicate", row_id)
                 continue
             repeated += 1
         seen_texts.add(text)
         out.append((text, label, row_id))
 
+    conflicts = {"texts": len(conflicting), "rows": records.drops.count("conflicting_labels")}
     return CleanedRows(
         texts=[text for text, _, _ in out],
-        labels=[label for _, label, _ in out],
+        labels=[label for _, label, _ in out] if labelled else [],
         row_ids=[row_id for _, _, row_id in out],
-        duplicates=drops.count("duplicate"),
-        conflicts={"texts": len(conflicting), "rows": drops.count("conflicting_labels")},
+        duplicates=records.drops.count("duplicate"),
+        conflicts=conflicts if labelled else None,
         repeated_texts=repeated,
     )

@@ -1,4 +1,5 @@
-"""Guessing the format, text column and label column of a data file, for `lmforge init`."""
+"""Guessing the format, text column and label column of a data file, for `lmforge init`
+(a corpus for generation needs only the text column)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,29 @@ def detect_columns(path: str) -> dict[str, str]:
             f"{path} is plain text and has no labels; classification needs a table with text "
             "and label columns (csv, tsv, jsonl, parquet) or a folder per label"
         )
+    values, n_rows = _column_values(path, fmt)
+    text_column = _text_column(path, values)
+    label_column = _label_column(values, text_column, n_rows)
+    if label_column is None:
+        raise LmforgeError(
+            f"no label column found in {path} (a column named label, class, ... or with "
+            f"2 to {MAX_CLASSES} distinct values); columns are: {', '.join(values)}"
+        )
+    return {"format": fmt, "text_column": text_column, "label_column": label_column}
+
+
+def detect_text_column(path: str) -> dict[str, str]:
+    """{"format", "text_column"} of a corpus, for `lmforge init --task generation`."""
+    if is_builtin(path):
+        return {"format": "auto", "text_column": "text"}
+    fmt = resolve_format(path)
+    if fmt in ("txt", "folder"):
+        return {"format": fmt, "text_column": "text"}
+    return {"format": fmt, "text_column": _text_column(path, _column_values(path, fmt)[0])}
+
+
+def _column_values(path: str, fmt: str) -> tuple[dict[str, list[str]], int]:
+    """The non-empty cells of each column of a table, as strings, and its number of rows."""
     table = read_table(path, fmt, Records(source=path, format=fmt))
     if not table.rows:
         raise LmforgeError(f"{path} has no rows")
@@ -31,17 +55,7 @@ def detect_columns(path: str) -> dict[str, str]:
         column: [v for _, cells in table.rows if (v := cell_str(cells.get(column)))]
         for column in table.columns
     }
-    columns = ", ".join(table.columns)
-    text_column = likeliest_text_column(values)
-    if text_column is None:
-        raise LmforgeError(f"no text column found in {path}; columns are: {columns}")
-    label_column = _label_column(values, text_column, len(table.rows))
-    if label_column is None:
-        raise LmforgeError(
-            f"no label column found in {path} (a column named label, class, ... or with "
-            f"2 to {MAX_CLASSES} distinct values); columns are: {columns}"
-        )
-    return {"format": fmt, "text_column": text_column, "label_column": label_column}
+    return values, len(table.rows)
 
 
 def _is_number(value: str) -> bool:
@@ -52,7 +66,7 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def likeliest_text_column(values: dict[str, list[str]]) -> str | None:
+def _text_column(path: str, values: dict[str, list[str]]) -> str:
     """A column of mostly non-numeric strings: a conventional name first, else the longest."""
     strings = {
         column: cells
@@ -63,7 +77,7 @@ def likeliest_text_column(values: dict[str, list[str]]) -> str | None:
         if column.strip().lower() in TEXT_NAMES:
             return column
     if not strings:
-        return None
+        raise LmforgeError(f"no text column found in {path}; columns are: {', '.join(values)}")
     return max(strings, key=lambda column: sum(map(len, strings[column])) / len(strings[column]))
 
 

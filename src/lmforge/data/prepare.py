@@ -1,13 +1,14 @@
-"""The data stage as functions: read, clean and split a classification dataset, with its report."""
+"""The data stage as functions: read and clean any task's rows with their report (shared with
+generation's documents), and read, clean and split a classification dataset."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import DataConfig
-from lmforge.data.builtin import is_builtin, read_builtin
-from lmforge.data.clean import CleanedRows, clean_rows
+from lmforge.config import CleanConfig, DataConfig
+from lmforge.data.clean import CleanedRows, clean_rows, clean_text
 from lmforge.data.records import Records
 from lmforge.data.report import CLEAN_REASONS, Tally, label_counts, length_quantiles
 from lmforge.data.sources import TABLE_FORMATS, read_records, resolve_format
@@ -27,7 +28,7 @@ class PreparedData:
 
 def prepare_classification_data(cfg: DataConfig) -> PreparedData:
     """Read cfg.path, clean it with cfg.clean and split it with cfg.split."""
-    records, cleaned = _read_and_clean(cfg.path, cfg)
+    records, cleaned = read_and_clean(cfg.path, cfg)
     label_names = order_labels(cleaned.labels)
     if len(label_names) < 2:
         found = ", ".join(f"'{label}'" for label in label_names)
@@ -42,7 +43,7 @@ def prepare_classification_data(cfg: DataConfig) -> PreparedData:
             "and may land in both train and test"
         )
     splits = {"train": train, "val": val, "test": test}
-    report = _rows_report(records, cleaned) | {
+    report = rows_report(records, cleaned) | {
         "label_balance": {
             name: label_counts(split.labels, label_names) for name, split in splits.items()
         },
@@ -55,8 +56,8 @@ def prepare_classification_data(cfg: DataConfig) -> PreparedData:
 
 def read_labelled(path: str, cfg: DataConfig) -> tuple[Split, dict[str, Any]]:
     """A labelled evaluation file, read and cleaned like training data but not split."""
-    records, cleaned = _read_and_clean(path, cfg)
-    report = _rows_report(records, cleaned) | {
+    records, cleaned = read_and_clean(path, cfg)
+    report = rows_report(records, cleaned) | {
         "label_balance": label_counts(cleaned.labels, order_labels(cleaned.labels)),
         "length_chars": length_quantiles(cleaned.texts),
     }
@@ -92,14 +93,17 @@ def read_texts(path: str, text_column: str) -> tuple[list[str], dict[str, Any]]:
     return records.texts, report
 
 
-def _read_and_clean(path: str, cfg: DataConfig) -> tuple[Records, CleanedRows]:
-    if is_builtin(path):
-        records = read_builtin(path)
-    else:
-        records = read_records(path, cfg.format, cfg.text_column, cfg.label_column)
-    cleaned = clean_rows(
-        records.texts, records.labels or [], records.row_ids, cfg.clean, records.drops
-    )
+def read_and_clean(
+    path: str,
+    cfg: DataConfig,
+    labelled: bool = True,
+    clean_one: Callable[[str, CleanConfig], str] = clean_text,
+) -> tuple[Records, CleanedRows]:
+    """The rows of `path` read with cfg's format and columns (its label column only when
+    `labelled`), each cleaned with `clean_one` and filtered with cfg.clean."""
+    label_column = cfg.label_column if labelled else None
+    records = read_records(path, cfg.format, cfg.text_column, label_column)
+    cleaned = clean_rows(records, cfg.clean, clean_one)
     if not cleaned.texts:
         raise LmforgeError(
             f"no rows left after cleaning {path}: {records.rows_read} read, "
@@ -112,18 +116,24 @@ def _tally(tally: Tally, count_key: str) -> dict[str, Any]:
     return {count_key: tally.count, "examples": list(tally.examples)}
 
 
-def _rows_report(records: Records, cleaned: CleanedRows) -> dict[str, Any]:
-    """The part of the report about reading and cleaning, shared by training and eval data."""
-    return {
+def rows_report(records: Records, cleaned: CleanedRows, unit: str = "rows") -> dict[str, Any]:
+    """The part of data_report.json about reading and cleaning, shared by every task and by
+    training and eval data; `unit` names a row ("rows", "documents")."""
+    labelled = cleaned.conflicts is not None
+    always = [reason for reason in CLEAN_REASONS if labelled or "label" not in reason]
+    report = {
         "source": records.source,
         "format": records.format,
         "data_hash": records.data_hash,
-        "rows_read": records.rows_read,
-        "rows_kept": len(cleaned.texts),
-        "dropped": records.drops.counts(always=CLEAN_REASONS),
+        f"{unit}_read": records.rows_read,
+        f"{unit}_kept": len(cleaned.texts),
+        "dropped": records.drops.counts(always=always),
         "examples": records.drops.examples(),
         "duplicates": cleaned.duplicates,
-        "conflicts": cleaned.conflicts,
+    }
+    if labelled:
+        report["conflicts"] = cleaned.conflicts
+    return report | {
         "undecodable": _tally(records.undecodable, "rows"),
         "blank_lines": records.blank_lines.count,
         "ignored_files": _tally(records.ignored_files, "count"),

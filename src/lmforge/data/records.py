@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +62,11 @@ def decode_lines(data: bytes) -> tuple[list[str], set[int]]:
     return [line.removesuffix("\r") for line in lines], bad
 
 
-def add_lines(records: Records, data: bytes, label: str | None, id_prefix: str) -> None:
-    """Add one text per non-blank line of `data` (a .txt file) to `records`."""
-    lines, bad = decode_lines(data)
+def non_blank_lines(
+    records: Records, lines: list[str], bad: set[int], id_prefix: str = ""
+) -> Iterator[tuple[RowId, str]]:
+    """(row id, line) of each non-blank line, counted as read; blank and undecodable lines (as
+    numbered in `bad`) are counted in `records` too."""
     for number, line in enumerate(lines, start=1):
         row_id: RowId = f"{id_prefix}{number}" if id_prefix else number
         if not line.strip():
@@ -72,6 +75,12 @@ def add_lines(records: Records, data: bytes, label: str | None, id_prefix: str) 
         records.rows_read += 1
         if number in bad:
             records.undecodable.add(row_id)
+        yield row_id, line
+
+
+def add_lines(records: Records, data: bytes, label: str | None, id_prefix: str) -> None:
+    """Add one text per non-blank line of `data` (a .txt file) to `records`."""
+    for row_id, line in non_blank_lines(records, *decode_lines(data), id_prefix):
         records.add(row_id, line, label)
 
 

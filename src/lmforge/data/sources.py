@@ -1,4 +1,5 @@
-"""Readers: a csv/tsv/jsonl/parquet/txt file or a folder of labelled .txt files into raw rows.
+"""Readers of every task: a csv/tsv/jsonl/parquet/txt file, a folder of .txt files or a built-in
+dataset into raw rows.
 
 Readers never crash on a bad row: they skip it and count it with its line number, so the data
 report accounts for every row of the file. No cleaning happens here.
@@ -7,8 +8,10 @@ report accounts for every row of the file. No cleaning happens here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
+from lmforge.data.builtin import is_builtin, read_builtin
 from lmforge.data.records import Records, add_cells, add_lines, decode_file
 from lmforge.data.tables import Table, parse_table
 from lmforge.errors import LmforgeError
@@ -48,12 +51,19 @@ def resolve_format(path: str, fmt: str = "auto") -> str:
 
 
 def read_records(path: str, fmt: str, text_column: str, label_column: str | None) -> Records:
-    """Read texts (and labels, unless label_column is None) from a file or folder."""
+    """Texts (and labels, unless label_column is None) of a file, a folder or a built-in dataset.
+
+    Without labels a folder is one text per .txt file below it, and a built-in dataset's labels
+    are left out; with labels a folder holds one subfolder of .txt files per label.
+    """
+    if is_builtin(path):
+        records = read_builtin(path)
+        if label_column is None:
+            records.labels = None
+        return records
     fmt = resolve_format(path, fmt)
     if fmt == "folder":
-        if label_column is None:
-            raise LmforgeError(f"{path} is a folder; give a .txt file or a table of texts")
-        records = _read_folder(path)
+        records = _read_text_folder(path) if label_column is None else _read_label_folder(path)
     elif fmt == "txt":
         if label_column is not None:
             raise LmforgeError(
@@ -67,7 +77,7 @@ def read_records(path: str, fmt: str, text_column: str, label_column: str | None
     else:
         records = _read_table(path, fmt, text_column, label_column)
     if records.rows_read == 0:
-        raise LmforgeError(f"{path} has no rows")
+        raise LmforgeError(f"{path} has no rows: no text in it")
     return records
 
 
@@ -78,7 +88,27 @@ def read_bytes(path: str | Path) -> bytes:
         raise LmforgeError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _read_folder(path: str) -> Records:
+def _txt_files(
+    root: Path, under: Path, records: Records, digest: hashlib._Hash
+) -> Iterator[tuple[str, str]]:
+    """(path relative to root, text) of every .txt file below `under`, sorted; every other file
+    (hidden ones included) is counted as ignored. Each file's name goes into `digest` with its
+    bytes: renaming a file or a label folder changes the data."""
+    for file in sorted(under.rglob("*")):
+        if file.is_dir():
+            continue
+        relative = file.relative_to(root).as_posix()
+        hidden = any(part.startswith(".") for part in relative.split("/"))
+        if hidden or file.suffix.lower() != ".txt":
+            records.ignored_files.add(relative)
+            continue
+        data = read_bytes(file)
+        digest.update(relative.encode() + b"\0" + data + b"\0")
+        records.rows_read += 1
+        yield relative, decode_file(records, relative, data)
+
+
+def _read_label_folder(path: str) -> Records:
     """One subfolder per label, one text per .txt file; everything else is ignored and counted."""
     root = Path(path).expanduser()
     records = Records(source=path, format="folder", labels=[])
@@ -87,25 +117,24 @@ def _read_folder(path: str) -> Records:
         if not entry.is_dir() or entry.name.startswith("."):
             records.ignored_files.add(entry.name)
             continue
-        for file in sorted(entry.rglob("*")):
-            if file.is_dir():
-                continue
-            relative = file.relative_to(root).as_posix()
-            hidden = any(part.startswith(".") for part in relative.split("/"))
-            if hidden or file.suffix.lower() != ".txt":
-                records.ignored_files.add(relative)
-                continue
-            data = read_bytes(file)
-            # Names go into the hash too: renaming a label folder changes the data.
-            digest.update(relative.encode() + b"\0" + data + b"\0")
-            records.rows_read += 1
-            text = decode_file(records, relative, data)
+        for relative, text in _txt_files(root, entry, records, digest):
             add_cells(records, relative, text.rstrip("\r\n"), entry.name)
     records.data_hash = digest.hexdigest()
     if records.rows_read == 0:
         raise LmforgeError(
             f"{path} has no rows: a folder dataset needs one subfolder of .txt files per label"
         )
+    return records
+
+
+def _read_text_folder(path: str) -> Records:
+    """Every .txt file below `path` is one text, keeping its line breaks (CRLF made LF)."""
+    root = Path(path).expanduser()
+    records = Records(source=path, format="folder")
+    digest = hashlib.sha256()
+    for relative, text in _txt_files(root, root, records, digest):
+        add_cells(records, relative, text.replace("\r\n", "\n"), None)
+    records.data_hash = digest.hexdigest()
     return records
 
 
@@ -120,11 +149,12 @@ def _read_table(path: str, fmt: str, text_column: str, label_column: str | None)
     records = Records(source=path, format=fmt, labels=None if label_column is None else [])
     table = read_table(path, fmt, records)
     if table.columns:
-        for column in (text_column, label_column):
+        for column, setting in ((text_column, "text_column"), (label_column, "label_column")):
             if column is not None and column not in table.columns:
                 raise LmforgeError(
                     f"column '{column}' not found in {path}; columns are: "
                     + ", ".join(table.columns)
+                    + f" (set data.{setting})"
                 )
     for row_id, cells in table.rows:
         text = cells.get(text_column)

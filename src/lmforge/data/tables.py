@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.records import Records, decode_lines
+from lmforge.data.records import Records, decode_lines, non_blank_lines
 from lmforge.data.report import RowId
 from lmforge.errors import LmforgeError
 
@@ -88,17 +88,11 @@ def _parse_jsonl(data: bytes, records: Records) -> Table:
             parsed = list(enumerate(items, start=1))
             records.rows_read = len(items)
     if not parsed:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                records.blank_lines.add(number)
-                continue
-            records.rows_read += 1
-            if number in bad:
-                records.undecodable.add(number)
+        for row_id, line in non_blank_lines(records, lines, bad):
             try:
-                parsed.append((number, json.loads(line)))
+                parsed.append((row_id, json.loads(line)))
             except ValueError:
-                records.drops.add("invalid_json", number)
+                records.drops.add("invalid_json", row_id)
     columns: dict[str, None] = {}
     rows: list[tuple[RowId, dict[str, Any]]] = []
     for row_id, item in parsed:
