@@ -294,7 +294,8 @@ def test_init_detects_the_text_and_label_columns(reviews_csv):
 
 
 def test_masked_lm_pretraining_learns_and_is_not_repeated_on_resume(tmp_path, reviews_csv, capsys):
-    cfg = tiny_config(reviews_csv, max_steps=10, pretrain_steps=40, pretrain_lr=3e-3)
+    cfg = tiny_config(reviews_csv, max_steps=10)
+    cfg["classification"] = {"pretrain_steps": 40, "pretrain_lr": 3e-3}
     run = lmforge.train(cfg, out=tmp_path / "r", show_progress=False).run_dir
     losses = [r["loss"] for r in read_jsonl(run / "pretrain" / "metrics.jsonl")
               if r["kind"] == "train"]

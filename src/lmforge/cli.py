@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -335,7 +336,23 @@ def usage(
     typer.echo(admin.usage_report(db, key, since, json_), nl=False)
 
 
+_python_show_warning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], *args: object, **kwargs: object
+) -> None:
+    """A config notice (a key that moved) is one line on stderr; other warnings keep Python's."""
+    from lmforge.config import ConfigNotice
+
+    if issubclass(category, ConfigNotice):
+        print(f"notice: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         app()
     except LmforgeError as error:

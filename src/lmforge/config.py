@@ -1,20 +1,29 @@
 """The config: pydantic models of every section, YAML/JSON load and dump, and --set overrides.
 
 Every field has a default, so `Config()` is a complete, valid config. Unknown keys are errors that
-name the key and suggest the closest valid one.
+name the key and suggest the closest valid one; so is a knob that the chosen task does not read.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
 import reprlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmforge.errors import LmforgeError
 
@@ -162,26 +171,21 @@ class TrainConfig(Section):
         None, ge=1, description="Stop after this many evaluations without improvement."
     )
     early_stopping_metric: str = Field(
-        "f1_macro", description="Val metric for early stopping and the best checkpoint."
+        "f1_macro", description="Val metric for early stopping and the best checkpoint: "
+        "f1_macro, accuracy or val_loss (classification); val_loss or val_perplexity "
+        "(generation).",
     )
-    class_weights: Literal["balanced"] | None = Field(
-        None, description="balanced: weight the loss by inverse class frequency."
-    )
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    token_dropout: float = Field(
-        0.0, ge=0, lt=1, description="Share of tokens replaced by [MASK] in each training batch "
-        "(a regulariser for small datasets); 0 is off.",
-    )
-    pretrain_steps: int = Field(
-        0, ge=0, description="Masked-LM pre-training steps on the training texts before "
-        "fine-tuning (lmforge's encoder only); 0 is off.",
-    )
-    pretrain_lr: float | None = Field(
-        None, gt=0, description="Peak learning rate of pre-training; null uses train.lr."
-    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     bucket_by_length: bool = Field(
         True, description="Batch texts of similar length together (less padding, faster)."
     )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError("choose auto, cpu, cuda, cuda:N (a GPU's index) or mps")
+        return device
 
 
 class EvalConfig(Section):
@@ -196,6 +200,25 @@ class EvalConfig(Section):
         ge=1,
         description="Generation: val tokens scored at each evaluation during training (null: "
         "all); eval.json's val_loss and test_loss always use every token.",
+    )
+
+
+class ClassificationConfig(Section):
+    """Knobs that only task classification reads."""
+
+    class_weights: Literal["balanced"] | None = Field(
+        None, description="balanced: weight the loss by inverse class frequency."
+    )
+    token_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Share of tokens replaced by [MASK] in each training batch "
+        "(a regulariser for small datasets); 0 is off.",
+    )
+    pretrain_steps: int = Field(
+        0, ge=0, description="Masked-LM pre-training steps on the training texts before "
+        "fine-tuning (lmforge's encoder only); 0 is off.",
+    )
+    pretrain_lr: float | None = Field(
+        None, gt=0, description="Peak learning rate of pre-training; null uses train.lr."
     )
 
 
@@ -257,6 +280,26 @@ def describe_setting(error: ValidationError) -> str:
     return f"{key} {message} (got {reprlib.repr(first.get('input'))})"
 
 
+# What one task alone reads: its own section, and single knobs of the shared sections. Setting
+# one of them for another task is an error, since it would silently change nothing.
+TASK_ONLY_KNOBS: dict[str, str] = {
+    "classification": "classification",
+    "data.label_column": "classification",
+    "data.split.stratify": "classification",
+    "model.pooling": "classification",
+    "eval.bootstrap": "classification",
+    "generate": "generation",
+    "eval.val_tokens": "generation",
+}
+
+# The val metrics each task's evaluation reports (tasks/*.py make_val_metrics): the choices of
+# train.early_stopping_metric.
+VAL_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("f1_macro", "accuracy", "val_loss"),
+    "generation": ("val_loss", "val_perplexity"),
+}
+
+
 class Config(Section):
     task: Literal["classification", "generation"] = Field(
         "classification", description="classification or generation (a causal LM)."
@@ -266,10 +309,24 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
     @model_validator(mode="after")
-    def _task_defaults(self) -> Config:
+    def _fit_the_task(self) -> Config:
+        self._task_defaults()
+        for path in _other_tasks_knobs(self.task):
+            for key in _set_keys(self, path):
+                raise ValueError(f"{key} is not used by task '{self.task}' (it applies to "
+                                 f"{TASK_ONLY_KNOBS[path]}); remove it")
+        metric, choices = self.train.early_stopping_metric, VAL_METRICS[self.task]
+        if metric not in choices:
+            raise ValueError(f"train.early_stopping_metric '{metric}' is not a val metric of "
+                             f"task '{self.task}'; choose one of: {', '.join(choices)}"
+                             + _did_you_mean(metric, choices))
+        return self
+
+    def _task_defaults(self) -> None:
         """Fill what depends on the task (a field the user set is never changed), and refuse
         a model or tokenizer the task cannot use."""
         model, tokenizer = self.model, self.tokenizer
@@ -283,7 +340,7 @@ class Config(Section):
             if tokenizer.kind == "byte_bpe":
                 raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; "
                                  "classification uses bpe, wordpiece or char")
-            return self
+            return
         if "arch" not in model.model_fields_set:
             model.arch = "gpt"
         if model.arch == "transformer":
@@ -296,10 +353,39 @@ class Config(Section):
                              "would not read back; use byte_bpe (the default for generation)")
         if "early_stopping_metric" not in self.train.model_fields_set:
             self.train.early_stopping_metric = "val_loss"
-        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as plain data, less the knobs of other tasks (so that it loads again)."""
+        exclude: dict[str, Any] = {}
+        for path in _other_tasks_knobs(self.task):
+            *sections, name = path.split(".")
+            node = exclude
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = True
+        return self.model_dump(mode="json", exclude=exclude)
+
+
+def _other_tasks_knobs(task: str) -> list[str]:
+    return [path for path, owner in TASK_ONLY_KNOBS.items() if owner != task]
+
+
+def _set_keys(config: BaseModel, path: str) -> list[str]:
+    """The keys at or under `path` that were given (not defaulted): ["generate.top_k"]."""
+    node: Any = config
+    for part in path.split("."):
+        if part not in node.model_fields_set:
+            return []
+        node = getattr(node, part)
+    if isinstance(node, BaseModel):
+        given = node.model_fields_set
+        return [f"{path}.{name}" for name in type(node).model_fields if name in given]
+    return [path]
+
+
+def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -317,13 +403,25 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _valid_keys(Config), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"unknown config key '{key}'{hint}"
+        return f"unknown config key '{key}'{_did_you_mean(key, _valid_keys(Config))}"
     message = first["msg"].removeprefix("Value error, ")
     if not key:
         return f"invalid config: {message}"
     return f"invalid config value for '{key}': {message} (got {first.get('input')!r})"
+
+
+# Keys of the old layout and their place now: a config in the old layout still loads, with a
+# notice per moved key.
+MOVED_KEYS: dict[str, str] = {
+    "train.class_weights": "classification.class_weights",
+    "train.token_dropout": "classification.token_dropout",
+    "train.pretrain_steps": "classification.pretrain_steps",
+    "train.pretrain_lr": "classification.pretrain_lr",
+}
+
+
+class ConfigNotice(FutureWarning):
+    """A config key has moved; the CLI prints this as one `notice:` line on stderr."""
 
 
 def parse_config(raw: Any) -> Config:
@@ -331,9 +429,55 @@ def parse_config(raw: Any) -> Config:
     if not isinstance(raw, dict):
         raise LmforgeError(f"config must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(_upgrade_layout(raw))
     except ValidationError as error:
         raise LmforgeError(_describe(error)) from None
+
+
+def _upgrade_layout(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with the old layout's keys moved to their new place, a ConfigNotice for each.
+
+    Before the move, lmforge wrote every default into a run's config.yaml, other tasks' knobs
+    included: in a config of the old layout, those left at their defaults are dropped, so that
+    old runs still load.
+    """
+    raw, moved = copy.deepcopy(raw), []
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section, target = raw.get(old_section), raw.get(new_section, {})
+        if not isinstance(section, dict) or old_key not in section or not isinstance(target, dict):
+            continue
+        if new_key in target:
+            raise LmforgeError(f"{old} and {new} are both given; keep {new} only")
+        raw[new_section] = {**target, new_key: section.pop(old_key)}
+        moved.append((old, new))
+    task = raw.get("task", "classification")
+    if moved and task in VAL_METRICS:
+        defaults = Config().model_dump(mode="json")
+        for path in _other_tasks_knobs(task):
+            _drop_if_default(raw, path, defaults)
+    for old, new in moved:
+        new_section, new_key = new.split(".")
+        if new_key in raw.get(new_section, {}):
+            warnings.warn(f"{old} is now {new}; update your config", ConfigNotice, stacklevel=2)
+    return raw
+
+
+def _drop_if_default(raw: dict[str, Any], path: str, defaults: dict[str, Any]) -> None:
+    """Delete the knob (or each knob of the section) at `path` whose value is the default."""
+    *sections, name = path.split(".")
+    for section in sections:
+        raw, defaults = raw.get(section), defaults[section]
+        if not isinstance(raw, dict):
+            return
+    if name not in raw:
+        return
+    value, default = raw[name], defaults[name]
+    if isinstance(value, dict) and isinstance(default, dict):
+        for key in [key for key in value if key in default and value[key] == default[key]]:
+            del value[key]
+    elif value == default:
+        del raw[name]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -286,16 +286,16 @@ def _fit_classifier(
     seed_everything(cfg.train.seed)
     model = task.build_model(cfg.model, run.tokenizer, run.data.label_names)
     seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
-    if cfg.train.pretrain_steps and cfg.model.arch == "transformer":
+    if cfg.classification.pretrain_steps and cfg.model.arch == "transformer":
         _pretrain(run, model, run_dir / "pretrain", resume, show_progress, console)
     weights = None
-    if cfg.train.class_weights == "balanced":
+    if cfg.classification.class_weights == "balanced":
         weights = task.balanced_class_weights(splits["train"].labels, len(run.data.label_names))
     pad = run.tokenizer.pad_id
     result = fit(
         model,
         splits["train"],
-        task.make_collate(pad, run.tokenizer.mask_id, cfg.train.token_dropout,
+        task.make_collate(pad, run.tokenizer.mask_id, cfg.classification.token_dropout,
                           run.tokenizer.special_ids),
         task.make_loss(weights),
         task.make_val_metrics(splits["val"], pad) if len(splits["val"]) else None,
@@ -324,21 +324,21 @@ def _pretrain(
     It is a run of its own under run_dir/pretrain, with checkpoints, so a resume finishes it
     or skips it when it is complete.
     """
-    cfg, tokenizer = run.cfg.train, run.tokenizer
+    cfg, own, tokenizer = run.cfg.train, run.cfg.classification, run.tokenizer
     if tokenizer.mask_id is None:
-        raise LmforgeError("train.pretrain_steps needs a tokenizer with a [MASK] token")
+        raise LmforgeError("classification.pretrain_steps needs a tokenizer with a [MASK] token")
     mlm = EncoderForMaskedLM(model.encoder, model.config)
     pretrain_cfg = cfg.model_copy(update={
-        "max_steps": cfg.pretrain_steps, "lr": cfg.pretrain_lr or cfg.lr,
-        "eval_every": max(1, cfg.pretrain_steps // 5), "early_stopping_patience": None,
+        "max_steps": own.pretrain_steps, "lr": own.pretrain_lr or cfg.lr,
+        "eval_every": max(1, own.pretrain_steps // 5), "early_stopping_patience": None,
     })
     last = pretrain_dir / "checkpoints" / "last"
     found = find_checkpoint(last) if resume else None
-    if found is not None and found[1] >= cfg.pretrain_steps:
+    if found is not None and found[1] >= own.pretrain_steps:
         load_checkpoint(last, mlm, with_state=False)
         console.print(f"pre-training: complete in {pretrain_dir}, not repeated")
         return
-    console.print(f"pre-training: {cfg.pretrain_steps} masked-LM steps on the training texts")
+    console.print(f"pre-training: {own.pretrain_steps} masked-LM steps on the training texts")
     if distributed.is_main():
         pretrain_dir.mkdir(parents=True, exist_ok=True)
     train_ids = run.splits["train"]

@@ -62,7 +62,7 @@ def _finetune(source: Source, model: nn.Module, steps: int, show_progress: bool)
     train = encode_split(tokenizer, data.train, labels, max_length)
     val = encode_split(tokenizer, data.val, labels, max_length) if data.val.texts else None
     weights = None
-    if cfg.train.class_weights == "balanced":
+    if cfg.classification.class_weights == "balanced":
         weights = balanced_class_weights(train.labels, len(labels))
     train_cfg = cfg.train.model_copy(
         update={"max_steps": steps, "eval_every": steps, "early_stopping_patience": None}
