@@ -7,7 +7,8 @@ They are imported on first use, so `import lmforge` (and `lmforge --help`) stays
 
 from typing import Any
 
-__version__ = "0.1.0"
+from lmforge.version import __version__
+
 __all__ = [
     "__version__", "compress", "evaluate", "export", "generate", "load", "predict", "quickstart",
     "train",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import reprlib
-import shutil
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -29,12 +28,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from lmforge import __version__
 from lmforge.config import CleanConfig, GenerateConfig, describe_setting, generate_settings
 from lmforge.data import clean_text
 from lmforge.data.documents import clean_document
 from lmforge.decoding import Completion, GenerationJob, StreamEvent, decode_tokens
 from lmforge.errors import LmforgeError
+from lmforge.files import restore_dir, staged_dir, write_json_atomic
 from lmforge.models import (
     GPT,
     EncoderClassifier,
@@ -46,6 +45,7 @@ from lmforge.models import (
 from lmforge.tasks.classification import predict_logits, softmax
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
+from lmforge.version import __version__
 
 META_FILE = "lmforge.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -113,19 +113,42 @@ class Predictor:
 def save_bundle(
     directory: Path, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]
 ) -> None:
-    """Write the bundle under a temporary name, then rename it into place."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if isinstance(model, (PretrainedClassifier, PretrainedCausalLM)):
-        model.save(tmp)
-    else:
-        save_model(model, str(tmp / WEIGHTS_FILE))
-    tokenizer.save(tmp)
-    meta = {"lmforge_version": __version__, **meta}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    """Write the bundle as `<directory>.tmp`, then swap it in (files.staged_dir): a crash at
+    any instant leaves the old bundle or the new one."""
+    with staged_dir(directory) as tmp:
+        if isinstance(model, (PretrainedClassifier, PretrainedCausalLM)):
+            model.save(tmp)
+        else:
+            save_model(model, str(tmp / WEIGHTS_FILE))
+        tokenizer.save(tmp)
+        write_json_atomic(tmp / META_FILE, {"lmforge_version": __version__, **meta})
+
+
+@dataclass(frozen=True)
+class BundleLocation:
+    bundle_dir: Path
+    run_dir: Path | None  # the run the bundle came from, if its folder (config.yaml) is still there
+
+
+def locate_bundle(target: str | Path) -> BundleLocation:
+    """The bundle a command was given: `target` is a bundle, or a run directory standing for its
+    model/. A bundle whose save was killed between its renames is put back first."""
+    target = Path(target).expanduser()
+    restore_dir(target)
+    restore_dir(target / "model")
+    if (target / META_FILE).is_file():
+        run = read_meta(target).get("run")
+        run_dir = Path(run["dir"]) if isinstance(run, dict) and run.get("dir") else None
+        found = run_dir is not None and (run_dir / "config.yaml").is_file()
+        return BundleLocation(target, run_dir if found else None)
+    if (target / "model" / META_FILE).is_file():
+        return BundleLocation(target / "model", target)
+    if not target.exists():
+        raise LmforgeError(f"not found: {target}")
+    raise LmforgeError(
+        f"{target} is neither a run directory nor a bundle (not an lmforge bundle: no "
+        f"{META_FILE} in it or in its model/ folder)"
+    )
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -259,6 +282,7 @@ def _load_tokenizer(directory: Path, meta: dict[str, Any]) -> TextTokenizer:
 def _open_bundle(directory: Path) -> tuple[dict[str, Any], TextTokenizer, nn.Module | None]:
     """Everything of a bundle but its model: lmforge.json checked, the tokenizer loaded, the
     weights' files checked. An ONNX bundle's model (a Runtime session) is made here too."""
+    restore_dir(directory)  # a save killed between its renames left the bundle as <name>.prev
     meta = read_meta(directory)
     if meta["task"] not in OWN_MODELS:
         raise LmforgeError(

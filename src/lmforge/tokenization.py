@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 
 from lmforge.config import TokenizerConfig
 from lmforge.errors import LmforgeError
+from lmforge.files import fsync_dir, write_atomic, write_json_atomic
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
@@ -252,13 +254,10 @@ class TokenCache:
         arrays = {"info": np.array(json.dumps(info))}
         for name, ids in splits.items():
             arrays[f"{name}__flat"], arrays[f"{name}__offsets"] = _flatten(ids)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._path(key))
+        write_atomic(self._path(key), buffer.getvalue())
 
 
 def _flatten(ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -320,11 +319,12 @@ class TokenFiles:
                 handle.flush()
                 os.fsync(handle.fileno())
         info = {"dtype": dtype.name, "splits": list(splits), "vocab_size": tokenizer.vocab_size}
-        (tmp / "info.json").write_text(json.dumps(info))
+        write_json_atomic(tmp / "info.json", info)
         try:
             os.replace(tmp, self.root / key)
         except OSError:  # another run wrote the same entry meanwhile: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(self.root)
         loaded = self.load(key)
         if loaded is None:
             raise LmforgeError(f"cannot read the token cache back from {self.root / key}")

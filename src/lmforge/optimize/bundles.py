@@ -3,21 +3,18 @@ and the folder it writes, staged under a temporary name so a failure leaves noth
 
 from __future__ import annotations
 
-import json
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmforge import __version__
 from lmforge.bundle import META_FILE, Predictor, load, read_meta
 from lmforge.config import CleanConfig, Config, DataConfig, load_config, read_config_file
 from lmforge.data import PreparedData, Split, prepare_classification_data, read_labelled
 from lmforge.errors import LmforgeError
+from lmforge.files import write_json_atomic
+from lmforge.version import __version__
 
 REPORT_FILE = "compress_report.json"
 
@@ -127,9 +124,7 @@ def load_source(bundle_dir: Path, run_dir: Path | None, data: str | Path | None)
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     """lmforge.json of a bundle written here (an ONNX bundle, or updated metrics)."""
-    meta = {**meta, "lmforge_version": __version__}
-    text = json.dumps(meta, indent=2, ensure_ascii=False)
-    (directory / META_FILE).write_text(text, encoding="utf-8")
+    write_json_atomic(directory / META_FILE, {**meta, "lmforge_version": __version__})
 
 
 def default_out(bundle_dir: Path, suffix: str) -> Path:
@@ -144,16 +139,3 @@ def check_out(out: Path, bundle_dir: Path, force: bool) -> None:
         raise LmforgeError(f"{out} already exists; pass --force to replace it, or --out DIR")
 
 
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A temporary folder that becomes `out` only if the block finishes without an error."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)

@@ -21,7 +21,8 @@ from lmforge.bundle import save_bundle
 from lmforge.config import Config, load_config, read_config_file
 from lmforge.data import PreparedData, prepare_classification_data
 from lmforge.errors import LmforgeError
-from lmforge.optimize.bundles import Source, staged
+from lmforge.files import staged_dir
+from lmforge.optimize.bundles import Source
 from lmforge.optimize.report import report_on
 from lmforge.optimize.retrain import encode_split, train_in_scratch
 from lmforge.tasks.classification import build_model, pad_batch, predict_logits
@@ -201,6 +202,6 @@ def distill_bundle(
     }
     meta = _student_meta(source, cfg, student)
     meta["distillation"] = details["distillation"]
-    with staged(out) as tmp:
+    with staged_dir(out) as tmp:
         save_bundle(tmp, student, tokenizer, meta)
         return report_on(source, tmp, out, "distillation", details)

@@ -18,9 +18,10 @@ from torch import nn
 
 from lmforge.bundle import Predictor
 from lmforge.errors import LmforgeError
+from lmforge.files import staged_dir
 from lmforge.models import PretrainedClassifier
 from lmforge.models.onnx_runtime import ONNX_INPUTS, ONNX_OUTPUT, OnnxClassifier
-from lmforge.optimize.bundles import Source, staged, write_meta
+from lmforge.optimize.bundles import Source, write_meta
 from lmforge.optimize.report import report_on
 from lmforge.tasks.classification import pad_batch
 
@@ -140,7 +141,7 @@ def export_bundle(source: Source, out: Path, opset: int = DEFAULT_OPSET) -> dict
     """`lmforge export --format onnx`: an fp32 ONNX bundle checked against PyTorch."""
     if source.is_onnx:
         raise LmforgeError(f"{source.bundle_dir} is already an ONNX bundle")
-    with staged(out) as tmp:
+    with staged_dir(out) as tmp:
         check = export_verified(source, tmp / ONNX_FILE, opset, source.eval_split.texts)
         source.predictor.tokenizer.save(tmp)
         onnx_info = {"opset": opset, "weights": "fp32", "attention": attention_shape(source)}

@@ -16,7 +16,8 @@ from torch.nn.utils import prune
 
 from lmforge.bundle import save_bundle
 from lmforge.errors import LmforgeError
-from lmforge.optimize.bundles import Source, staged
+from lmforge.files import staged_dir
+from lmforge.optimize.bundles import Source
 from lmforge.optimize.report import report_on
 from lmforge.optimize.retrain import encode_split, train_in_scratch
 from lmforge.tasks.classification import balanced_class_weights, make_collate, make_loss
@@ -114,7 +115,7 @@ def prune_bundle(
         ],
     }
     meta["pruning"] = details["pruning"]
-    with staged(out) as tmp:
+    with staged_dir(out) as tmp:
         save_bundle(tmp, model, source.predictor.tokenizer, meta)
         operation = f"pruning {amount:.0%}"
         if finetune_steps:

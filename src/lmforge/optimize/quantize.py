@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.files import staged_dir
 from lmforge.models.onnx_runtime import OnnxClassifier
-from lmforge.optimize.bundles import Source, staged, write_meta
+from lmforge.optimize.bundles import Source, write_meta
 from lmforge.optimize.export import (
     DEFAULT_OPSET,
     ONNX_FILE,
@@ -118,7 +119,7 @@ def quantize_bundle(source: Source, out: Path, opset: int = DEFAULT_OPSET) -> di
     if source.is_onnx and source.meta["onnx"].get("weights") == "int8":
         raise LmforgeError(f"{source.bundle_dir} is already quantized to int8")
     details: dict[str, Any] = {}
-    with staged(out) as tmp:
+    with staged_dir(out) as tmp:
         work = tmp / "work"
         work.mkdir()
         if source.is_onnx:

@@ -3,7 +3,6 @@ the original and the result on the same split, written to compress_report.json a
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from torch import nn
 from lmforge.bundle import Predictor, load, read_meta
 from lmforge.data import Split
 from lmforge.evaluation import classification_metrics
+from lmforge.files import write_json_atomic
 from lmforge.models.onnx_runtime import OnnxClassifier
 from lmforge.optimize.bundles import REPORT_FILE, Source, write_meta
 from lmforge.tasks.classification import pad_batch
@@ -173,13 +173,8 @@ def report_on(
     report = build_report(
         operation, source.bundle_dir, original, out, result, source.eval_name, details
     )
-    write_report(result_dir, report)
+    write_json_atomic(result_dir / REPORT_FILE, report)
     return report
-
-
-def write_report(directory: Path, report: dict[str, Any]) -> None:
-    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    (directory / REPORT_FILE).write_text(text, encoding="utf-8")
 
 
 def _ratio(before: float, after: float, smaller: str, larger: str) -> str:

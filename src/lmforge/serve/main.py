@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lmforge import __version__
 from lmforge.serve.auth import record_refused
 from lmforge.serve.caches import KeyCache, TokenLedger
 from lmforge.serve.calls import UsageWriter
@@ -21,6 +20,7 @@ from lmforge.serve.registry import ModelRegistry
 from lmforge.serve.routers import classify, completions, health, models, playground, usage
 from lmforge.serve.settings import ServeSettings
 from lmforge.serve.state import ServerState, lifespan
+from lmforge.version import __version__
 
 log = logging.getLogger("lmforge.serve")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.bundle import Generator, check_bundle, load, read_meta
+from lmforge.bundle import Generator, check_bundle, load, locate_bundle, read_meta
 from lmforge.errors import LmforgeError
 from lmforge.serve.batching import ClassifyBatcher
 from lmforge.serve.errors import APIError
@@ -69,14 +69,12 @@ class ServedModel:
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:
-    """'NAME=BUNDLE' or 'BUNDLE' → (name, bundle dir); a run directory stands for its model/."""
+    """'NAME=BUNDLE' or 'BUNDLE' → (name, bundle dir); a run directory stands for its model/
+    (bundle.locate_bundle). Without a NAME, a model is named after its run (or its folder)."""
     name, sep, path = spec.partition("=")
     if not sep or not NAME_PATTERN.match(name):
         name, path = "", spec
-    bundle_dir = Path(path).expanduser()
-    if not (bundle_dir / "lmforge.json").is_file() and (bundle_dir / "model").is_dir():
-        bundle_dir = bundle_dir / "model"
-    read_meta(bundle_dir)  # a clear error now beats a failed load later
+    bundle_dir = locate_bundle(path).bundle_dir  # a clear error now beats a failed load later
     if not name:
         run_dir = bundle_dir.resolve().parent if bundle_dir.name == "model" else bundle_dir
         name = run_dir.resolve().name

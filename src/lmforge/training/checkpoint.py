@@ -10,7 +10,6 @@ damaged.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -23,24 +22,12 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lmforge.errors import LmforgeError
+from lmforge.files import PREVIOUS, STAGED, fsync_dir, fsync_file, replace_dir_atomic
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 META = "meta.json"  # written last: a folder holding a readable one is complete
-COPIES = ("", ".tmp", ".prev")  # the suffixes of a checkpoint's copies, in order of preference
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+COPIES = ("", STAGED, PREVIOUS)  # the suffixes of a checkpoint's copies, in order of preference
 
 
 def capture_rng() -> dict[str, Any]:
@@ -105,14 +92,16 @@ def find_checkpoint(directory: Path) -> tuple[Path, int] | None:
     return copies[0] if copies else None
 
 
+def last_step(directory: Path) -> int | None:
+    """The step of the newest complete copy of a run's last checkpoint, or None when it has none.
+    `directory` is the run directory (its checkpoints/last is read) or a checkpoint folder."""
+    found = find_checkpoint(directory / "checkpoints" / "last") or find_checkpoint(directory)
+    return found[1] if found else None
+
+
 def _promote(directory: Path) -> None:
     """The renames that put `<name>.tmp` in place, keeping the current one as `<name>.prev`."""
-    previous = _copy(directory, ".prev")
-    if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        directory.rename(previous)
-    _copy(directory, ".tmp").rename(directory)
-    _fsync_dir(directory.parent)
+    replace_dir_atomic(_copy(directory, STAGED), directory, keep_previous=True)
 
 
 def save_checkpoint(
@@ -122,7 +111,7 @@ def save_checkpoint(
     """Write `directory` atomically: weights, trainer state (optionally), then meta.json with
     `step` and `meta` as the mark that the copy is complete, then the renames."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _copy(directory, ".tmp")
+    tmp = _copy(directory, STAGED)
     newest = find_checkpoint(directory)
     if newest is not None and newest[0] == tmp:
         _promote(directory)  # a save killed between its renames: finish it, so it is kept
@@ -132,10 +121,12 @@ def save_checkpoint(
     if state is not None:
         torch.save(state, tmp / STATE)
     for file in tmp.iterdir():
-        _fsync_file(file)
+        fsync_file(file)
+    # written in place, not by files.write_atomic: the folder's rename is the atomic step, and
+    # a meta.json that is there only after its data is on disk is what marks the copy complete
     (tmp / META).write_text(json.dumps({"step": step, **meta}, indent=2))
-    _fsync_file(tmp / META)
-    _fsync_dir(tmp)
+    fsync_file(tmp / META)
+    fsync_dir(tmp)
     _promote(directory)
 
 
