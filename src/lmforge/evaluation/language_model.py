@@ -7,10 +7,13 @@ Token files are flat arrays of ids (memory-mapped; they may exceed memory).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 
 
@@ -66,3 +69,45 @@ def unigram_nll(train_counts: np.ndarray, tokens: np.ndarray) -> tuple[float, in
 
 def perplexity(total_nll: float, count: int) -> float | None:
     return math.exp(total_nll / count) if count else None
+
+
+def lm_report(
+    model: nn.Module, tokens: dict[str, np.ndarray], train_counts: np.ndarray | None,
+    context: int,
+) -> dict[str, Any]:
+    """eval.json of generation: val and test loss, test perplexity, and the same for a smoothed
+    unigram model (fitted on the training tokens) on the same test tokens."""
+    scored = {name: token_nll(model, ids, context) for name, ids in tokens.items() if len(ids) > 1}
+    loss = {name: total / count for name, (total, count) in scored.items()}
+    test = tokens.get("test")
+    report: dict[str, Any] = {
+        "n_tokens": scored["test"][1] if "test" in scored else 0,
+        "val_loss": loss.get("val"),
+        "test_loss": loss.get("test"),
+        "perplexity": perplexity(*scored["test"]) if "test" in scored else None,
+        "baselines": {},
+    }
+    if train_counts is not None and test is not None and len(test) > 1:
+        total, count = unigram_nll(train_counts, test)
+        report["baselines"]["unigram"] = {
+            "test_loss": total / count, "perplexity": perplexity(total, count)
+        }
+    return report
+
+
+def render_lm_table(report: dict[str, Any], console: Console, title: str) -> None:
+    table = Table(title=title)
+    for column in ("model", "val loss", "test loss", "perplexity"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}" if value < 1000 else f"{value:,.0f}"
+
+    table.add_row("this model", number(report["val_loss"]), number(report["test_loss"]),
+                  number(report["perplexity"]))
+    unigram = report["baselines"].get("unigram")
+    if unigram:
+        table.add_row("unigram baseline", "-", number(unigram["test_loss"]),
+                      number(unigram["perplexity"]))
+    console.print(table)
+    console.print(f"{report['n_tokens']:,} test tokens; loss is nats per token")

@@ -1,19 +1,56 @@
-"""Text classification: the model for a config, batching, loss, probabilities and val metrics."""
+"""Text classification: the model for a config, batching, loss, probabilities, val metrics,
+and the recipe the verbs run (data, model, training plan, test report beside the baselines,
+bundle metadata, predictor)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from sklearn.metrics import f1_score
 from torch import nn
 
-from lmforge.config import ModelConfig
+from lmforge.config import (
+    CleanConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    load_config,
+    read_config_file,
+)
+from lmforge.data import (
+    PreparedData,
+    Split,
+    detect_columns,
+    prepare_classification_data,
+    read_labelled,
+)
+from lmforge.data.split import SplitRecord
+from lmforge.errors import LmforgeError
+from lmforge.evaluation import build_eval_report, render_table
 from lmforge.models import EncoderClassifier, TransformerConfig, load_pretrained_classifier
-from lmforge.tokenization import TextTokenizer
+from lmforge.models.transformer import EncoderForMaskedLM
+from lmforge.runs import (
+    leak_check,
+    read_split_record,
+    recorded_check,
+    refuse_changed_test_split,
+    tokenizer_for_run,
+    unrecorded_check,
+)
+from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan
+from lmforge.tokenization import TextTokenizer, TokenCache
+from lmforge.training import distributed, fit, seed_everything
+from lmforge.training.checkpoint import last_step, load_checkpoint
+
+if TYPE_CHECKING:
+    from lmforge.bundle import Predictor
 
 Batch = dict[str, torch.Tensor]
 
@@ -149,3 +186,268 @@ def make_val_metrics(split: TokenizedSplit, pad_id: int) -> Callable[[nn.Module]
         }
 
     return evaluate
+
+
+# --- the recipe: what the verbs call ----------------------------------------------------------
+
+
+class ClassificationTask:
+    """Labelled texts → lmforge's encoder or a pretrained encoder, measured beside majority and
+    TF-IDF + logistic regression; a bundle loads into a Predictor."""
+
+    name = "classification"
+    val_metrics = ("f1_macro", "accuracy", "val_loss")  # what make_val_metrics reports
+    runs_with = "predict"  # the verb that runs its bundles
+
+    def starter_config(self, data: str) -> Config:
+        return Config(task=self.name, data=DataConfig(path=data, **detect_columns(data)))
+
+    def quickstart_config(self, fast: bool) -> Config:
+        """The built-in sentiment corpus, lmforge's encoder, a schedule that fits the time
+        budget. The encoder is narrower than the general default (128 wide, dropout 0.2): on
+        these ~14,000 short reviews the 256-wide one overfits within two epochs; see
+        bench/RESULTS.md."""
+        steps = 400 if fast else 1500
+        return load_config({
+            "model": {"d_model": 128, "d_ff": 512, "n_heads": 4, "n_layers": 2, "dropout": 0.2},
+            "train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32},
+        })
+
+    def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
+        data = prepare_classification_data(cfg.data)
+        log(f"data: {data.report['rows_read']} rows read, {len(data.train.texts)} train / "
+            f"{len(data.val.texts)} val / {len(data.test.texts)} test, labels {data.label_names}")
+        tokenizer = tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir, resume, log)
+        encoded = distributed.on_main(lambda: _encode_splits(cfg, data, tokenizer, log))
+        splits, truncated = encoded or _encode_splits(cfg, data, tokenizer, lambda _: None)
+        report = dict(data.report)
+        report["length_tokens"] = _quantiles(len(x) for s in splits.values() for x in s.ids)
+        report["truncated_to_max_length"] = truncated
+        texts = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+        return Prepared(cfg, data.data_hash, tokenizer, texts, report,
+                        {"data": data, "splits": splits})
+
+    def build_model(
+        self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
+    ) -> nn.Module:
+        cfg = run.cfg
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg.model, run.tokenizer, run.parts["data"].label_names)
+        seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
+        if cfg.classification.pretrain_steps and cfg.model.arch == "transformer":
+            _pretrain(run, model, run_dir / "pretrain", resume, show_progress, log)
+        return model
+
+    def training(self, run: Prepared, model: nn.Module) -> TrainingPlan:
+        cfg, splits, tokenizer = run.cfg, run.parts["splits"], run.tokenizer
+        weights = None
+        if cfg.classification.class_weights == "balanced":
+            weights = balanced_class_weights(splits["train"].labels,
+                                             len(run.parts["data"].label_names))
+        return TrainingPlan(
+            examples=splits["train"],
+            collate=make_collate(tokenizer.pad_id, tokenizer.mask_id,
+                                 cfg.classification.token_dropout, tokenizer.special_ids),
+            loss=make_loss(weights),
+            val_metrics=make_val_metrics(splits["val"], tokenizer.pad_id)
+            if len(splits["val"]) else None,
+            metric_mode="min" if "loss" in cfg.train.early_stopping_metric else "max",
+            lengths=np.array([len(x) for x in splits["train"].ids]),
+        )
+
+    def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
+        data = run.parts["data"]
+        if not data.test.texts:
+            return None
+        from lmforge.bundle import Predictor  # bundle.py builds on this module's functions
+
+        predictor = Predictor(model, run.tokenizer, self.bundle_meta(run, model, None))
+        return _evaluate_split(predictor, data.test, data.train, run.cfg)
+
+    def summary(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {key: report[key] for key in ("n", "accuracy", "f1_macro")}
+
+    def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path | None) -> dict:
+        cfg = run.cfg
+        meta: dict[str, Any] = {
+            "task": self.name,
+            "arch": cfg.model.arch,
+            "labels": run.parts["data"].label_names,
+            "text_column": cfg.data.text_column,
+            "label_column": cfg.data.label_column,
+            "clean": cfg.data.clean.model_dump(),
+            "max_length": cfg.model.max_length,
+        }
+        if run_dir is not None:
+            meta["run"] = {"dir": str(run_dir.resolve()), "data": cfg.data.path,
+                           "data_hash": run.data_hash}
+        if cfg.model.arch == "transformer":
+            meta["architecture"] = model.config.to_dict()
+        else:
+            meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
+        return meta
+
+    def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Predictor:
+        from lmforge.bundle import open_model_bundle
+
+        return open_model_bundle(bundle_dir, device)
+
+    def evaluate(
+        self, predictor: Predictor, bundle_dir: Path, run_dir: Path | None, data: str | None
+    ) -> dict[str, Any]:
+        cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
+        record = read_split_record(run_dir)
+        train, check = None, {}
+        if run_dir is not None:
+            train, test, check = _run_splits(cfg, run_dir, record, data is None)
+        if data is not None:
+            meta = predictor.meta
+            data_cfg = DataConfig(text_column=meta["text_column"],
+                                  label_column=meta["label_column"],
+                                  clean=CleanConfig(**meta["clean"]))
+            split, _ = read_labelled(data, data_cfg)
+            check = {"source": data, "split_record": record is not None}
+            if record is not None:
+                unseen, check = leak_check(split.texts, record, data, run_dir)
+                split = split.take(unseen)
+        elif run_dir is None:
+            raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
+                               "pass --data FILE with labelled texts")
+        elif not test.texts:
+            raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
+        else:
+            split = test
+        report = _evaluate_split(predictor, split, train, cfg).report
+        report["data_check"] = check
+        return report
+
+    def predict(self, predictor: Predictor, texts: list[str]) -> tuple[list[dict], str]:
+        predictions = predictor.predict_batch(texts)
+        return predictions.rows, (f"{len(texts)} texts predicted; {predictions.n_truncated} "
+                                  f"truncated to {predictor.max_length} tokens")
+
+    def render(self, report: dict[str, Any], console: Console, title: str) -> None:
+        render_table(report, console, title=title)
+
+    def quickstart_notes(self, predictor: Predictor, bundle_dir: Path) -> list[str]:
+        return []
+
+
+def _quantiles(values: Iterable[int]) -> dict[str, float]:
+    arr = np.fromiter(values, dtype=np.int64)
+    if arr.size == 0:
+        return {}
+    q = np.quantile(arr, [0.5, 0.9, 0.99])
+    return {"min": int(arr.min()), "p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]),
+            "max": int(arr.max())}
+
+
+def _encode_splits(
+    cfg: Config, data: PreparedData, tokenizer: TextTokenizer, log: Log
+) -> tuple[dict[str, TokenizedSplit], dict[str, int]]:
+    cache = TokenCache(cfg.data.cache_dir)
+    key = cache.key(data.data_hash, cfg.data.clean, cfg.data.split, tokenizer.fingerprint(),
+                    cfg.model.max_length, data.label_names)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    hit = cache.load(key)
+    if hit is not None:
+        ids, truncated = hit
+        log(f"tokenization: cache hit, not tokenizing again ({cache.root / key}.npz)")
+    else:
+        ids, truncated = {}, {}
+        for name, split in splits.items():
+            encoded = tokenizer.encode(split.texts, cfg.model.max_length)
+            ids[name], truncated[name] = encoded.ids, encoded.n_truncated
+        cache.save(key, ids, truncated)
+    index = {label: i for i, label in enumerate(data.label_names)}
+    out = {}
+    for name, split in splits.items():
+        labels = np.array([index[label] for label in split.labels], dtype=np.int64)
+        out[name] = TokenizedSplit(ids[name], labels)
+    return out, truncated
+
+
+def _pretrain(
+    run: Prepared, model: nn.Module, pretrain_dir: Path, resume: bool, show_progress: bool,
+    log: Log,
+) -> None:
+    """Masked-LM pre-training of `model`'s encoder on the training texts (never val or test).
+    It is a run of its own under run_dir/pretrain, with checkpoints, so a resume finishes it
+    or skips it when it is complete."""
+    from lmforge.tasks.pretraining import make_mlm_collate, mlm_loss  # it builds on pad_batch
+
+    cfg, own, tokenizer = run.cfg.train, run.cfg.classification, run.tokenizer
+    if tokenizer.mask_id is None:
+        raise LmforgeError("classification.pretrain_steps needs a tokenizer with a [MASK] token")
+    mlm = EncoderForMaskedLM(model.encoder, model.config)
+    pretrain_cfg = cfg.model_copy(update={
+        "max_steps": own.pretrain_steps, "lr": own.pretrain_lr or cfg.lr,
+        "eval_every": max(1, own.pretrain_steps // 5), "early_stopping_patience": None,
+    })
+    done = last_step(pretrain_dir) if resume else None
+    if done is not None and done >= own.pretrain_steps:
+        load_checkpoint(pretrain_dir / "checkpoints" / "last", mlm, with_state=False)
+        log(f"pre-training: complete in {pretrain_dir}, not repeated")
+        return
+    log(f"pre-training: {own.pretrain_steps} masked-LM steps on the training texts")
+    if distributed.is_main():
+        pretrain_dir.mkdir(parents=True, exist_ok=True)
+    train_ids = run.parts["splits"]["train"]
+    collate = make_mlm_collate(tokenizer.pad_id, tokenizer.mask_id, tokenizer.vocab_size,
+                               [tokenizer.pad_id, tokenizer.mask_id, *tokenizer.special_ids])
+    fit(mlm, train_ids, collate, mlm_loss, None, pretrain_cfg, pretrain_dir,
+        resume=done is not None, show_progress=show_progress,
+        lengths=np.array([len(x) for x in train_ids.ids]))
+
+
+def _evaluate_split(
+    predictor: Predictor, split: Split, train: Split | None, cfg: Config
+) -> Evaluated:
+    """Metrics on `split` beside the baselines (fitted on `train`), and per-text predictions."""
+    predictions = predictor.predict_batch(split.texts)
+    probs = np.array(
+        [[row["probs"][label] for label in predictor.labels] for row in predictions.rows]
+    )
+    use_baselines = cfg.eval.baselines and train is not None
+    report = build_eval_report(
+        gold=split.labels,
+        pred=[row["label"] for row in predictions.rows],
+        probs=probs,
+        labels=predictor.labels,
+        train_texts=train.texts if train else [],
+        train_labels=train.labels if train else [],
+        test_texts=split.texts,
+        config=cfg.eval.model_copy(update={"baselines": use_baselines}),
+        seed=cfg.train.seed,
+    )
+    rows = [
+        {"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
+        for row, gold in zip(predictions.rows, split.labels, strict=True)
+    ]
+    return Evaluated(report, rows)
+
+
+def _run_splits(
+    cfg: Config, run_dir: Path, record: SplitRecord | None, need_test: bool
+) -> tuple[Split, Split, dict[str, Any]]:
+    """(train, test, data check) of a run as at training time. With splits.json: the rows of
+    the run's data whose texts each split held, in split order, and no text of train or val
+    in test; refused (with need_test) when test texts are missing. Without it (older runs):
+    the data split again."""
+    source = cfg.data.path
+    if record is None:
+        prepared = prepare_classification_data(cfg.data)
+        return (prepared.train, prepared.test,
+                unrecorded_check(run_dir, source, prepared.data_hash))
+    rows, report = read_labelled(source, cfg.data)
+    test_rows, missing = record.locate("test", rows.texts)
+    test = rows.take(test_rows)
+    unseen = record.unseen(test.texts)
+    check = recorded_check(record, source, report["data_hash"], missing,
+                           len(test.texts) - len(unseen))
+    if need_test:
+        refuse_changed_test_split(check)
+    return rows.take(record.locate("train", rows.texts)[0]), test.take(unseen), check
+
+
+RECIPE = ClassificationTask()

@@ -1,6 +1,7 @@
-"""Text generation (a causal LM): the model for a config, training windows, the loss, and the
-validation metrics the training loop logs. Decoding is in lmforge.decoding; test perplexity
-beside the unigram baseline in lmforge.evaluation.language_model.
+"""Text generation (a causal LM): the model for a config, training windows, the loss, the
+validation metrics the training loop logs, and the recipe the verbs run. Decoding is in
+lmforge.decoding; test perplexity beside the unigram baseline in
+lmforge.evaluation.language_model.
 
 The corpus is one flat array of token ids per split (documents separated by the end-of-text
 token, memory-mapped from the token cache); every example is a window of `context` + 1 tokens.
@@ -11,16 +12,43 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from torch import nn
 
-from lmforge.config import ModelConfig
-from lmforge.evaluation.language_model import token_nll
+from lmforge.config import (
+    CleanConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    load_config,
+    read_config_file,
+)
+from lmforge.data import detect_text_column
+from lmforge.data.documents import PreparedDocuments, prepare_documents, read_eval_documents
+from lmforge.data.split import SplitRecord
+from lmforge.errors import LmforgeError
+from lmforge.evaluation.language_model import lm_report, render_lm_table, token_counts, token_nll
 from lmforge.models import GPT, GPTConfig, load_pretrained_causal_lm
-from lmforge.tokenization import TextTokenizer
+from lmforge.runs import (
+    leak_check,
+    read_split_record,
+    recorded_check,
+    refuse_changed_test_split,
+    tokenizer_for_run,
+    unrecorded_check,
+)
+from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan
+from lmforge.tokenization import TextTokenizer, TokenCache, TokenFiles, document_stream
+from lmforge.training import distributed, seed_everything
+
+if TYPE_CHECKING:
+    from lmforge.bundle import Generator
 
 Batch = dict[str, torch.Tensor]
 
@@ -99,3 +127,217 @@ def make_val_metrics(
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
 
     return evaluate
+
+
+# --- the recipe: what the verbs call ----------------------------------------------------------
+
+QUICKSTART_PROMPTS = ["这本书", "物流很快，", "质量"]
+
+
+class GenerationTask:
+    """Plain text (or a table's text column) → lmforge's GPT or a pretrained causal LM,
+    measured by perplexity beside a smoothed unigram model; a bundle loads into a Generator."""
+
+    name = "generation"
+    val_metrics = ("val_loss", "val_perplexity")  # what make_val_metrics reports
+    runs_with = "generate"  # the verb that runs its bundles
+
+    def starter_config(self, data: str) -> Config:
+        return Config(task=self.name, data=DataConfig(path=data, **detect_text_column(data)))
+
+    def quickstart_config(self, fast: bool) -> Config:
+        """A small GPT on the built-in review corpus, sized for the quickstart's time budget."""
+        steps = 300 if fast else 1200
+        return load_config({
+            "task": self.name,
+            "tokenizer": {"vocab_size": 4000},
+            "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512,
+                      "max_length": 64, "dropout": 0.0},
+            "train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32,
+                      "lr": 2e-3},
+            "eval": {"val_tokens": 50_000},
+        })
+
+    def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
+        """Documents, tokenizer and token files; rank 0 writes, other ranks read them."""
+        data = prepare_documents(cfg.data)
+        sizes = data.report["split_sizes"]
+        log(f"data: {data.report['documents_read']} documents read, {sizes['train']} train / "
+            f"{sizes['val']} val / {sizes['test']} test (split by {data.split_by})")
+        tokenizer = tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir, resume, log)
+        tokens = distributed.on_main(lambda: _token_files(cfg, data, tokenizer, log))
+        distributed.barrier()
+        tokens = tokens or _token_files(cfg, data, tokenizer, lambda _: None)
+        window = cfg.model.max_length + 1
+        if len(tokens["train"]) < window:
+            raise LmforgeError(
+                f"{cfg.data.path}: the training split holds {len(tokens['train'])} tokens, "
+                f"fewer than one context window of {window} (model.max_length + 1); add text "
+                "or lower model.max_length"
+            )
+        report = data.report | {
+            "tokens": {name: len(ids) for name, ids in tokens.items()},
+            "token_dtype": tokens["train"].dtype.name,
+            "vocab_size": tokenizer.vocab_size,
+        }
+        texts = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+        return Prepared(cfg, data.data_hash, tokenizer, texts, report, {"tokens": tokens})
+
+    def build_model(
+        self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
+    ) -> nn.Module:
+        seed_everything(run.cfg.train.seed)
+        model = build_model(run.cfg.model, run.tokenizer)
+        seed_everything(run.cfg.train.seed + distributed.rank())  # distinct dropout per rank
+        return model
+
+    def training(self, run: Prepared, model: nn.Module) -> TrainingPlan:
+        cfg, context = run.cfg, run.cfg.model.max_length
+        train_ids, val_ids = run.parts["tokens"]["train"], run.parts["tokens"]["val"]
+        metric = cfg.train.early_stopping_metric
+        return TrainingPlan(
+            examples=TokenWindows(train_ids, context),
+            collate=make_collate(train_ids, context),
+            loss=lm_loss,
+            val_metrics=make_val_metrics(val_ids, context, cfg.eval.val_tokens)
+            if len(val_ids) > 1 else None,
+            metric_mode="min" if "loss" in metric or "perplexity" in metric else "max",
+        )
+
+    def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
+        tokens, cfg = run.parts["tokens"], run.cfg
+        counts = None
+        if cfg.eval.baselines:
+            counts = token_counts(tokens["train"], run.tokenizer.vocab_size)
+        report = lm_report(model, tokens, counts, cfg.model.max_length)
+        return Evaluated(report, scored_test=report["test_loss"] is not None)
+
+    def summary(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {key: report[key] for key in ("n_tokens", "test_loss", "perplexity")}
+
+    def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path) -> dict[str, Any]:
+        cfg = run.cfg
+        meta: dict[str, Any] = {
+            "task": self.name,
+            "arch": cfg.model.arch,
+            "text_column": cfg.data.text_column,
+            "clean": cfg.data.clean.model_dump(),
+            "max_length": cfg.model.max_length,
+            "generate": cfg.generate.model_dump(),
+            "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
+                    "data_hash": run.data_hash},
+        }
+        if cfg.model.arch == "gpt":
+            meta["architecture"] = model.config.to_dict()
+        else:
+            meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
+        return meta
+
+    def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Generator:
+        from lmforge.bundle import open_model_bundle  # bundle.py builds on decoding, not tasks
+
+        return open_model_bundle(bundle_dir, device)
+
+    def evaluate(
+        self, generator: Generator, bundle_dir: Path, run_dir: Path | None, data: str | None
+    ) -> dict[str, Any]:
+        """Loss and perplexity on the run's val/test splits, or on the documents of `data`."""
+        meta, tokenizer = generator.meta, generator.tokenizer
+        record = read_split_record(run_dir)
+        run_tokens, counts, check = None, None, {}
+        if run_dir is not None:
+            cfg = load_config(read_config_file(run_dir / "config.yaml"))
+            run_tokens, check = _run_tokens(cfg, run_dir, record, tokenizer, data is None)
+            if cfg.eval.baselines:
+                counts = token_counts(run_tokens["train"], tokenizer.vocab_size)
+        if data is not None:
+            data_cfg = DataConfig(text_column=meta["text_column"],
+                                  clean=CleanConfig(**meta["clean"]))
+            documents, _ = read_eval_documents(data, data_cfg)
+            check = {"source": data, "split_record": record is not None}
+            if record is not None:
+                unseen, check = leak_check(documents, record, data, run_dir)
+                documents = [documents[i] for i in unseen]
+            tokens = {"test": _token_ids(tokenizer, documents)}
+        elif run_tokens is None:
+            raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
+                               "pass --data FILE with texts")
+        else:
+            tokens = {"val": run_tokens["val"], "test": run_tokens["test"]}
+            if len(tokens["test"]) <= 1:
+                raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
+        report = lm_report(generator.model, tokens, counts, generator.max_length)
+        report["data_check"] = check
+        return report
+
+    def predict(self, generator: Generator, texts: list[str]) -> tuple[list[dict], str]:
+        raise LmforgeError("a generation model continues prompts: use `lmforge generate`")
+
+    def render(self, report: dict[str, Any], console: Console, title: str) -> None:
+        render_lm_table(report, console, title)
+
+    def quickstart_notes(self, generator: Generator, bundle_dir: Path) -> list[str]:
+        completions = generator.generate(QUICKSTART_PROMPTS, seed=0, max_new_tokens=60)
+        return [
+            "samples (temperature 0.8, top-k 50, seed 0):",
+            *(f"  [bold]{prompt}[/]{completion.text}"
+              for prompt, completion in zip(QUICKSTART_PROMPTS, completions, strict=True)),
+            f"more with: lmforge generate {bundle_dir} --prompt \"...\"",
+        ]
+
+
+def _token_files(
+    cfg: Config, data: PreparedDocuments, tokenizer: TextTokenizer, log: Log
+) -> dict[str, np.ndarray]:
+    files = TokenFiles(cfg.data.cache_dir)
+    key = TokenCache.key("generation", data.data_hash, cfg.data.format, cfg.data.text_column,
+                         cfg.data.clean, cfg.data.split, tokenizer.fingerprint())
+    tokens = files.load(key)
+    if tokens is not None:
+        log(f"tokenization: cache hit, not tokenizing again ({files.root / key})")
+        return tokens
+    splits = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+    return files.save(key, splits, tokenizer)
+
+
+def _token_ids(tokenizer: TextTokenizer, documents: list[str]) -> np.ndarray:
+    """The token stream of `documents`, as the token files hold it."""
+    pieces = list(document_stream(tokenizer, documents))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+
+def _run_tokens(
+    cfg: Config, run_dir: Path, record: SplitRecord | None, tokenizer: TextTokenizer,
+    need_test: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Token ids of a run's splits as at training time, and the data check: with splits.json,
+    the documents each split held, wherever they are in the data now; without it (older runs),
+    the data split again."""
+    data = prepare_documents(cfg.data)
+    if record is None:
+        return (_token_files(cfg, data, tokenizer, lambda _: None),
+                unrecorded_check(run_dir, cfg.data.path, data.data_hash))
+    documents = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
+    tokens, missing = None, 0
+    if data.data_hash == record.data_hash:
+        tokens = _token_files(cfg, data, tokenizer, lambda _: None)
+    else:  # edited since: the documents each split held, wherever they are now
+        every, _ = read_eval_documents(cfg.data.path, cfg.data)
+        for name in documents:
+            found, lost = record.locate(name, every)
+            documents[name] = [every[i] for i in found]
+            missing = lost if name == "test" else missing
+    test = documents["test"]
+    unseen = record.unseen(test)
+    check = recorded_check(record, cfg.data.path, data.data_hash, missing,
+                           len(test) - len(unseen))
+    if need_test:
+        refuse_changed_test_split(check)
+    if tokens is None:
+        tokens = {name: _token_ids(tokenizer, docs) for name, docs in documents.items()}
+    if len(unseen) < len(test):
+        tokens["test"] = _token_ids(tokenizer, [test[i] for i in unseen])
+    return tokens, check
+
+
+RECIPE = GenerationTask()

@@ -1,0 +1,109 @@
+"""What a task is to the verbs: a recipe. pipeline.py calls these methods and knows no task by
+name; a new task is one module in tasks/ with a recipe, and its entry in tasks.TASKS.
+
+    run = recipe.prepare(cfg, run_dir, resume, log)        # data, tokenizer, encoded splits
+    model = recipe.build_model(run, run_dir, resume, ...)  # (any pre-training included)
+    plan = recipe.training(run, model)                     # what the training loop needs
+    tested = recipe.test(run, model)                       # eval.json (+ per-text rows)
+    meta = recipe.bundle_meta(run, model, run_dir)         # lmforge.json
+    predictor = recipe.load(bundle_dir, meta, device)      # what a bundle loads into
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from rich.console import Console
+from torch import nn
+
+from lmforge.config import Config
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """What a run trains on. `data_report` goes to data_report.json, `split_texts` (each
+    split's texts or documents) to splits.json; `parts` holds the task's own pieces."""
+
+    cfg: Config
+    data_hash: str
+    tokenizer: Any
+    split_texts: dict[str, list[str]]
+    data_report: dict[str, Any]
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingPlan:
+    """What the training loop needs (see training.fit)."""
+
+    examples: Sequence
+    collate: Callable
+    loss: Callable[[nn.Module, Any], Any]
+    val_metrics: Callable[[nn.Module], dict[str, float]] | None
+    metric_mode: str  # "min" or "max": how the early-stopping metric improves
+    lengths: np.ndarray | None = None  # per example, for length-bucketed batches
+
+
+@dataclass
+class Evaluated:
+    """A model's evaluation: the report (eval.json) and, where a task has them, per-text rows
+    (test_predictions.jsonl)."""
+
+    report: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    scored_test: bool = True  # False: the data had no test split (the report says so)
+
+
+class TaskRecipe(Protocol):
+    name: str
+    val_metrics: tuple[str, ...]  # what its validation reports; the first is the default
+    # train.early_stopping_metric
+    runs_with: str  # the verb that runs its bundles: "predict" or "generate"
+
+    def starter_config(self, data: str) -> Config:
+        """`lmforge init`: a config for this data file, its columns detected."""
+
+    def quickstart_config(self, fast: bool) -> Config:
+        """The built-in data and a model sized for the quickstart's time budget."""
+
+    def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
+        """Read, clean and split the data, make the tokenizer, encode the splits (rank 0
+        writes caches, every rank returns the same)."""
+
+    def build_model(
+        self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
+    ) -> nn.Module: ...
+
+    def training(self, run: Prepared, model: nn.Module) -> TrainingPlan: ...
+
+    def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
+        """The model on the test split beside the task's baselines; None without a test split."""
+
+    def summary(self, report: dict[str, Any]) -> dict[str, Any]:
+        """The few figures of a report that the bundle keeps (lmforge.json's "metrics")."""
+
+    def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path) -> dict[str, Any]: ...
+
+    def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Any:
+        """The predictor a bundle of this task loads into."""
+
+    def evaluate(
+        self, predictor: Any, bundle_dir: Path, run_dir: Path | None, data: str | None
+    ) -> dict[str, Any]:
+        """The report of `lmforge evaluate`: on the run's own test split (data None), or on
+        the file `data`; report["data_check"] says what was scored."""
+
+    def predict(self, predictor: Any, texts: list[str]) -> tuple[list[dict[str, Any]], str]:
+        """`lmforge predict`: one row per text, and a one-line summary."""
+
+    def render(self, report: dict[str, Any], console: Console, title: str) -> None:
+        """Print a report as a table."""
+
+    def quickstart_notes(self, predictor: Any, bundle_dir: Path) -> list[str]:
+        """What the quickstart shows after training (samples, the next command)."""
