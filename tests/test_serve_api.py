@@ -7,9 +7,9 @@ import pytest
 from serve_support import app_client, auth, settings, train_tiny_bundle
 
 import lmforge
-from lmforge.serve import keys
-from lmforge.serve.auth import require_key
-from lmforge.serve.db import open_database
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.access import require_key
+from lmforge.serve.billing.database import open_database
 from lmforge.serve.main import PUBLIC_PATHS, create_app
 
 LONG_TEXT = "很好 " * 40  # well over the bundle's 24 tokens
@@ -138,15 +138,15 @@ def test_prompt_tokens_are_the_tokenizer_count(client, key, bundle):
 
 
 def test_a_failed_forward_pass_is_a_500_and_the_model_keeps_serving(client, key, monkeypatch):
-    from lmforge.serve.batching import ClassifyBatcher
+    from lmforge.serve.engines.classification import ClassificationEngine
 
-    forward = ClassifyBatcher._forward
+    forward = ClassificationEngine._forward
 
     def fail_once(self, batch):
-        monkeypatch.setattr(ClassifyBatcher, "_forward", forward)
+        monkeypatch.setattr(ClassificationEngine, "_forward", forward)
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(ClassifyBatcher, "_forward", fail_once)
+    monkeypatch.setattr(ClassificationEngine, "_forward", fail_once)
     failed = classify(client, key, input="这个 产品 很好")
     assert_openai_error(failed, 500, "server_error")
     assert "RuntimeError" in failed.json()["error"]["message"]

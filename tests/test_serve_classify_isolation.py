@@ -12,9 +12,9 @@ from serve_support import auth, running_server, settings, train_tiny_bundle
 
 import lmforge
 from lmforge.bundle import Predictor
-from lmforge.serve import keys
-from lmforge.serve.batching import ClassifyBatcher, Overloaded
-from lmforge.serve.db import open_database
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.database import open_database
+from lmforge.serve.engines.classification import ClassificationEngine, Overloaded
 from lmforge.serve.metrics import ServeMetrics
 
 VALID = ["这个 产品 很好", "很差 失望", "物流很快 推荐", "质量 一般", "不错 喜欢", "退货 垃圾"]
@@ -164,7 +164,7 @@ def test_a_request_whose_deadline_passed_while_queued_is_dropped_not_run(bundle)
     predictor.predict_batch = holds_the_first_batch
 
     async def scenario() -> None:
-        batcher = ClassifyBatcher("reviews", predictor, 1, 0.0, 10, ServeMetrics())
+        batcher = ClassificationEngine("reviews", predictor, 1, 0.0, 10, ServeMetrics())
         batcher.start()
         first = asyncio.create_task(batcher.classify(["很好 先"], False, 60))
         while "很好 先" not in seen:
@@ -195,7 +195,7 @@ def test_when_the_model_slows_down_the_newest_requests_are_refused_early(bundle)
     predictor.predict_batch = slows
 
     async def scenario() -> list:
-        batcher = ClassifyBatcher("reviews", predictor, 1, 0.0, 1000, ServeMetrics())
+        batcher = ClassificationEngine("reviews", predictor, 1, 0.0, 1000, ServeMetrics())
         batcher.start()
         await batcher.classify(["很好"], False, 60)  # measured fast: 60 texts fit in 2 s
         delay_s[0] = 0.3  # then 0.3 s a text: most of them cannot be answered within 2 s

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from serve_support import app_client, auth, train_tiny_bundle
 from serve_support import settings as serve_settings
 
-from lmforge.serve import keys
-from lmforge.serve.db import open_database
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.database import open_database
 
 # Any code point, and often a lone surrogate (json.dumps writes it as a \ud800 escape).
 ANY_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, categories=None),

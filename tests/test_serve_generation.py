@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 import lmforge
 from lmforge.decoding import DecodeBatch, SlotBatch
-from lmforge.serve import keys
-from lmforge.serve.db import UsageRecord, open_database
-from lmforge.serve.generation import render_chat
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.database import UsageRecord, open_database
+from lmforge.serve.engines.generation import render_chat
 
 openai = pytest.importorskip("openai")
 

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 import lmforge
 from lmforge.decoding import DecodeBatch, SlotBatch
-from lmforge.serve import keys
-from lmforge.serve.calls import MeteredCall
-from lmforge.serve.db import UsageRecord, open_database
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.database import UsageRecord, open_database
+from lmforge.serve.billing.metered import MeteredCall
 from lmforge.serve.errors import APIError
 
 PROMPT = "the cat sat on"

@@ -9,8 +9,8 @@ import pytest
 from serve_support import auth, postgres_url, running_server, settings, train_tiny_bundle
 
 import lmforge
-from lmforge.serve import keys, metering
-from lmforge.serve.db import open_database
+from lmforge.serve.billing import keys, ledger
+from lmforge.serve.billing.database import open_database
 
 N_REQUESTS = 64
 TEXTS = ["很好", "这个 产品 物流 很差 失望", "great item the", "包装 价格 不错 推荐 " * 8]
@@ -75,7 +75,7 @@ def test_concurrent_calls_are_metered_exactly(bundle, db_url):
         ]
         expected_tokens = sum(len(ids) for ids in predictor.encode(texts).ids)
         billed = sum(responses[i].json()["usage"]["prompt_tokens"] for i in mine)
-        (usage,) = metering.usage_summary(engine, key=name)
+        (usage,) = ledger.usage_summary(engine, key=name)
         assert usage.requests == len(mine) and usage.errors == 0
         assert usage.prompt_tokens == billed == expected_tokens
         assert usage.completion_tokens == 0

@@ -7,8 +7,8 @@ import pytest
 from generation_support import random_bundle
 from serve_support import ARTEFACTS_DIR, auth, running_server, settings, train_tiny_bundle
 
-from lmforge.serve import keys
-from lmforge.serve.db import open_database
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.database import open_database
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [

@@ -16,12 +16,19 @@ import httpx
 import pytest
 from generation_support import random_bundle
 from serve_support import REPO, auth, postgres_url, running_server, settings, train_tiny_bundle
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lmforge.decoding import DecodeBatch
-from lmforge.serve import keys, metering
-from lmforge.serve.db import QuotaBalance, UsageRecord, open_database, utcnow
+from lmforge.serve.billing import keys, ledger
+from lmforge.serve.billing.database import (
+    QuotaBalance,
+    QuotaReservation,
+    UsageRecord,
+    open_database,
+    utcnow,
+)
+from lmforge.serve.billing.quota import Balance, period_start, reserve_tokens
 
 TEXT = "这个 产品 很好 推荐"
 
@@ -143,30 +150,30 @@ def test_two_server_processes_on_one_postgresql_hold_one_quota(bundle, tmp_path)
 
 def test_a_reservation_left_by_a_dead_server_is_released_when_it_expires(tmp_path):
     engine = open_database(f"sqlite:///{tmp_path / 'held.db'}")
-    held = metering.reserve_tokens(engine, "k", quota=100, tokens=80, hold_s=3600)
+    held = reserve_tokens(engine, "k", quota=100, tokens=80, hold_s=3600)
     assert isinstance(held, int)
-    refused = metering.reserve_tokens(engine, "k", quota=100, tokens=30, hold_s=3600)
-    assert refused == metering.Balance(used=0, reserved=80)
+    refused = reserve_tokens(engine, "k", quota=100, tokens=30, hold_s=3600)
+    assert refused == Balance(used=0, reserved=80)
     # The server that held 80 died without settling: once its hold expires, the tokens are free.
     with engine.begin() as connection:
         connection.execute(
-            metering.update(metering.QuotaReservation).values(
+            update(QuotaReservation).values(
                 expires_at=utcnow() - timedelta(seconds=1)
             )
         )
-    assert isinstance(metering.reserve_tokens(engine, "k", 100, 30, 3600), int)
+    assert isinstance(reserve_tokens(engine, "k", 100, 30, 3600), int)
 
 
 def test_settling_counts_what_was_used_and_frees_what_was_held(tmp_path):
     engine = open_database(f"sqlite:///{tmp_path / 'settle.db'}")
-    held = metering.reserve_tokens(engine, "k", quota=100, tokens=90, hold_s=3600)
-    call = metering.Call("k", "m", "completions", 7, 3, 1.0, 200, reservation=held)
-    metering.record_calls(engine, [call])
-    metering.record_calls(engine, [call])  # settled twice (a retry): held once, freed once
+    held = reserve_tokens(engine, "k", quota=100, tokens=90, hold_s=3600)
+    call = ledger.Call("k", "m", "completions", 7, 3, 1.0, 200, reservation=held)
+    ledger.record_calls(engine, [call])
+    ledger.record_calls(engine, [call])  # settled twice (a retry): held once, freed once
     with Session(engine) as session:
         balance = session.scalars(select(QuotaBalance)).one()
     assert (balance.used, balance.reserved) == (20, 0)
-    assert metering.tokens_used(engine, "k", metering.period_start(utcnow())) == 20
+    assert ledger.tokens_used(engine, "k", period_start(utcnow())) == 20
 
 
 def test_a_reply_that_was_not_delivered_is_not_billed(story, tmp_path, monkeypatch):
@@ -211,6 +218,6 @@ def test_malformed_calls_are_recorded_with_no_tokens(bundle, tmp_path):
     assert all(r.prompt_tokens == r.completion_tokens == 0 for r in records)
     assert [r.endpoint for r in records] == ["classify"] * 4
     assert records[0].model == "reviews"
-    summary = metering.usage_summary(open_database(db_url), name)[0]
+    summary = ledger.usage_summary(open_database(db_url), name)[0]
     assert (summary.requests, summary.errors, summary.total_tokens) == (4, 4, 0)
 

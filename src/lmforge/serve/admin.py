@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lmforge.errors import LmforgeError
-from lmforge.serve import keys, metering
-from lmforge.serve.db import open_database
+from lmforge.serve.billing import keys, ledger
+from lmforge.serve.billing.database import open_database
 
 
 def create_key(db: str | None, name: str, quota_tokens: int | None, rpm: int | None) -> str:
@@ -40,9 +40,9 @@ def keys_table(db: str | None) -> str:
 def usage_report(db: str | None, key: str | None, since: str | None, as_json: bool) -> str:
     """Bill-ready usage per key: a table, or (as_json) a JSON list of objects."""
     engine = open_database(db)
-    if key is not None and key != metering.ANONYMOUS and not keys.key_exists(engine, key):
+    if key is not None and key != keys.ANONYMOUS and not keys.key_exists(engine, key):
         raise LmforgeError(f"no key named {key!r}; see: lmforge keys list")
-    rows = metering.usage_summary(engine, key, parse_since(since))
+    rows = ledger.usage_summary(engine, key, parse_since(since))
     if as_json:
         return json.dumps([row.as_dict() for row in rows], indent=2) + "\n"
     title = f"usage since {since}" if since else "usage, all time"

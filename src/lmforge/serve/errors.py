@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,11 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return error_body(self.status, self.message, self.code, self.param)
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header: whole seconds, at least one, as HTTP says."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def error_body(status: int, message: str, code: str | None, param: str | None) -> dict:

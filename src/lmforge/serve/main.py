@@ -9,10 +9,11 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lmforge.serve.auth import record_refused
-from lmforge.serve.caches import KeyCache, TokenLedger
-from lmforge.serve.calls import UsageWriter
-from lmforge.serve.db import ApiKey, open_database
+from lmforge.serve.billing.access import record_refused
+from lmforge.serve.billing.database import ApiKey, open_database
+from lmforge.serve.billing.keys import KeyCache
+from lmforge.serve.billing.ledger import TokenLedger
+from lmforge.serve.billing.metered import UsageWriter
 from lmforge.serve.errors import install_error_handlers
 from lmforge.serve.limits import BodySizeLimit
 from lmforge.serve.metrics import MetricsMiddleware
@@ -24,7 +25,7 @@ from lmforge.version import __version__
 
 log = logging.getLogger("lmforge.serve")
 
-# The routes open to all; every other route must depend on auth.require_key.
+# The routes open to all; every other route must depend on billing.access.require_key.
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 
 

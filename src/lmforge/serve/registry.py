@@ -1,8 +1,8 @@
 """The served models: names from the command line, each with its task and the engine that runs it.
 
 A name is looked up here and nowhere else: a request's "model" never becomes a path. Each task
-has a loader (TASK_LOADERS) that turns a bundle into the engine its routes call: a
-ClassifyBatcher or a GenerationEngine.
+has a loader (TASK_LOADERS) that turns a bundle into the engine its routes call (engines/): a
+ClassificationEngine or a GenerationEngine.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from lmforge.bundle import Generator, check_bundle, load, locate_bundle, read_meta
 from lmforge.errors import LmforgeError
-from lmforge.serve.batching import ClassifyBatcher
+from lmforge.serve.engines.classification import ClassificationEngine
+from lmforge.serve.engines.generation import GenerationEngine
 from lmforge.serve.errors import APIError
-from lmforge.serve.generation import GenerationEngine
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.settings import ServeSettings
 
@@ -29,9 +29,9 @@ ENDPOINT_OF_TASK = {
 
 def load_classifier(
     name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics
-) -> ClassifyBatcher:
+) -> ClassificationEngine:
     predictor = load(bundle_dir, device=settings.device)
-    return ClassifyBatcher(
+    return ClassificationEngine(
         name,
         predictor,
         settings.max_batch_size,
@@ -51,7 +51,7 @@ def load_generation_engine(
     )
 
 
-Engine = ClassifyBatcher | GenerationEngine
+Engine = ClassificationEngine | GenerationEngine
 TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "classification": load_classifier,
     "generation": load_generation_engine,

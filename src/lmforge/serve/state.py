@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from sqlalchemy import Engine
 
-from lmforge.serve.caches import KeyCache, TokenLedger
-from lmforge.serve.calls import MeteredCall, UsageWriter
+from lmforge.serve.billing.keys import KeyCache
+from lmforge.serve.billing.ledger import TokenLedger
+from lmforge.serve.billing.metered import MeteredCall, UsageWriter
 from lmforge.serve.limits import RateLimiter
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.registry import ModelRegistry
 from lmforge.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
-    from lmforge.serve.auth import Caller
+    from lmforge.serve.billing.access import Caller
 
 log = logging.getLogger("lmforge.serve")
 

@@ -1,4 +1,4 @@
-"""POST /v1/classify: label, score and probabilities per input, through the model's batcher."""
+"""POST /v1/classify: label, score and probabilities per input, through the model's engine."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from lmforge.bundle import Predictor
-from lmforge.serve.auth import LimitedCaller, require_key
-from lmforge.serve.batching import UNTRUNCATED, Overloaded, TooLong
-from lmforge.serve.errors import APIError
+from lmforge.serve.billing.access import LimitedCaller, require_key
+from lmforge.serve.engines.classification import UNTRUNCATED, Overloaded, TooLong
+from lmforge.serve.errors import APIError, retry_after
 from lmforge.serve.state import ServerState, get_state
 
 MAX_INPUTS = 2048  # texts per request, so that one request cannot hold a model for long
@@ -50,8 +50,9 @@ def prompt_tokens(predictor: Predictor, texts: list[str]) -> int:
 
 
 def overloaded_error(error: Overloaded) -> APIError:
-    headers = {"Retry-After": str(error.retry_after_s)}
-    return APIError(503, f"{error}; retry later", code="overloaded", headers=headers)
+    return APIError(
+        503, f"{error}; retry later", code="overloaded", headers=retry_after(error.retry_after_s)
+    )
 
 
 def shed_if_overloaded(state: ServerState, model: str, n_texts: int) -> None:

@@ -31,8 +31,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from lmforge.config import GenerateConfig, generate_settings
 from lmforge.decoding import StreamEvent
-from lmforge.serve.auth import Caller, LimitedCaller, require_key
-from lmforge.serve.calls import MeteredCall
+from lmforge.serve.billing.access import Caller, LimitedCaller, require_key
+from lmforge.serve.billing.metered import MeteredCall
 from lmforge.serve.errors import APIError
 from lmforge.serve.state import ServerState, get_state
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from lmforge.serve.auth import require_key
+from lmforge.serve.billing.access import require_key
 from lmforge.serve.registry import ServedModel
 from lmforge.serve.state import get_state
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from lmforge.serve.auth import KeyCaller, require_key
-from lmforge.serve.db import utcnow
-from lmforge.serve.metering import current_period, next_period_start, period_start
+from lmforge.serve.billing.access import KeyCaller, require_key
+from lmforge.serve.billing.database import utcnow
+from lmforge.serve.billing.ledger import current_period
+from lmforge.serve.billing.quota import next_period_start, period_start
 from lmforge.serve.state import get_state
 
 router = APIRouter(prefix="/v1", tags=["usage"], dependencies=[Depends(require_key)])

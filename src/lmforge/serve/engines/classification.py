@@ -1,4 +1,4 @@
-"""Dynamic batching for classification: requests that arrive together share one forward pass.
+"""Classification served: requests that arrive together share one forward pass (dynamic batching).
 
 A worker takes the first waiting request, gathers more until the batch holds `max_batch_size`
 texts or `max_wait_s` has passed, and runs them through the Predictor in a thread. A request is
@@ -65,7 +65,10 @@ class _Job:
     deadline: float = math.inf  # event-loop time past which the client no longer waits
 
 
-class ClassifyBatcher:
+class ClassificationEngine:
+    """The served form of a Predictor: `admit(n_texts, timeout_s)` to shed load early, then
+    `classify(texts, truncate, timeout_s)`."""
+
     def __init__(
         self,
         name: str,

@@ -1,19 +1,24 @@
-"""API keys: create (the secret is shown once, only its hash is stored), list, revoke, look up."""
+"""Who calls: API keys (create: the secret is shown once, only its hash is stored; list, revoke,
+look up), and the server's cache of the keys it found active."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from lmforge.errors import LmforgeError
-from lmforge.serve.db import ApiKey, utcnow
+from lmforge.serve.billing.database import ApiKey, utcnow
 
+ANONYMOUS = "anonymous"  # the key name that calls are metered under with --no-auth
 KEY_PREFIX = "lmf-"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -92,3 +97,30 @@ def find_active_key(engine: Engine, key_hash: str) -> KeyInfo | None:
 def key_exists(engine: Engine, name: str) -> bool:
     with Session(engine) as session:
         return session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None
+
+
+class KeyCache:
+    """Active keys looked up in the last `ttl_s` seconds, so most requests skip the database.
+
+    Only keys found active are kept: a new key works at once, a revoked one within ttl_s.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, engine: Engine, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self.engine, self.ttl_s, self.clock = engine, ttl_s, clock
+        self._found: dict[str, tuple[KeyInfo, float]] = {}
+
+    async def find(self, secret: str) -> KeyInfo | None:
+        digest = hash_key(secret)
+        hit = self._found.get(digest)
+        if hit is not None and hit[1] > self.clock():
+            return hit[0]
+        key = await run_in_threadpool(find_active_key, self.engine, digest)
+        if key is None:
+            self._found.pop(digest, None)
+        elif self.ttl_s > 0:
+            if len(self._found) >= self.MAX_ENTRIES:
+                self._found.clear()
+            self._found[digest] = (key, self.clock() + self.ttl_s)
+        return key

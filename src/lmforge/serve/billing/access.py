@@ -1,20 +1,22 @@
-"""The key check every /v1 router depends on, and the limits (rpm, token quota) of model calls.
+"""Who may call, and how much: the key check every /v1 router depends on, and what a key is
+allowed on model calls (its requests per minute, its token quota). A refused call is recorded
+under its key. The rpm window itself is request protection, in serve/limits.py.
 
 Database look-ups run in the thread pool, so they never block the event loop.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from lmforge.serve.calls import printable
-from lmforge.serve.db import utcnow
-from lmforge.serve.errors import APIError
-from lmforge.serve.metering import ANONYMOUS, Call, next_period_start, period_start
+from lmforge.serve.billing.database import utcnow
+from lmforge.serve.billing.keys import ANONYMOUS
+from lmforge.serve.billing.ledger import Call
+from lmforge.serve.billing.quota import over_quota, period_start
+from lmforge.serve.errors import APIError, retry_after
 from lmforge.serve.state import get_state
 
 
@@ -63,20 +65,12 @@ async def enforce_limits(
                 f"rate limit: the key '{caller.key_name}' may make {caller.rpm} requests "
                 "per minute",
                 code="rate_limit_exceeded",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers=retry_after(wait),
             )
     if caller.quota_tokens is not None:
-        now = utcnow()
-        used = await state.ledger.used(caller.key_name, period_start(now))
+        used = await state.ledger.used(caller.key_name, period_start(utcnow()))
         if used >= caller.quota_tokens:
-            wait = (next_period_start(now) - now).total_seconds()
-            raise APIError(
-                429,
-                f"quota: the key '{caller.key_name}' has used {used} of its "
-                f"{caller.quota_tokens} tokens this month",
-                code="insufficient_quota",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+            raise over_quota(caller.key_name, caller.quota_tokens, used)
     return caller
 
 
@@ -100,7 +94,7 @@ async def record_refused(request: Request, status: int, body: Any) -> None:
     model = body.get("model") if isinstance(body, dict) else None
     call = Call(
         key_name=caller.key_name,
-        model=printable(model[:128]) if isinstance(model, str) else "",
+        model=_printable(model[:128]) if isinstance(model, str) else "",
         endpoint=request.url.path.removeprefix("/v1/").replace("/", ".")[:64],
         prompt_tokens=0,
         completion_tokens=0,
@@ -108,3 +102,8 @@ async def record_refused(request: Request, status: int, body: Any) -> None:
         status=status,
     )
     await get_state(request).usage.record(call)
+
+
+def _printable(text: str) -> str:
+    """The text as valid UTF-8 (a lone surrogate becomes U+FFFD), as a database stores it."""
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -1,4 +1,5 @@
-"""The database of API keys and usage records (SQLAlchemy): SQLite by default, any URL by --db.
+"""Billing's tables (API keys, usage records, quota balances and reservations) and the database
+that holds them (SQLAlchemy): SQLite by default, any URL by --db.
 
 The default file is `$XDG_DATA_HOME/lmforge/lmforge.db` (`~/.local/share/lmforge/lmforge.db`), so
 `lmforge serve`, `lmforge keys` and `lmforge usage` find the same keys and usage with no flag.

@@ -1,4 +1,5 @@
-"""A model call as the routers see it: timed, and metered however it ends.
+"""A model call as the routers see it: its quota held before it runs, timed, and recorded
+however it ends, billed by the rule in billing/__init__.py.
 
 Records are written by one UsageWriter per app with group commit: a call waits until its record
 is committed (so the usage a client or a bill sees is exact the moment the response is out), and
@@ -8,16 +9,15 @@ the records of calls that end together share one transaction.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from types import TracebackType
 
 from sqlalchemy import Engine
 
-from lmforge.serve.db import utcnow
+from lmforge.serve.billing.ledger import Call, record_calls
+from lmforge.serve.billing.quota import over_quota, reserve_tokens
 from lmforge.serve.errors import APIError
-from lmforge.serve.metering import Call, next_period_start, record_calls, reserve_tokens
 
 
 class UsageWriter:
@@ -108,18 +108,15 @@ class MeteredCall:
         if isinstance(held, int):
             self.reservation = held
             return
-        now = utcnow()
-        if held.used + tokens <= self.quota_tokens:  # calls in flight hold the rest
-            wait, detail = 1.0, f" ({held.reserved} held by its calls in flight)"
-        else:
-            wait, detail = (next_period_start(now) - now).total_seconds(), ""
-        raise APIError(
-            429,
-            f"quota: the key '{self.key_name}' has used {held.used} of its {self.quota_tokens} "
-            f"tokens this month{detail}, and this call may use up to {tokens} "
+        in_flight = held.used + tokens <= self.quota_tokens  # calls in flight hold the rest
+        held_by = f" ({held.reserved} held by its calls in flight)" if in_flight else ""
+        raise over_quota(
+            self.key_name,
+            self.quota_tokens,
+            held.used,
+            f"{held_by}, and this call may use up to {tokens} "
             "(its prompt tokens + max_tokens; a smaller max_tokens may fit)",
-            code="insufficient_quota",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            wait_s=1.0 if in_flight else None,  # None: the next period
         )
 
     async def __aenter__(self) -> MeteredCall:
@@ -147,7 +144,7 @@ class MeteredCall:
             status = 499
         else:
             status = 500
-        # The billing rule (metering.py): a reply that was not streamed is paid for whole or
+        # The billing rule (billing/__init__.py): a reply that was not streamed is paid for whole or
         # not at all; a stream, for the chunks it sent.
         billed = status == 200 or self.streaming
         call = Call(
@@ -162,7 +159,3 @@ class MeteredCall:
         )
         await self.writer.record(call)
 
-
-def printable(text: str) -> str:
-    """The text as valid UTF-8 (a lone surrogate becomes U+FFFD), as a database stores it."""
-    return text.encode("utf-8", "replace").decode("utf-8")
