@@ -64,3 +64,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """A user mistake as the command line reports it: exit 2 and one `error: ...` line on
+    stderr, naming each fragment, and no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 from generation_support import corpus_lines, random_bundle
 from serve_support import train_tiny_bundle
 
@@ -153,13 +154,7 @@ def lmforge(monkeypatch, capsys, *args):
     return exit_info.value.code, capsys.readouterr().err
 
 
-def assert_one_line(code, err, *fragments):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+assert_one_line = assert_one_line_error
 
 
 def never_serve(*args, **kwargs):

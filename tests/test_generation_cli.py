@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from generation_support import random_bundle, tiny_generation_config
 
 import lmforge as lmforge_api
@@ -36,12 +37,7 @@ def lmforge(monkeypatch, capsys, *args):
 
 def assert_user_error(result, *fragments):
     code, _, err = result
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    assert_one_line_error(code, err, *fragments)
 
 
 @pytest.mark.parametrize(

@@ -272,10 +272,15 @@ def generate_settings(base: GenerateConfig | None = None, /, **values: Any) -> G
         raise LmforgeError(describe_setting(error)) from None
 
 
+def _first_error(error: ValidationError) -> tuple[dict[str, Any], str]:
+    """The first of a validation's errors, and the dotted key it is about."""
+    first = error.errors()[0]
+    return first, ".".join(str(part) for part in first["loc"])
+
+
 def describe_setting(error: ValidationError) -> str:
     """A section's first validation error as one line: "top_p must be ... (got 1.5)"."""
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    first, key = _first_error(error)
     message = re.sub(r"^\w+ should", "must", first["msg"]).replace(" after validation", "")
     return f"{key} {message} (got {reprlib.repr(first.get('input'))})"
 
@@ -413,8 +418,7 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    first, key = _first_error(error)
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'{_did_you_mean(key, _valid_keys(Config))}"
     message = first["msg"].removeprefix("Value error, ")

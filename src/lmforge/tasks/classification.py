@@ -44,7 +44,14 @@ from lmforge.runs import (
     tokenizer_for_run,
     unrecorded_check,
 )
-from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan
+from lmforge.tasks.recipe import (
+    Evaluated,
+    Log,
+    Prepared,
+    TrainingPlan,
+    bundle_meta,
+    open_lmforge_bundle,
+)
 from lmforge.tokenization import TextTokenizer, TokenCache
 from lmforge.training import distributed, fit, seed_everything
 from lmforge.training.checkpoint import last_step, load_checkpoint
@@ -268,29 +275,13 @@ class ClassificationTask:
         return {key: report[key] for key in ("n", "accuracy", "f1_macro")}
 
     def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path | None) -> dict:
-        cfg = run.cfg
-        meta: dict[str, Any] = {
-            "task": self.name,
-            "arch": cfg.model.arch,
-            "labels": run.parts["data"].label_names,
-            "text_column": cfg.data.text_column,
-            "label_column": cfg.data.label_column,
-            "clean": cfg.data.clean.model_dump(),
-            "max_length": cfg.model.max_length,
-        }
-        if run_dir is not None:
-            meta["run"] = {"dir": str(run_dir.resolve()), "data": cfg.data.path,
-                           "data_hash": run.data_hash}
-        if cfg.model.arch == "transformer":
-            meta["architecture"] = model.config.to_dict()
-        else:
-            meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
-        return meta
+        meta = bundle_meta(run, model, run_dir)
+        labels = {"labels": run.parts["data"].label_names,
+                  "label_column": run.cfg.data.label_column}
+        return {**meta, **labels}
 
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Predictor:
-        from lmforge.bundle import open_model_bundle
-
-        return open_model_bundle(bundle_dir, device)
+        return open_lmforge_bundle(bundle_dir, device)
 
     def evaluate(
         self, predictor: Predictor, bundle_dir: Path, run_dir: Path | None, data: str | None

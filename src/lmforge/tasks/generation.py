@@ -43,7 +43,14 @@ from lmforge.runs import (
     tokenizer_for_run,
     unrecorded_check,
 )
-from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan
+from lmforge.tasks.recipe import (
+    Evaluated,
+    Log,
+    Prepared,
+    TrainingPlan,
+    bundle_meta,
+    open_lmforge_bundle,
+)
 from lmforge.tokenization import TextTokenizer, TokenCache, TokenFiles, document_stream
 from lmforge.training import distributed, seed_everything
 
@@ -216,27 +223,10 @@ class GenerationTask:
         return {key: report[key] for key in ("n_tokens", "test_loss", "perplexity")}
 
     def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path) -> dict[str, Any]:
-        cfg = run.cfg
-        meta: dict[str, Any] = {
-            "task": self.name,
-            "arch": cfg.model.arch,
-            "text_column": cfg.data.text_column,
-            "clean": cfg.data.clean.model_dump(),
-            "max_length": cfg.model.max_length,
-            "generate": cfg.generate.model_dump(),
-            "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
-                    "data_hash": run.data_hash},
-        }
-        if cfg.model.arch == "gpt":
-            meta["architecture"] = model.config.to_dict()
-        else:
-            meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
-        return meta
+        return {**bundle_meta(run, model, run_dir), "generate": run.cfg.generate.model_dump()}
 
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Generator:
-        from lmforge.bundle import open_model_bundle  # bundle.py builds on decoding, not tasks
-
-        return open_model_bundle(bundle_dir, device)
+        return open_lmforge_bundle(bundle_dir, device)
 
     def evaluate(
         self, generator: Generator, bundle_dir: Path, run_dir: Path | None, data: str | None

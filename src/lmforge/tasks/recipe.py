@@ -107,3 +107,32 @@ class TaskRecipe(Protocol):
 
     def quickstart_notes(self, predictor: Any, bundle_dir: Path) -> list[str]:
         """What the quickstart shows after training (samples, the next command)."""
+
+
+def bundle_meta(run: Prepared, model: nn.Module, run_dir: Path | None) -> dict[str, Any]:
+    """What every bundle's lmforge.json says of its model and its run (a recipe adds its own
+    keys): the architecture of lmforge's own model, or the pretrained model's name."""
+    cfg = run.cfg
+    meta: dict[str, Any] = {
+        "task": cfg.task,
+        "arch": cfg.model.arch,
+        "text_column": cfg.data.text_column,
+        "clean": cfg.data.clean.model_dump(),
+        "max_length": cfg.model.max_length,
+    }
+    if run_dir is not None:
+        meta["run"] = {"dir": str(run_dir.resolve()), "data": cfg.data.path,
+                       "data_hash": run.data_hash}
+    if cfg.model.arch == "pretrained":
+        meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
+    else:
+        meta["architecture"] = model.config.to_dict()
+    return meta
+
+
+def open_lmforge_bundle(bundle_dir: Path, device: str) -> Any:
+    """A classification or generation bundle's Predictor or Generator. (bundle.py builds on the
+    tasks' model code, so it is imported when a bundle is opened.)"""
+    from lmforge.bundle import open_model_bundle
+
+    return open_model_bundle(bundle_dir, device)
