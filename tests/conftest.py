@@ -75,3 +75,32 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    """One few-second classifier bundle ('reviews'), trained once for the tests that only read
+    it (the serving tests)."""
+    from serve_support import train_tiny_bundle
+
+    return train_tiny_bundle(tmp_path_factory.mktemp("tiny-classifier"))
+
+
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory):
+    """A fresh SQLite database of keys and usage for one test module."""
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'serve.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_url(request, tmp_path):
+    """The database of keys and usage: a fresh SQLite file, then the test PostgreSQL (skipped,
+    saying why, when scripts/test-services.sh could not start one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'usage.db'}"
+    from serve_support import postgres_url
+
+    url, reason = postgres_url()
+    if url is None:
+        pytest.skip(f"PostgreSQL test skipped: {reason}")
+    return url

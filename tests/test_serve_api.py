@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from serve_support import app_client, auth, settings, train_tiny_bundle
+from serve_support import app_client, auth, settings
 
 import lmforge
 from lmforge.serve.billing import keys
@@ -16,13 +16,13 @@ LONG_TEXT = "很好 " * 40  # well over the bundle's 24 tokens
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return train_tiny_bundle(tmp_path_factory.mktemp("serve-api"))
+def bundle(tiny_classifier):
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
-def db_url(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'serve.db'}"
+def db_url(sqlite_url):
+    return sqlite_url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serve_support import auth, running_server, settings, train_tiny_bundle
+from serve_support import auth, running_server, settings
 
 import lmforge
 from lmforge.bundle import Predictor
@@ -22,13 +22,13 @@ SURROGATE = '{"model": "reviews", "input": ["很好", "坏\\ud800"]}'  # JSON es
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return train_tiny_bundle(tmp_path_factory.mktemp("serve-isolation"))
+def bundle(tiny_classifier):
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
-def db_url(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'serve.db'}"
+def db_url(sqlite_url):
+    return sqlite_url
 
 
 @pytest.fixture(scope="module")

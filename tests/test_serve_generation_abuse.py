@@ -32,8 +32,8 @@ def bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def db_url(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'serve.db'}"
+def db_url(sqlite_url):
+    return sqlite_url
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 import pytest
-from serve_support import auth, postgres_url, running_server, settings, train_tiny_bundle
+from serve_support import auth, running_server, settings
 
 import lmforge
 from lmforge.serve.billing import keys, ledger
@@ -17,18 +17,13 @@ TEXTS = ["很好", "这个 产品 物流 很差 失望", "great item the", "包�
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return train_tiny_bundle(tmp_path_factory.mktemp("serve-metering"))
+def bundle(tiny_classifier):
+    return tiny_classifier
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'meter.db'}"
-    url, reason = postgres_url()
-    if url is None:
-        pytest.skip(f"PostgreSQL test skipped: {reason}")
-    return url
+@pytest.fixture
+def db_url(any_db_url):
+    return any_db_url
 
 
 def request_inputs(i):

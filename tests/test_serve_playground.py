@@ -5,7 +5,7 @@ import shutil
 import httpx
 import pytest
 from generation_support import random_bundle
-from serve_support import ARTEFACTS_DIR, auth, running_server, settings, train_tiny_bundle
+from serve_support import ARTEFACTS_DIR, auth, running_server, settings
 
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import open_database
@@ -31,8 +31,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return train_tiny_bundle(tmp_path_factory.mktemp("serve-playground"))
+def bundle(tiny_classifier):
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from generation_support import random_bundle
-from serve_support import REPO, auth, postgres_url, running_server, settings, train_tiny_bundle
+from serve_support import REPO, auth, postgres_url, running_server, settings
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -34,8 +34,8 @@ TEXT = "这个 产品 很好 推荐"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return train_tiny_bundle(tmp_path_factory.mktemp("serve-quota"))
+def bundle(tiny_classifier):
+    return tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,9 @@ def story(tmp_path_factory):
     return random_bundle(tmp_path_factory.mktemp("serve-quota-gen") / "story", context=64)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'quota.db'}"
-    url, reason = postgres_url()
-    if url is None:
-        pytest.skip(f"PostgreSQL test skipped: {reason}")
-    return url
+@pytest.fixture
+def db_url(any_db_url):
+    return any_db_url
 
 
 def new_key(db_url, quota):
