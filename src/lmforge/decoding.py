@@ -1,6 +1,7 @@
 """Decoding: how the next token is chosen (temperature, top-k, top-p, repetition penalty),
 continuous batching of many generations over one KV cache (DecodeBatch, SlotBatch, with CUDA
-graphs on a GPU), and the assembly of the drawn tokens into streamed text (GenerationJob).
+graphs on a GPU over a StaticKVCache), and the assembly of the drawn tokens into streamed text
+(GenerationJob).
 
 The bundle's Generator and the server's generation engine decode with it; it knows nothing of
 either.
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import GenerateConfig
-from lmforge.models import GPT
+from lmforge.models import GPT, GPTConfig
 from lmforge.models.transformer import KVCache
 from lmforge.tokenization import TextTokenizer
 
@@ -167,15 +169,43 @@ def _rows_of(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
+class StaticKVCache(KVCache):
+    """GPT's KVCache, which a static step can take over: until `make_static` it fills position
+    after position as KVCache does (the prompts); after, each row's one new token is written at
+    its column in `write_at` (B,), and attention sees every column (a mask hides the unused
+    ones): fixed shapes throughout, as a CUDA graph needs."""
+
+    def __init__(
+        self, cfg: GPTConfig, batch: int, length: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        super().__init__(cfg, batch, length, device, dtype)
+        self.write_at: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+
+    def make_static(self, write_at: torch.Tensor) -> None:
+        self.write_at = write_at
+        self._rows = torch.arange(len(write_at), device=write_at.device)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.write_at is None:
+            return super().update(layer, k, v)
+        # (B, nh, 1, hs): each row's one token at its own column
+        self.k[layer][self._rows, :, self.write_at] = k[:, :, 0]
+        self.v[layer][self._rows, :, self.write_at] = v[:, :, 0]
+        return self.k[layer], self.v[layer]
+
+
 class _StaticStep:
-    """GPT's decode_step over a fixed-size cache with every input in a buffer of fixed shape:
+    """One GPT step over a StaticKVCache with every input in a buffer of fixed shape:
     `token` (B, 1), `positions` (B, 1), `mask` (B, capacity) and the cache's `write_at` (B,),
     which the caller sets before each `run()`. On a GPU it is captured once as a CUDA graph and
     replayed every step (one launch instead of hundreds: at small batches the host's kernel
     launches, not the GPU, bound eager decoding); on the CPU it runs as it is."""
 
     def __init__(
-        self, model: GPT, cache: KVCache, mask: torch.Tensor, positions: torch.Tensor,
+        self, model: GPT, cache: StaticKVCache, mask: torch.Tensor, positions: torch.Tensor,
         write_at: torch.Tensor,
     ) -> None:
         self.model, self.cache, self.mask, self.positions = model, cache, mask, positions
@@ -196,7 +226,14 @@ class _StaticStep:
                 self.logits = self._forward()
 
     def _forward(self) -> torch.Tensor:
-        return self.model.decode_step(self.token, self.positions, self.mask, self.cache)
+        """GPT's forward of one token per row at its position: the next scores (B, vocab).
+        The mask lets each row attend to its filled columns, the new one included."""
+        model = self.model
+        x = model.tok_emb(self.token) + model.pos_emb(self.positions)  # (B, 1, D)
+        mask = self.mask[:, None, None, :]  # (B, 1, 1, capacity)
+        for block in model.blocks:
+            x = block(x, mask, self.cache)
+        return F.linear(model.ln_f(x), model.tok_emb.weight)[:, -1]  # tied output layer
 
     def run(self) -> torch.Tensor:
         """The next scores (B, vocab); valid until the next run."""
@@ -209,7 +246,7 @@ class _StaticStep:
 class _AlignedStaticStep(_StaticStep):
     """A static step for DecodeBatch's left-padded rows, which all write the same column."""
 
-    def __init__(self, model: GPT, cache: KVCache, key_mask: torch.Tensor) -> None:
+    def __init__(self, model: GPT, cache: StaticKVCache, key_mask: torch.Tensor) -> None:
         B, width = key_mask.shape
         mask = torch.zeros((B, cache.k.shape[3]), dtype=torch.bool, device=key_mask.device)
         mask[:, :width] = key_mask
@@ -392,7 +429,7 @@ class DecodeBatch:
         columns: each group gets its next scores (and, with a repetition penalty, what its
         prompts hold). Returns the cache and its key mask."""
         ids, key_mask = left_padded([p for g in groups for p in g.prompts], self.device)
-        cache = self.model.new_cache(len(ids), ids.shape[1] + room)
+        cache = self._new_cache(len(ids), ids.shape[1] + room)
         ragged = not bool(key_mask.all())  # no padding: no mask, and the fused causal kernels
         logits = self.model(ids, key_mask if ragged else None, cache, last_only=True)[:, -1]
         self._hand_out(logits, groups)
@@ -433,7 +470,7 @@ class DecodeBatch:
         room for every group's remaining steps."""
         masks = [mask if rows is None else mask[rows] for _, mask, rows in parts]
         rows_in_all = sum(len(mask) for mask in masks)
-        cache = self.model.new_cache(rows_in_all, width + max(g.steps_left for g in self.groups))
+        cache = self._new_cache(rows_in_all, width + max(g.steps_left for g in self.groups))
         key_mask = torch.zeros((rows_in_all, width), dtype=torch.bool, device=self.device)
         start = 0
         for (part, _, rows), mask in zip(parts, masks, strict=True):
@@ -448,6 +485,14 @@ class DecodeBatch:
             start += n
         cache.length = width
         self._reset(cache, key_mask)
+
+    def _new_cache(self, rows: int, length: int) -> Any:
+        """lmforge's GPT: a StaticKVCache, which a static step may take over; another model:
+        its own cache."""
+        if isinstance(self.model, GPT):
+            weight = self.model.tok_emb.weight
+            return StaticKVCache(self.model.config, rows, length, weight.device, weight.dtype)
+        return self.model.new_cache(rows, length)
 
     def _reset(self, cache: Any, key_mask: torch.Tensor | None) -> None:
         """New rows: their cache and key mask; any static step is for the old ones."""
@@ -467,7 +512,7 @@ class SlotBatch(DecodeBatch):
     def __init__(self, model: GPT, context: int, slots: int) -> None:
         super().__init__(model, context, static_after=None)
         device = self.device
-        self.cache = model.new_cache(slots, context)
+        self.cache = self._new_cache(slots, context)
         self.mask = torch.zeros((slots, context), dtype=torch.bool, device=device)
         self.positions = torch.zeros((slots, 1), dtype=torch.long, device=device)
         self.write_at = torch.zeros(slots, dtype=torch.long, device=device)

@@ -240,8 +240,9 @@ class EncoderForMaskedLM(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer, allocated once for the whole generation (a static
-    cache): each decode step writes one position in place instead of concatenating."""
+    """Keys and values of every layer, allocated for `length` positions up front: each forward
+    writes its T new positions after those already filled, in place (no concatenation), and
+    attention sees the filled ones only."""
 
     def __init__(
         self, cfg: GPTConfig, batch: int, length: int, device: torch.device, dtype: torch.dtype
@@ -250,24 +251,11 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, Tmax, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
-        # Static mode (GPT.decode_step): each row's one new token is written at its column in
-        # write_at (B,), and attention sees every column (a mask hides the unused ones): fixed
-        # shapes throughout.
-        self.write_at: torch.Tensor | None = None
-        self._rows: torch.Tensor | None = None
-
-    def make_static(self, write_at: torch.Tensor) -> None:
-        self.write_at = write_at
-        self._rows = torch.arange(len(write_at), device=write_at.device)
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, nh, T, hs) keys/values; return all of them so far."""
-        if self.write_at is not None:  # (B, nh, 1, hs) at each row's column
-            self.k[layer][self._rows, :, self.write_at] = k[:, :, 0]
-            self.v[layer][self._rows, :, self.write_at] = v[:, :, 0]
-            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
@@ -352,24 +340,6 @@ class GPT(nn.Module):
             cache.length += T
         x = self.ln_f(x[:, -1:] if last_only else x)
         return F.linear(x, self.tok_emb.weight)  # tied output layer: (B, T, vocab)
-
-    def decode_step(
-        self,
-        token: torch.Tensor,
-        positions: torch.Tensor,
-        key_mask: torch.Tensor,
-        cache: KVCache,
-    ) -> torch.Tensor:
-        """The next-token logits (B, vocab) of one new token per row (B, 1) at `positions`
-        (B, 1), against a static cache (`cache.make_static`: written at each row's column):
-        `key_mask` (B, capacity) marks the columns each row attends to, the new one included.
-        Every shape is fixed by the cache, so the step can be captured as a CUDA graph and
-        replayed."""
-        x = self.tok_emb(token) + self.pos_emb(positions)  # (B, 1, D)
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, capacity)
-        for block in self.blocks:
-            x = block(x, mask, cache)
-        return F.linear(self.ln_f(x), self.tok_emb.weight)[:, -1]
 
 
 def gpt_from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
