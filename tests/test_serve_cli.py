@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from conftest import assert_one_line_error
 from serve_support import auth, train_tiny_bundle
 from typer.testing import CliRunner
 
@@ -91,6 +92,15 @@ def test_usage_flags_and_mistakes(db):
 def test_serve_refuses_what_is_not_a_bundle(tmp_path, bundle, db):
     assert_user_error(lmforge("serve", tmp_path, "--db", db), "not an lmforge bundle")
     assert_user_error(cli("serve", bundle, bundle, "--db", db), "two models are named")
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(bundle, db):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = lmforge("serve", bundle, "--port", port, "--db", db)
+    assert_one_line_error(result.returncode, result.stderr, f"port {port}", "in use", "--port")
 
 
 def free_port():

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from lmforge.errors import LmforgeError
 from lmforge.serve.billing.access import record_refused
 from lmforge.serve.billing.database import ApiKey, open_database
 from lmforge.serve.billing.keys import KeyCache
@@ -49,7 +52,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.on_refused = record_refused
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees every status
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # sees every status but one:
+    app.add_middleware(classify.RefuseWhenSaturated, state=state)  # outermost, counts its own
     for router in (health, playground, models, classify, completions, usage):
         app.include_router(router.router)
     return app
@@ -57,6 +61,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 def run(settings: ServeSettings) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish first (up to the timeout)."""
+    check_address(settings.host, settings.port)
     app = create_app(settings)
     state: ServerState = app.state.server
     _log_startup(state)
@@ -67,6 +72,27 @@ def run(settings: ServeSettings) -> None:
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
         log_level="info",
     )
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on before anything loads: one line,
+    rather than uvicorn's startup messages followed by its bind error. The probe binds as
+    uvicorn does (SO_REUSEADDR, IPv6 when the host holds a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise LmforgeError(f"port {port} on {host} is already in use; "
+                                   "pass --port with a free one") from None
+            if error.errno == errno.EACCES:
+                raise LmforgeError(f"port {port} needs administrator rights; pass --port "
+                                   "with one above 1023") from None
+            reason = error.strerror or str(error)
+            raise LmforgeError(f"cannot listen on {host}:{port} ({reason}); check --host "
+                               "and --port") from None
 
 
 def _log_startup(state: ServerState) -> None:
