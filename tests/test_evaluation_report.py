@@ -2,10 +2,12 @@
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
+from lmforge import render
 from lmforge.config import EvalConfig
 from lmforge.evaluation import build_eval_report, render_table
 
@@ -95,3 +97,26 @@ def test_table_works_without_baselines_or_intervals():
     text = _render(_report(EvalConfig(baselines=False, bootstrap=0)))
     assert "0.833" in text and "f1[pos]" in text
     assert "tfidf_logreg" not in text
+
+
+def test_a_model_that_does_not_beat_a_baseline_gets_one_line_of_what_to_try():
+    report = _report(EvalConfig(bootstrap=0))
+    report["baselines"]["tfidf_logreg"].update(accuracy=0.9, f1_macro=0.9)
+    out = io.StringIO()
+    render_table(report, Console(file=out, width=160, soft_wrap=True))
+    hint = [line for line in out.getvalue().splitlines() if "does not beat" in line]
+    assert len(hint) == 1 and "tfidf_logreg" in hint[0] and "pretrained" in hint[0]
+    assert '"When the model does not beat its baseline" in README.md' in hint[0]
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "\n## When the model does not beat its baseline\n" in readme
+
+    report["baselines"]["tfidf_logreg"].update(accuracy=0.5, f1_macro=0.5)
+    assert "does not beat" not in _render(report)
+
+
+def test_piped_the_comparison_line_is_never_broken(capsys):
+    report = _report(EvalConfig(bootstrap=200))
+    render_table(report, render.console(), title="Test split of runs/" + "deep/" * 30 + "run")
+    err = capsys.readouterr().err
+    assert any(line.startswith("model \u2212 tfidf_logreg: accuracy")
+               and line.endswith("of resamples)") for line in err.splitlines()), err

@@ -305,3 +305,66 @@ def test_masked_lm_pretraining_learns_and_is_not_repeated_on_resume(tmp_path, re
     result = lmforge.train(cfg, out=run, resume=True, overrides=["train.max_steps=20"],
                            show_progress=False)
     assert "not repeated" in capsys.readouterr().err and result.steps == 20
+
+
+def test_a_run_that_failed_to_start_is_started_again_by_the_corrected_command(
+    tmp_path, reviews_csv, capsys
+):
+    cfg = tiny_config(reviews_csv, max_steps=2)
+    wrong = {**cfg, "data": {**cfg["data"], "label_column": "stars"}}
+    with pytest.raises(LmforgeError, match="stars"):
+        lmforge.train(wrong, out=tmp_path / "y", show_progress=False)
+    assert (tmp_path / "y" / "config.yaml").is_file()  # what the failed start left
+    capsys.readouterr()
+
+    result = lmforge.train(cfg, out=tmp_path / "y", show_progress=False)
+
+    assert (result.bundle_dir / "lmforge.json").is_file()
+    notes = [line for line in capsys.readouterr().err.splitlines() if "starting it again" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ")
+    with pytest.raises(LmforgeError, match="already exists.*--resume.*--force"):
+        lmforge.train(cfg, out=tmp_path / "y", show_progress=False)
+
+
+def test_one_line_says_what_cleaning_dropped_and_how_the_rest_was_split(tmp_path, capsys):
+    path = tmp_path / "dupes.csv"
+    rows = make_reviews(100)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        # 30 repeated rows, one of them also labelled "neg"; a text empty once HTML is gone;
+        # a row without text and a stray quote: two rows that cannot be read
+        writer.writerows(rows + rows[:30] + [(rows[0][0], "neg"), ("<p></p>", "pos"),
+                                             ("   ", "pos")])
+        handle.write('"a stray quote,pos\n')
+    lmforge.train(tiny_config(path, max_steps=2), out=tmp_path / "run", show_progress=False)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    sizes = report["split_sizes"]
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("data:")]
+    assert line.startswith("data: 134 rows read; dropped 29 duplicates, 3 conflicting labels, "
+                           "1 empty, 0 too long, 2 broken (1 wrong_field_count, 1 missing_text); "
+                           "99 kept: ")
+    assert f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test" in line
+    assert report["rows_kept"] == 99 and report["dropped"]["duplicate"] == 29
+
+
+def test_init_writes_what_the_task_reads_with_the_quickstart_model_and_a_comment_per_section(
+    reviews_csv,
+):
+    import yaml
+
+    from lmforge.config import load_config
+
+    text = pipeline.init_config("classification", reviews_csv)
+    raw = yaml.safe_load(text)
+    assert "generate" not in raw and "val_tokens" not in raw["eval"]
+    quickstart = pipeline.quickstart_config().model
+    for key in ("arch", "d_model", "n_layers", "n_heads", "d_ff", "dropout", "max_length"):
+        assert raw["model"][key] == getattr(quickstart, key), key
+    assert (raw["model"]["d_model"], raw["model"]["dropout"]) == (128, 0.2)
+    lines = text.splitlines()
+    for section in raw:
+        above = lines[lines.index(f"{section}:" if section != "task" else "task: classification")
+                      - 1]
+        assert above.startswith("# "), section
+    assert load_config(raw).to_dict() == raw

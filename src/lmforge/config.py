@@ -11,6 +11,7 @@ import difflib
 import json
 import re
 import reprlib
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -297,6 +298,16 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "eval.val_tokens": "generation",
 }
 
+# A task's own model defaults, where they differ from ModelConfig's: filled in where the config
+# gives neither the field nor a preset holding it. Classification: lmforge's encoder 128 wide,
+# d_ff 512, dropout 0.2 (what the quickstart trains): on the built-in ~14,000 reviews the
+# 256-wide, dropout 0.1 shape overfits within two epochs and tests lower (bench/RESULTS.md,
+# "Quickstart quality: what was tried").
+TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classification": {"d_model": 128, "d_ff": 512, "dropout": 0.2},
+}
+
+
 def _recipes() -> dict[str, Any]:
     """The tasks (lmforge.tasks.TASKS), looked up when a config is checked: the recipes are
     built on this module, so it cannot import them first."""
@@ -306,17 +317,58 @@ def _recipes() -> dict[str, Any]:
 
 
 class Config(Section):
+    # Each section's description is its comment in the config `lmforge init` writes.
     task: str = Field(
         "classification",
-        description="classification, generation (a causal LM), or any task in lmforge.tasks.",
+        description="What the model learns: classification, generation (a causal LM), or any "
+        "task in lmforge.tasks.",
     )
-    data: DataConfig = Field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="The data: where the texts are, and how they are cleaned and split "
+        "(data_report.json says what each rule dropped).",
+    )
+    tokenizer: TokenizerConfig = Field(
+        default_factory=TokenizerConfig,
+        description="The tokenizer: trained on the training split only, or a pretrained "
+        "model's own.",
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="The model: lmforge's own Transformer, or any Hugging Face model "
+        "(arch: pretrained, pretrained: <hub id or folder>).",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Training: the optimizer and its schedule; the val split is scored, and a "
+        "checkpoint written, every eval_every steps.",
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig,
+        description="Evaluation: the test split, scored beside cheap baselines.",
+    )
+    classification: ClassificationConfig = Field(
+        default_factory=ClassificationConfig,
+        description="Knobs only task classification reads.",
+    )
+    generate: GenerateConfig = Field(
+        default_factory=GenerateConfig,
+        description="The bundle's sampling defaults; `lmforge generate` flags override them.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_model_defaults(cls, data: Any) -> Any:
+        """The task's own model defaults (TASK_MODEL_DEFAULTS), before the model section is
+        checked, so that its errors name the values in use; a field given or a preset wins."""
+        if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
+            return data
+        model, task = data.get("model", {}), data.get("task", "classification")
+        preset = model.get("preset")
+        shape = MODEL_PRESETS.get(preset, {}) if isinstance(preset, str) else {}
+        defaults = TASK_MODEL_DEFAULTS.get(task, {}) if isinstance(task, str) else {}
+        missing = {k: v for k, v in defaults.items() if k not in model and k not in shape}
+        return {**data, "model": {**missing, **model}} if missing else data
 
     @field_validator("task")
     @classmethod
@@ -549,5 +601,14 @@ def load_config(
     return parse_config(apply_overrides(raw, overrides or []))
 
 
-def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+def dump_config(config: Config, comments: bool = False) -> str:
+    """The config as YAML (only the knobs its task reads); with `comments`, each section
+    under a comment saying what it is for (its description in Config)."""
+    if not comments:
+        return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+    parts = []
+    for name, value in config.to_dict().items():
+        comment = textwrap.wrap(Config.model_fields[name].description, 96)
+        parts.extend(f"# {line}\n" for line in comment)
+        parts.append(yaml.safe_dump({name: value}, sort_keys=False, allow_unicode=True))
+    return "".join(parts)

@@ -70,7 +70,7 @@ def train(
         log(f"restarted by torchrun (restart {distributed.restart_count()}): resuming")
 
     def start() -> None:
-        create_run_dir(run_dir, resume, force)
+        create_run_dir(run_dir, resume, force, log)
         write_atomic(run_dir / "config.yaml", dump_config(cfg))
 
     distributed.on_main(start)
@@ -230,9 +230,11 @@ def _read_prompts(input: str | Path) -> list[str]:
 
 
 def init_config(task_name: str, data: str | Path) -> str:
-    """A starter config (YAML) for `data`, with its columns detected."""
+    """A starter config (YAML) for `data`, with its columns detected: the knobs its task reads,
+    at that task's defaults, each section under a comment."""
     cfg = recipe_for(task_name).starter_config(str(data))
-    return f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n" + dump_config(cfg)
+    return (f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n"
+            + dump_config(cfg, comments=True))
 
 
 def quickstart_config(fast: bool = False, task: str = "classification") -> Config:

@@ -8,9 +8,17 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
+# Piped or redirected, a line is as long as it is: a log file or `grep` gets one line per note.
+UNBROKEN_WIDTH = 100_000
+
 
 def console() -> Console:
-    return Console(stderr=True, width=max(120, Console(stderr=True).width))
+    """Where the verbs print: stderr. On a terminal, lines wrap at its width (120 at least);
+    elsewhere no line is ever broken, not even a table's title (tables keep their width)."""
+    terminal = Console(stderr=True)
+    if terminal.is_terminal:
+        return Console(stderr=True, width=max(120, terminal.width))
+    return Console(stderr=True, width=UNBROKEN_WIDTH, soft_wrap=True)
 
 
 def notes(show: bool = True) -> Any:
@@ -19,6 +27,27 @@ def notes(show: bool = True) -> Any:
         return lambda _note: None
     out = console()
     return lambda note: out.print(note, markup=False, highlight=False)
+
+
+# The cleaning rules of data_report.json's "dropped", as a person names them; the others are
+# rows that could not be read (a bad CSV row, a missing cell, invalid JSON, ...).
+_CLEANING_RULES = {"duplicate": "duplicates", "conflicting_labels": "conflicting labels",
+                   "empty": "empty", "too_short": "too short", "too_long": "too long"}
+
+
+def data_summary(report: dict[str, Any], unit: str = "rows") -> str:
+    """data_report.json's counts in one line: read, dropped by each rule, kept, the split.
+    `unit` is what a row is ("rows", "documents")."""
+    dropped = report["dropped"]
+    rules = [f"{dropped[rule]:,} {name}" for rule, name in _CLEANING_RULES.items()
+             if rule in dropped and (dropped[rule] or rule != "too_short")]
+    broken = {reason: n for reason, n in dropped.items() if reason not in _CLEANING_RULES}
+    detail = ", ".join(f"{n:,} {reason}" for reason, n in broken.items())
+    rules.append(f"{sum(broken.values()):,} broken" + (f" ({detail})" if detail else ""))
+    sizes = report["split_sizes"]
+    return (f"data: {report[f'{unit}_read']:,} {unit} read; dropped {', '.join(rules)}; "
+            f"{report[f'{unit}_kept']:,} kept: {sizes['train']:,} train / {sizes['val']:,} val / "
+            f"{sizes['test']:,} test")
 
 
 # Every character Python's str.splitlines() breaks a line at, and the backslash, as escapes.

@@ -13,7 +13,7 @@ from typing import Any
 from lmforge.config import Config
 from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
-from lmforge.files import write_json_atomic
+from lmforge.files import PREVIOUS, STAGED, write_json_atomic
 from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
 from lmforge.training import distributed
 from lmforge.training.checkpoint import last_step
@@ -44,17 +44,42 @@ def has_checkpoint(run_dir: Path) -> bool:
     return last_step(run_dir) is not None
 
 
-def create_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+# What a run writes in its directory (a folder being swapped in also as <name>.tmp, <name>.prev;
+# a file being written as a hidden .<name>.<random>.tmp): see DESIGN.md, "The run directory".
+RUN_ENTRIES = {"config.yaml", "data_report.json", "splits.json", TOKENIZER_DIR, "checkpoints",
+               "pretrain", "metrics.jsonl", "tb", "eval.json", "test_predictions.jsonl",
+               "provenance.json", "model"}
+
+
+def is_unfinished_start(run_dir: Path) -> bool:
+    """A run directory lmforge began and nothing came of: its config.yaml and only what a run
+    writes, but no checkpoint (of training or pre-training) and no bundle. A failed start (a
+    wrong column, a config edited after) leaves one; rerunning may replace it."""
+    entries = {entry.name for entry in run_dir.iterdir()}
+    ours = {name for name in entries if name.removesuffix(STAGED).removesuffix(PREVIOUS)
+            in RUN_ENTRIES or (name.startswith(".") and name.endswith(STAGED))}
+    bundle = any((run_dir / f"model{suffix}" / "lmforge.json").is_file()
+                 for suffix in ("", STAGED, PREVIOUS))
+    return ("config.yaml" in entries and ours == entries and not bundle
+            and last_step(run_dir) is None and last_step(run_dir / "pretrain") is None)
+
+
+def create_run_dir(run_dir: Path, resume: bool, force: bool, log: Log) -> None:
+    """Make the run's directory: empty, or the existing one when resuming. An existing run is
+    replaced only with `force`, unless it is an unfinished start (is_unfinished_start)."""
     if resume:
         if not has_checkpoint(run_dir):
             raise LmforgeError(f"--resume given but {run_dir} has no checkpoint to resume from")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
+        if not force and not is_unfinished_start(run_dir):
             raise LmforgeError(
                 f"run directory {run_dir} already exists; pass --resume to continue it or "
                 "--force to replace it"
             )
+        if not force:
+            log(f"note: {run_dir} holds a run that stopped before its first checkpoint; "
+                "starting it again")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from lmforge.evaluation.report import BASELINE_HELP
+
 
 @torch.no_grad()
 def token_nll(
@@ -96,18 +98,27 @@ def lm_report(
 
 
 def render_lm_table(report: dict[str, Any], console: Console, title: str) -> None:
+    """The model beside the unigram baseline: losses to 3 decimals, perplexities to 1, with
+    thousands separated, in every row."""
     table = Table(title=title)
     for column in ("model", "val loss", "test loss", "perplexity"):
         table.add_column(column, justify="left" if column == "model" else "right")
 
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}" if value < 1000 else f"{value:,.0f}"
+    def loss(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.3f}"
 
-    table.add_row("this model", number(report["val_loss"]), number(report["test_loss"]),
-                  number(report["perplexity"]))
+    def ppl(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}"
+
+    table.add_row("this model", loss(report["val_loss"]), loss(report["test_loss"]),
+                  ppl(report["perplexity"]))
     unigram = report["baselines"].get("unigram")
     if unigram:
-        table.add_row("unigram baseline", "-", number(unigram["test_loss"]),
-                      number(unigram["perplexity"]))
+        table.add_row("unigram baseline", "-", loss(unigram["test_loss"]),
+                      ppl(unigram["perplexity"]))
     console.print(table)
     console.print(f"{report['n_tokens']:,} test tokens; loss is nats per token")
+    if unigram and report["test_loss"] is not None and report["test_loss"] >= unigram["test_loss"]:
+        console.print("the model does not beat the unigram baseline: train longer "
+                      "(train.max_steps), on more text, or fine-tune a pretrained causal LM "
+                      f"(model.arch: pretrained); {BASELINE_HELP}", markup=False)

@@ -19,6 +19,9 @@ from lmforge.evaluation.metrics import (
 )
 
 BASELINES = ("majority", "tfidf_logreg")
+# The README section a result that does not beat its baseline points to.
+BASELINE_HELP = 'see "When the model does not beat its baseline" in README.md'
+
 _AGGREGATES = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 # With more classes than this, per-class precision and recall rows would drown the table.
 _MAX_LABELS_FOR_PER_CLASS_PR = 4
@@ -115,3 +118,20 @@ def render_table(report: dict, console: Console, title: str = "Test split") -> N
             f"(not better in {comparison['p_model_not_better']:.1%} of resamples)",
             markup=False,
         )
+    beaten_by = _best_baseline_not_beaten(report)
+    if beaten_by is not None:
+        console.print(
+            f"the model does not beat {beaten_by}: try a pretrained encoder (model.arch: "
+            "pretrained), more labelled data, or masked-LM pre-training on your texts "
+            f"(classification.pretrain_steps); {BASELINE_HELP}",
+            markup=False,
+        )
+
+
+def _best_baseline_not_beaten(report: dict) -> str | None:
+    """The baseline that scores at least as well as the model on accuracy or macro-F1 (the
+    better of them, by accuracy), or None when the model beats them all."""
+    baselines = report.get("baselines", {})
+    level = [name for name in BASELINES if name in baselines and any(
+        baselines[name][key] >= report[key] for key in ("accuracy", "f1_macro"))]
+    return max(level, key=lambda name: baselines[name]["accuracy"]) if level else None

@@ -16,6 +16,7 @@ from rich.console import Console
 from sklearn.metrics import f1_score
 from torch import nn
 
+from lmforge import render
 from lmforge.config import (
     CleanConfig,
     Config,
@@ -210,20 +211,17 @@ class ClassificationTask:
         return Config(task=self.name, data=DataConfig(path=data, **detect_columns(data)))
 
     def quickstart_config(self, fast: bool) -> Config:
-        """The built-in sentiment corpus, lmforge's encoder, a schedule that fits the time
-        budget. The encoder is narrower than the general default (128 wide, dropout 0.2): on
-        these ~14,000 short reviews the 256-wide one overfits within two epochs; see
-        bench/RESULTS.md."""
+        """The built-in sentiment corpus, lmforge's encoder with classification's defaults
+        (config.TASK_MODEL_DEFAULTS, the ones `lmforge init` writes), a schedule that fits the
+        time budget."""
         steps = 400 if fast else 1500
         return load_config({
-            "model": {"d_model": 128, "d_ff": 512, "n_heads": 4, "n_layers": 2, "dropout": 0.2},
             "train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32},
         })
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
         data = prepare_classification_data(cfg.data)
-        log(f"data: {data.report['rows_read']} rows read, {len(data.train.texts)} train / "
-            f"{len(data.val.texts)} val / {len(data.test.texts)} test, labels {data.label_names}")
+        log(f"{render.data_summary(data.report)}; labels {data.label_names}")
         tokenizer = tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir, resume, log)
         encoded = distributed.on_main(lambda: _encode_splits(cfg, data, tokenizer, log))
         splits, truncated = encoded or _encode_splits(cfg, data, tokenizer, lambda _: None)

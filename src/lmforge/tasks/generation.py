@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from lmforge import render
 from lmforge.config import (
     CleanConfig,
     Config,
@@ -168,9 +169,7 @@ class GenerationTask:
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
         """Documents, tokenizer and token files; rank 0 writes, other ranks read them."""
         data = prepare_documents(cfg.data)
-        sizes = data.report["split_sizes"]
-        log(f"data: {data.report['documents_read']} documents read, {sizes['train']} train / "
-            f"{sizes['val']} val / {sizes['test']} test (split by {data.split_by})")
+        log(f"{render.data_summary(data.report, 'documents')} (split by {data.split_by})")
         tokenizer = tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir, resume, log)
         tokens = distributed.on_main(lambda: _token_files(cfg, data, tokenizer, log))
         distributed.barrier()
