@@ -16,7 +16,7 @@ from rich.console import Console
 from sklearn.metrics import f1_score
 from torch import nn
 
-from lmforge import render
+from lmforge import render, runs
 from lmforge.config import (
     CleanConfig,
     Config,
@@ -37,14 +37,6 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
 from lmforge.models import EncoderClassifier, TransformerConfig, load_pretrained_classifier
 from lmforge.models.transformer import EncoderForMaskedLM
-from lmforge.runs import (
-    leak_check,
-    read_split_record,
-    recorded_check,
-    refuse_changed_test_split,
-    tokenizer_for_run,
-    unrecorded_check,
-)
 from lmforge.tasks.recipe import (
     Evaluated,
     Log,
@@ -222,7 +214,8 @@ class ClassificationTask:
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
         data = prepare_classification_data(cfg.data)
         log(f"{render.data_summary(data.report)}; labels {data.label_names}")
-        tokenizer = tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir, resume, log)
+        tokenizer = runs.tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir,
+                                           resume, log)
         encoded = distributed.on_main(lambda: _encode_splits(cfg, data, tokenizer, log))
         splits, truncated = encoded or _encode_splits(cfg, data, tokenizer, lambda _: None)
         report = dict(data.report)
@@ -285,7 +278,7 @@ class ClassificationTask:
         self, predictor: Predictor, bundle_dir: Path, run_dir: Path | None, data: str | None
     ) -> dict[str, Any]:
         cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
-        record = read_split_record(run_dir)
+        record = runs.read_split_record(run_dir)
         train, check = None, {}
         if run_dir is not None:
             train, test, check = _run_splits(cfg, run_dir, record, data is None)
@@ -297,7 +290,7 @@ class ClassificationTask:
             split, _ = read_labelled(data, data_cfg)
             check = {"source": data, "split_record": record is not None}
             if record is not None:
-                unseen, check = leak_check(split.texts, record, data, run_dir)
+                unseen, check = runs.leak_check(split.texts, record, data, run_dir)
                 split = split.take(unseen)
         elif run_dir is None:
             raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
@@ -427,15 +420,15 @@ def _run_splits(
     if record is None:
         prepared = prepare_classification_data(cfg.data)
         return (prepared.train, prepared.test,
-                unrecorded_check(run_dir, source, prepared.data_hash))
+                runs.unrecorded_check(run_dir, source, prepared.data_hash))
     rows, report = read_labelled(source, cfg.data)
     test_rows, missing = record.locate("test", rows.texts)
     test = rows.take(test_rows)
     unseen = record.unseen(test.texts)
-    check = recorded_check(record, source, report["data_hash"], missing,
+    check = runs.recorded_check(record, source, report["data_hash"], missing,
                            len(test.texts) - len(unseen))
     if need_test:
-        refuse_changed_test_split(check)
+        runs.refuse_changed_test_split(check)
     return rows.take(record.locate("train", rows.texts)[0]), test.take(unseen), check
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from lmforge import render
+from lmforge import render, runs
 from lmforge.config import (
     CleanConfig,
     Config,
@@ -36,14 +36,6 @@ from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.language_model import lm_report, render_lm_table, token_counts, token_nll
 from lmforge.models import GPT, GPTConfig, load_pretrained_causal_lm
-from lmforge.runs import (
-    leak_check,
-    read_split_record,
-    recorded_check,
-    refuse_changed_test_split,
-    tokenizer_for_run,
-    unrecorded_check,
-)
 from lmforge.tasks.recipe import (
     Evaluated,
     Log,
@@ -170,7 +162,8 @@ class GenerationTask:
         """Documents, tokenizer and token files; rank 0 writes, other ranks read them."""
         data = prepare_documents(cfg.data)
         log(f"{render.data_summary(data.report, 'documents')} (split by {data.split_by})")
-        tokenizer = tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir, resume, log)
+        tokenizer = runs.tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir,
+                                           resume, log)
         tokens = distributed.on_main(lambda: _token_files(cfg, data, tokenizer, log))
         distributed.barrier()
         tokens = tokens or _token_files(cfg, data, tokenizer, lambda _: None)
@@ -232,7 +225,7 @@ class GenerationTask:
     ) -> dict[str, Any]:
         """Loss and perplexity on the run's val/test splits, or on the documents of `data`."""
         meta, tokenizer = generator.meta, generator.tokenizer
-        record = read_split_record(run_dir)
+        record = runs.read_split_record(run_dir)
         run_tokens, counts, check = None, None, {}
         if run_dir is not None:
             cfg = load_config(read_config_file(run_dir / "config.yaml"))
@@ -245,7 +238,7 @@ class GenerationTask:
             documents, _ = read_eval_documents(data, data_cfg)
             check = {"source": data, "split_record": record is not None}
             if record is not None:
-                unseen, check = leak_check(documents, record, data, run_dir)
+                unseen, check = runs.leak_check(documents, record, data, run_dir)
                 documents = [documents[i] for i in unseen]
             tokens = {"test": _token_ids(tokenizer, documents)}
         elif run_tokens is None:
@@ -305,7 +298,7 @@ def _run_tokens(
     data = prepare_documents(cfg.data)
     if record is None:
         return (_token_files(cfg, data, tokenizer, lambda _: None),
-                unrecorded_check(run_dir, cfg.data.path, data.data_hash))
+                runs.unrecorded_check(run_dir, cfg.data.path, data.data_hash))
     documents = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
     tokens, missing = None, 0
     if data.data_hash == record.data_hash:
@@ -318,10 +311,10 @@ def _run_tokens(
             missing = lost if name == "test" else missing
     test = documents["test"]
     unseen = record.unseen(test)
-    check = recorded_check(record, cfg.data.path, data.data_hash, missing,
+    check = runs.recorded_check(record, cfg.data.path, data.data_hash, missing,
                            len(test) - len(unseen))
     if need_test:
-        refuse_changed_test_split(check)
+        runs.refuse_changed_test_split(check)
     if tokens is None:
         tokens = {name: _token_ids(tokenizer, docs) for name, docs in documents.items()}
     if len(unseen) < len(test):
