@@ -63,6 +63,7 @@ class WordCountTask:
     name = "word_count"
     val_metrics = ("val_mae",)
     runs_with = "predict"
+    quickstart_run = "quickstart-word-count"
 
     def starter_config(self, data):
         return Config(task=self.name, data=DataConfig(path=data))

@@ -246,8 +246,7 @@ def quickstart(
 ) -> RunResult:
     """The whole pipeline on the built-in dataset; never overwrites an earlier quickstart."""
     recipe = recipe_for(task)
-    name = "quickstart" if task == "classification" else f"quickstart-{task}"
-    run_dir = Path(out) if out else free_run_dir(Path("runs") / name)
+    run_dir = Path(out) if out else free_run_dir(Path("runs") / recipe.quickstart_run)
     result = train(recipe.quickstart_config(fast), out=run_dir)
     notes = recipe.quickstart_notes(load(result.bundle_dir), result.bundle_dir)
     console = render.console()

@@ -198,6 +198,7 @@ class ClassificationTask:
     name = "classification"
     val_metrics = ("f1_macro", "accuracy", "val_loss")  # what make_val_metrics reports
     runs_with = "predict"  # the verb that runs its bundles
+    quickstart_run = "quickstart"  # runs/<this>: where `lmforge quickstart` writes
 
     def starter_config(self, data: str) -> Config:
         return Config(task=self.name, data=DataConfig(path=data, **detect_columns(data)))

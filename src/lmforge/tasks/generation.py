@@ -141,6 +141,7 @@ class GenerationTask:
     name = "generation"
     val_metrics = ("val_loss", "val_perplexity")  # what make_val_metrics reports
     runs_with = "generate"  # the verb that runs its bundles
+    quickstart_run = "quickstart-generation"  # runs/<this>: where `lmforge quickstart` writes
 
     def starter_config(self, data: str) -> Config:
         return Config(task=self.name, data=DataConfig(path=data, **detect_text_column(data)))

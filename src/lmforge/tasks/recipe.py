@@ -65,6 +65,7 @@ class TaskRecipe(Protocol):
     val_metrics: tuple[str, ...]  # what its validation reports; the first is the default
     # train.early_stopping_metric
     runs_with: str  # the verb that runs its bundles: "predict" or "generate"
+    quickstart_run: str  # the run directory's name under runs/ for `lmforge quickstart`
 
     def starter_config(self, data: str) -> Config:
         """`lmforge init`: a config for this data file, its columns detected."""
