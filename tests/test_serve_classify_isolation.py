@@ -2,6 +2,8 @@
 in its batch, and past its capacity the server refuses quickly (503) instead of timing out."""
 
 import asyncio
+import http.client
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +149,51 @@ def test_past_capacity_requests_are_refused_at_once_not_timed_out(bundle, db_url
         if response.status_code == 503:
             assert response.json()["error"]["code"] == "overloaded"
             assert int(response.headers["retry-after"]) >= 1
+
+
+def post_headers_only(url: str, key: str) -> tuple[http.client.HTTPResponse, dict]:
+    """POST /v1/classify announcing a 1,000-byte body and never sending it: (response, error)."""
+    connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=60)
+    connection.putrequest("POST", "/v1/classify")
+    for name, value in {**auth(key), "Content-Type": "application/json"}.items():
+        connection.putheader(name, value)
+    connection.putheader("Content-Length", "1000")
+    connection.endheaders()
+    response = connection.getresponse()
+    error = json.loads(response.read())["error"]
+    connection.close()
+    return response, error
+
+
+def test_a_saturated_model_refuses_before_the_body_is_read(bundle, db_url, key, monkeypatch):
+    original = Predictor.predict_batch
+    running, release = threading.Event(), threading.Event()
+
+    def held(self, texts, *args, **kwargs):
+        if texts == ["warm-up"]:
+            time.sleep(0.2)  # measured at 0.2 s a text: 8 texts running fill the 1 s admitted
+        else:
+            running.set()
+            release.wait(60)
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_batch", held)
+    eight = json.dumps({"model": "reviews", "input": VALID + VALID[:2]})
+    with running_server(settings(bundle, db_url, timeout_s=2.0)) as url:
+        with ThreadPoolExecutor() as pool:
+            pool.submit(post_all, url, key, [eight])
+            running.wait(60)
+            refused, error = post_headers_only(url, key)
+            metrics = httpx.get(url + "/metrics").text
+            release.set()
+        ((after, _),) = post_all(url, key, [body_of(VALID[0])])
+    assert refused.status == 503
+    assert int(refused.getheader("Retry-After")) >= 1
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["param"], error["code"]) == ("server_error", None, "overloaded")
+    assert "model 'reviews'" in error["message"]
+    assert 'lmforge_requests_total{route="/v1/classify",status="503"} 1.0' in metrics
+    assert after.status_code == 200, after.text  # idle again: admitted
 
 
 def test_a_request_whose_deadline_passed_while_queued_is_dropped_not_run(bundle):

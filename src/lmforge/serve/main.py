@@ -52,7 +52,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.on_refused = record_refused
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees every status
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # sees every status but one:
+    app.add_middleware(classify.RefuseWhenSaturated, state=state)  # outermost, counts its own
     for router in (health, playground, models, classify, completions, usage):
         app.include_router(router.router)
     return app

@@ -66,8 +66,8 @@ class _Job:
 
 
 class ClassificationEngine:
-    """The served form of a Predictor: `admit(n_texts, timeout_s)` to shed load early, then
-    `classify(texts, truncate, timeout_s)`."""
+    """The served form of a Predictor: `admit(n_texts, timeout_s)` (or `refusal`) to shed load
+    early, then `classify(texts, truncate, timeout_s)`."""
 
     def __init__(
         self,
@@ -101,16 +101,24 @@ class ClassificationEngine:
 
     def admit(self, n_texts: int, timeout_s: float) -> None:
         """Raise Overloaded unless a request of n_texts would be answered well within timeout_s."""
+        refusal = self.refusal(n_texts, timeout_s)
+        if refusal is not None:
+            raise refusal
+
+    def refusal(self, n_texts: int, timeout_s: float) -> Overloaded | None:
+        """Why a request of n_texts would be refused now, or None: cheap enough to ask of every
+        request that arrives, before its body is read."""
         if len(self._waiting) >= self.max_queue:
-            raise Overloaded(f"model '{self.name}' has {self.max_queue} requests waiting", 1)
+            return Overloaded(f"model '{self.name}' has {self.max_queue} requests waiting", 1)
         wait_s = self.expected_wait_s(n_texts)
         busy = self._waiting_texts or self._running_texts  # an idle model takes any request
         if busy and wait_s > ADMIT_SHARE * timeout_s:
-            raise Overloaded(
+            return Overloaded(
                 f"model '{self.name}' has about {wait_s:.1f}s of work queued, too much to finish "
                 f"this request within the server's {timeout_s:g}s",
                 wait_s - ADMIT_SHARE * timeout_s,
             )
+        return None
 
     async def classify(self, texts: list[str], truncate: bool, timeout_s: float) -> Classified:
         """Queue the texts and wait for their batch. Raises Overloaded, TooLong, TimeoutError."""

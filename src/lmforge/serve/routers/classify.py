@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lmforge.bundle import Predictor
 from lmforge.serve.billing.access import LimitedCaller, require_key
 from lmforge.serve.engines.classification import UNTRUNCATED, Overloaded, TooLong
-from lmforge.serve.errors import APIError, retry_after
+from lmforge.serve.errors import APIError, error_response, retry_after
 from lmforge.serve.state import ServerState, get_state
 
 MAX_INPUTS = 2048  # texts per request, so that one request cannot hold a model for long
@@ -67,6 +69,47 @@ def shed_if_overloaded(state: ServerState, model: str, n_texts: int) -> None:
         engine.admit(n_texts, state.settings.timeout_s)
     except Overloaded as error:
         raise overloaded_error(error) from None
+
+
+class RefuseWhenSaturated:
+    """ASGI middleware, the outermost: while every classification model is too busy to take even
+    one more text within the timeout, POST /v1/classify gets its 503 `overloaded` at once, before
+    the key check, the body or the route. Under overload most requests are refused, and a refusal
+    that costs a full request's work takes the event loop from the requests being served, so that
+    both wait in the loop before the engine sees them. A model with room, or still loading, lets
+    the request through to shed_if_overloaded and the route, which decide as before."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        if post and scope["path"] == "/v1/classify":
+            refusal = self._refusal()
+            if refusal is not None:
+                started, error = time.perf_counter(), overloaded_error(refusal)
+                response = error_response(503, error.message, error.code, headers=error.headers)
+                await response(scope, receive, send)
+                metrics = self.state.metrics  # as MetricsMiddleware would count it
+                metrics.requests.labels("/v1/classify", "503").inc()
+                metrics.latency.labels("/v1/classify").observe(time.perf_counter() - started)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self) -> Overloaded | None:
+        """The refusal a one-text request would meet from every classification model, or None
+        if one of them would take it (or is not loaded: the route says so)."""
+        timeout_s, refusals = self.state.settings.timeout_s, []
+        for model in self.state.models:
+            if model.task == "classification":
+                refusal = model.engine.refusal(1, timeout_s) if model.engine else None
+                if refusal is None:
+                    return None
+                refusals.append(refusal)
+        if len(refusals) > 1:  # the body, unread, would say which one was asked for
+            soonest = min(refusal.retry_after_s for refusal in refusals)
+            return Overloaded(f"all {len(refusals)} classification models are busy", soonest)
+        return refusals[0] if refusals else None
 
 
 @router.post("/classify")
