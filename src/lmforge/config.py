@@ -43,6 +43,11 @@ class CleanConfig(Section):
     max_chars: int | None = Field(
         None, ge=1, description="Drop texts longer than this (characters); null keeps all."
     )
+    redact_pii: bool = Field(
+        False,
+        description="Mask emails, phone numbers, Chinese ID numbers (checksum verified), bank "
+        "card numbers (Luhn verified) and IP addresses, at training, predict and serve time.",
+    )
 
 
 class SplitConfig(Section):

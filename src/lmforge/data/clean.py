@@ -5,11 +5,12 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.config import CleanConfig
+from lmforge.data.pii import PII_KINDS, redact_pii
 from lmforge.data.records import Records
 from lmforge.data.report import RowId
 
@@ -29,14 +30,17 @@ def _replace_tag(match: re.Match[str]) -> str:
     return " " if name in _BREAKING_TAGS else ""
 
 
-def clean_text(text: str, clean: CleanConfig) -> str:
-    """The per-text transform of training and serving alike; it never drops a text."""
+def clean_text(text: str, clean: CleanConfig, pii: Counter[str] | None = None) -> str:
+    """The per-text transform of training and serving alike; it never drops a text. The PII
+    it redacts is counted in `pii` (kind -> count) when given."""
     if clean.strip_html:
         text = _COMMENT.sub("", _SCRIPT_OR_STYLE.sub(" ", text))
         # Unescape after removing tags, so an escaped "&lt;b&gt;" survives as the text "<b>".
         text = html.unescape(_TAG.sub(_replace_tag, text))
     if clean.normalize:
         text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    if clean.redact_pii:  # after NFKC, so full-width digits and "＠" are caught too
+        text = redact_pii(text, pii)
     return text
 
 
@@ -50,6 +54,7 @@ class CleanedRows:
     duplicates: int
     conflicts: dict[str, int] | None  # None when the rows have no labels
     repeated_texts: int  # texts kept more than once because dedupe is off
+    pii: dict[str, int] | None  # PII redacted per kind, over every row read; None when off
 
 
 def _length_problem(text: str, clean: CleanConfig) -> str | None:
@@ -65,15 +70,16 @@ def _length_problem(text: str, clean: CleanConfig) -> str | None:
 def clean_rows(
     records: Records,
     clean: CleanConfig,
-    clean_one: Callable[[str, CleanConfig], str] = clean_text,
+    clean_one: Callable[[str, CleanConfig, Counter[str]], str] = clean_text,
 ) -> CleanedRows:
     """Clean each text with `clean_one`, then drop empty/too short/too long rows, conflicts
     (labelled rows only) and duplicates, counting each in records.drops."""
     labelled = records.labels is not None
     labels = records.labels if records.labels is not None else [""] * len(records.texts)
     kept: list[tuple[str, str, RowId]] = []
+    pii: Counter[str] = Counter()
     for text, label, row_id in zip(records.texts, labels, records.row_ids, strict=True):
-        text = clean_one(text, clean)
+        text = clean_one(text, clean, pii)
         problem = _length_problem(text, clean)
         if problem:
             records.drops.add(problem, row_id)
@@ -109,4 +115,5 @@ def clean_rows(
         duplicates=records.drops.count("duplicate"),
         conflicts=conflicts if labelled else None,
         repeated_texts=repeated,
+        pii={kind: pii[kind] for kind in PII_KINDS} if clean.redact_pii else None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,10 @@ class PreparedDocuments:
     data_hash: str  # sha256 of the source bytes
 
 
-def clean_document(text: str, clean: CleanConfig) -> str:
+def clean_document(text: str, clean: CleanConfig, pii: Counter[str] | None = None) -> str:
     """clean_text line by line: a document keeps its line breaks, which matter to generated text
     (verses, lists, paragraphs), with runs of blank lines collapsed to one."""
-    lines = "\n".join(clean_text(line, clean) for line in text.split("\n"))
+    lines = "\n".join(clean_text(line, clean, pii) for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", lines).strip("\n")
 
 

@@ -3,6 +3,7 @@ generation's documents), and read, clean and split a classification dataset."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,7 @@ def read_and_clean(
     path: str,
     cfg: DataConfig,
     labelled: bool = True,
-    clean_one: Callable[[str, CleanConfig], str] = clean_text,
+    clean_one: Callable[[str, CleanConfig, Counter[str]], str] = clean_text,
 ) -> tuple[Records, CleanedRows]:
     """The rows of `path` read with cfg's format and columns (its label column only when
     `labelled`), each cleaned with `clean_one` and filtered with cfg.clean."""
@@ -133,6 +134,8 @@ def rows_report(records: Records, cleaned: CleanedRows, unit: str = "rows") -> d
     }
     if labelled:
         report["conflicts"] = cleaned.conflicts
+    if cleaned.pii is not None:
+        report["pii"] = cleaned.pii
     return report | {
         "undecodable": _tally(records.undecodable, "rows"),
         "blank_lines": records.blank_lines.count,
