@@ -201,6 +201,11 @@ class EvalConfig(Section):
         "unigram (generation).",
     )
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for intervals; 0 is off.")
+    slices: list[str] = Field(
+        default_factory=list,
+        description="Columns of the data (not given to the model) to report metrics per value "
+        "of, with the largest gap between values: e.g. [region, channel].",
+    )
     val_tokens: int | None = Field(
         1_000_000,
         ge=1,
@@ -299,6 +304,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "data.split.stratify": "classification",
     "model.pooling": "classification",
     "eval.bootstrap": "classification",
+    "eval.slices": "classification",
     "generate": "generation",
     "eval.val_tokens": "generation",
 }

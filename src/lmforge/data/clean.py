@@ -55,6 +55,7 @@ class CleanedRows:
     conflicts: dict[str, int] | None  # None when the rows have no labels
     repeated_texts: int  # texts kept more than once because dedupe is off
     pii: dict[str, int] | None  # PII redacted per kind, over every row read; None when off
+    columns: dict[str, list[str]]  # records.columns of the rows kept
 
 
 def _length_problem(text: str, clean: CleanConfig) -> str | None:
@@ -116,4 +117,13 @@ def clean_rows(
         conflicts=conflicts if labelled else None,
         repeated_texts=repeated,
         pii={kind: pii[kind] for kind in PII_KINDS} if clean.redact_pii else None,
+        columns=_kept_columns(records, [row_id for _, _, row_id in out]),
     )
+
+
+def _kept_columns(records: Records, kept: list[RowId]) -> dict[str, list[str]]:
+    if not records.columns:
+        return {}
+    position = {row_id: i for i, row_id in enumerate(records.row_ids)}
+    return {name: [values[position[row_id]] for row_id in kept]
+            for name, values in records.columns.items()}

@@ -4,7 +4,7 @@ generation's documents), and read, clean and split a classification dataset."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,10 @@ class PreparedData:
     data_hash: str  # sha256 of the source bytes
 
 
-def prepare_classification_data(cfg: DataConfig) -> PreparedData:
-    """Read cfg.path, clean it with cfg.clean and split it with cfg.split."""
-    records, cleaned = read_and_clean(cfg.path, cfg)
+def prepare_classification_data(cfg: DataConfig, keep: Sequence[str] = ()) -> PreparedData:
+    """Read cfg.path, clean it with cfg.clean and split it with cfg.split; the columns named
+    in `keep` travel with each row (Split.columns)."""
+    records, cleaned = read_and_clean(cfg.path, cfg, keep=keep)
     label_names = order_labels(cleaned.labels)
     if len(label_names) < 2:
         found = ", ".join(f"'{label}'" for label in label_names)
@@ -37,7 +38,8 @@ def prepare_classification_data(cfg: DataConfig) -> PreparedData:
             f"{cfg.path}: classification needs at least 2 classes, found "
             f"{len(label_names)}: {found} (after cleaning)"
         )
-    train, val, test, warnings = split_dataset(cleaned.texts, cleaned.labels, cfg.split)
+    train, val, test, warnings = split_dataset(cleaned.texts, cleaned.labels, cfg.split,
+                                               cleaned.columns)
     if cleaned.repeated_texts:
         warnings.append(
             f"data.clean.dedupe is off: {cleaned.repeated_texts} rows repeat an earlier text "
@@ -55,14 +57,16 @@ def prepare_classification_data(cfg: DataConfig) -> PreparedData:
     return PreparedData(train, val, test, label_names, report, records.data_hash)
 
 
-def read_labelled(path: str, cfg: DataConfig) -> tuple[Split, dict[str, Any]]:
+def read_labelled(
+    path: str, cfg: DataConfig, keep: Sequence[str] = ()
+) -> tuple[Split, dict[str, Any]]:
     """A labelled evaluation file, read and cleaned like training data but not split."""
-    records, cleaned = read_and_clean(path, cfg)
+    records, cleaned = read_and_clean(path, cfg, keep=keep)
     report = rows_report(records, cleaned) | {
         "label_balance": label_counts(cleaned.labels, order_labels(cleaned.labels)),
         "length_chars": length_quantiles(cleaned.texts),
     }
-    return Split(texts=cleaned.texts, labels=cleaned.labels), report
+    return Split(cleaned.texts, cleaned.labels, cleaned.columns), report
 
 
 def read_texts(path: str, text_column: str) -> tuple[list[str], dict[str, Any]]:
@@ -99,11 +103,13 @@ def read_and_clean(
     cfg: DataConfig,
     labelled: bool = True,
     clean_one: Callable[[str, CleanConfig, Counter[str]], str] = clean_text,
+    keep: Sequence[str] = (),
 ) -> tuple[Records, CleanedRows]:
     """The rows of `path` read with cfg's format and columns (its label column only when
-    `labelled`), each cleaned with `clean_one` and filtered with cfg.clean."""
+    `labelled`, and the columns named in `keep`), each cleaned with `clean_one` and filtered
+    with cfg.clean."""
     label_column = cfg.label_column if labelled else None
-    records = read_records(path, cfg.format, cfg.text_column, label_column)
+    records = read_records(path, cfg.format, cfg.text_column, label_column, keep)
     cleaned = clean_rows(records, cfg.clean, clean_one)
     if not cleaned.texts:
         raise LmforgeError(

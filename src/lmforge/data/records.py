@@ -26,6 +26,8 @@ class Records:
     undecodable: Tally = field(default_factory=Tally)
     blank_lines: Tally = field(default_factory=Tally)
     ignored_files: Tally = field(default_factory=Tally)
+    # Columns kept beside the texts but not read by the model (eval.slices): name -> values.
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, row_id: RowId, text: str, label: str | None) -> None:
         self.row_ids.append(row_id)

@@ -8,11 +8,11 @@ report accounts for every row of the file. No cleaning happens here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lmforge.data.builtin import is_builtin, read_builtin
-from lmforge.data.records import Records, add_cells, add_lines, decode_file
+from lmforge.data.records import Records, add_cells, add_lines, cell_str, decode_file
 from lmforge.data.tables import Table, parse_table
 from lmforge.errors import LmforgeError
 
@@ -50,12 +50,18 @@ def resolve_format(path: str, fmt: str = "auto") -> str:
     return EXTENSIONS[ext]
 
 
-def read_records(path: str, fmt: str, text_column: str, label_column: str | None) -> Records:
-    """Texts (and labels, unless label_column is None) of a file, a folder or a built-in dataset.
+def read_records(
+    path: str, fmt: str, text_column: str, label_column: str | None, keep: Sequence[str] = ()
+) -> Records:
+    """Texts (and labels, unless label_column is None) of a file, a folder or a built-in dataset,
+    and the table columns named in `keep` (records.columns).
 
     Without labels a folder is one text per .txt file below it, and a built-in dataset's labels
     are left out; with labels a folder holds one subfolder of .txt files per label.
     """
+    if keep and (is_builtin(path) or resolve_format(path, fmt) not in TABLE_FORMATS):
+        raise LmforgeError(f"{path}: eval.slices names columns ({', '.join(keep)}), so the data "
+                           "must be a table (csv, tsv, jsonl, parquet)")
     if is_builtin(path):
         records = read_builtin(path)
         if label_column is None:
@@ -75,7 +81,7 @@ def read_records(path: str, fmt: str, text_column: str, label_column: str | None
         records.data_hash = hashlib.sha256(data).hexdigest()
         add_lines(records, data, label=None, id_prefix="")
     else:
-        records = _read_table(path, fmt, text_column, label_column)
+        records = _read_table(path, fmt, text_column, label_column, keep)
     if records.rows_read == 0:
         raise LmforgeError(f"{path} has no rows: no text in it")
     return records
@@ -145,19 +151,27 @@ def read_table(path: str, fmt: str, records: Records) -> Table:
     return parse_table(path, fmt, data, records)
 
 
-def _read_table(path: str, fmt: str, text_column: str, label_column: str | None) -> Records:
+def _read_table(
+    path: str, fmt: str, text_column: str, label_column: str | None, keep: Sequence[str]
+) -> Records:
     records = Records(source=path, format=fmt, labels=None if label_column is None else [])
+    records.columns = {column: [] for column in keep}
     table = read_table(path, fmt, records)
     if table.columns:
-        for column, setting in ((text_column, "text_column"), (label_column, "label_column")):
+        named = [(text_column, "data.text_column"), (label_column, "data.label_column")]
+        for column, setting in named + [(column, "eval.slices") for column in keep]:
             if column is not None and column not in table.columns:
                 raise LmforgeError(
                     f"column '{column}' not found in {path}; columns are: "
                     + ", ".join(table.columns)
-                    + f" (set data.{setting})"
+                    + f" (set {setting})"
                 )
     for row_id, cells in table.rows:
         text = cells.get(text_column)
         label = cells.get(label_column) if label_column is not None else None
+        added = len(records.texts)
         add_cells(records, row_id, text, label)
+        if len(records.texts) > added:
+            for column, values in records.columns.items():
+                values.append((cell_str(cells.get(column)) or "").strip() or "(missing)")
     return records

@@ -7,7 +7,7 @@ import hashlib
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,14 @@ from lmforge.errors import LmforgeError
 class Split:
     texts: list[str]
     labels: list[str]  # always strings: a label 5 in the file is "5" here
+    # Columns the model does not read, kept for slice metrics (eval.slices): name -> values.
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
     def take(self, indices: Iterable[int]) -> Split:
         """The rows at `indices`, in that order."""
         chosen = list(indices)
-        return Split([self.texts[i] for i in chosen], [self.labels[i] for i in chosen])
+        columns = {name: [values[i] for i in chosen] for name, values in self.columns.items()}
+        return Split([self.texts[i] for i in chosen], [self.labels[i] for i in chosen], columns)
 
 
 def order_labels(labels: Iterable[str]) -> list[str]:
@@ -66,7 +69,10 @@ def _take(
 
 
 def split_dataset(
-    texts: list[str], labels: list[str], split: SplitConfig
+    texts: list[str],
+    labels: list[str],
+    split: SplitConfig,
+    columns: dict[str, list[str]] | None = None,
 ) -> tuple[Split, Split, Split, list[str]]:
     """(train, val, test, warnings); unstratified, with a warning, when a class is too small."""
     n = len(texts)
@@ -86,7 +92,7 @@ def split_dataset(
         rest, labels, val_fraction, split.seed, split.stratify, "val"
     )
 
-    rows = Split(texts, labels)
+    rows = Split(texts, labels, columns or {})
     warnings = [w for w in (test_warning, val_warning) if w]
     return rows.take(train_idx), rows.take(val_idx), rows.take(test_idx), warnings
 

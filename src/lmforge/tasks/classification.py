@@ -35,6 +35,7 @@ from lmforge.data import (
 from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
+from lmforge.evaluation.slices import render_slices, slice_report
 from lmforge.models import EncoderClassifier, TransformerConfig, load_pretrained_classifier
 from lmforge.models.transformer import EncoderForMaskedLM
 from lmforge.tasks.recipe import (
@@ -213,7 +214,7 @@ class ClassificationTask:
         })
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
-        data = prepare_classification_data(cfg.data)
+        data = prepare_classification_data(cfg.data, cfg.eval.slices)
         log(f"{render.data_summary(data.report)}; labels {data.label_names}")
         tokenizer = runs.tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir,
                                            resume, log)
@@ -288,7 +289,7 @@ class ClassificationTask:
             data_cfg = DataConfig(text_column=meta["text_column"],
                                   label_column=meta["label_column"],
                                   clean=CleanConfig(**meta["clean"]))
-            split, _ = read_labelled(data, data_cfg)
+            split, _ = read_labelled(data, data_cfg, cfg.eval.slices)
             check = {"source": data, "split_record": record is not None}
             if record is not None:
                 unseen, check = runs.leak_check(split.texts, record, data, run_dir)
@@ -311,6 +312,7 @@ class ClassificationTask:
 
     def render(self, report: dict[str, Any], console: Console, title: str) -> None:
         render_table(report, console, title=title)
+        render_slices(report, console)
 
     def quickstart_notes(self, predictor: Predictor, bundle_dir: Path) -> list[str]:
         return []
@@ -403,6 +405,10 @@ def _evaluate_split(
         config=cfg.eval.model_copy(update={"baselines": use_baselines}),
         seed=cfg.train.seed,
     )
+    if split.columns:
+        report |= slice_report(split.labels, [row["label"] for row in predictions.rows],
+                               predictor.labels, split.columns, cfg.eval.bootstrap,
+                               cfg.train.seed)
     rows = [
         {"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
         for row, gold in zip(predictions.rows, split.labels, strict=True)
@@ -419,10 +425,10 @@ def _run_splits(
     the data split again."""
     source = cfg.data.path
     if record is None:
-        prepared = prepare_classification_data(cfg.data)
+        prepared = prepare_classification_data(cfg.data, cfg.eval.slices)
         return (prepared.train, prepared.test,
                 runs.unrecorded_check(run_dir, source, prepared.data_hash))
-    rows, report = read_labelled(source, cfg.data)
+    rows, report = read_labelled(source, cfg.data, cfg.eval.slices)
     test_rows, missing = record.locate("test", rows.texts)
     test = rows.take(test_rows)
     unseen = record.unseen(test.texts)
