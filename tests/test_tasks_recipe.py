@@ -64,6 +64,7 @@ class WordCountTask:
     val_metrics = ("val_mae",)
     runs_with = "predict"
     quickstart_run = "quickstart-word-count"
+    report_kind = "metrics"
 
     def starter_config(self, data):
         return Config(task=self.name, data=DataConfig(path=data))

@@ -93,6 +93,17 @@ def evaluate(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory (or its bundle).")],
+) -> None:
+    """Write the run's report.html: one self-contained page with learning curves, the test
+    metrics beside the baselines, the task's plots, the data report and provenance."""
+    from lmforge import pipeline
+
+    print(f"written to {pipeline.report(run)}")
+
+
+@app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle (a run's model/ folder) or a run.")],
     input: Annotated[

@@ -18,6 +18,7 @@ from lmforge.bundle import load, locate_bundle, read_meta, save_bundle
 from lmforge.config import Config, GenerateConfig, dump_config, load_config
 from lmforge.data import read_texts
 from lmforge.errors import LmforgeError
+from lmforge.evaluation.html_report import write_html_report
 from lmforge.files import write_atomic, write_json_atomic
 from lmforge.runs import (
     create_run_dir,
@@ -111,6 +112,7 @@ def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | N
     else:
         console.print("no test split (data.split.test is 0): evaluate with "
                       f"`lmforge evaluate {run_dir} --data FILE`")
+    write_html_report(run_dir, recipe.report_kind)
     console.print(f"run written to {run_dir}; bundle at {run_dir / 'model'}")
     return tested.report if tested is not None else None
 
@@ -131,6 +133,8 @@ def evaluate(
     if data is not None:
         out_path = (where.run_dir or where.bundle_dir) / f"eval-{Path(data).stem}.json"
         write_json_atomic(out_path, report)
+    elif where.run_dir is not None:
+        write_html_report(where.run_dir, recipe.report_kind, report)
     if show:
         console = render.console()
         for note in data_check_notes(report.get("data_check", {})):
@@ -139,6 +143,17 @@ def evaluate(
         if out_path is not None:
             console.print(f"written to {out_path}")
     return report
+
+
+def report(target: str | Path) -> Path:
+    """Write a run's report.html (learning curves, the task's views of eval.json, the data
+    report, provenance) from its files, and return its path."""
+    where = locate_bundle(target)
+    if where.run_dir is None:
+        raise LmforgeError(f"{target} is a bundle outside a run directory; `lmforge report` "
+                           "reads a run's metrics.jsonl, eval.json and data_report.json")
+    return write_html_report(where.run_dir, recipe_for(read_meta(where.bundle_dir)["task"])
+                             .report_kind)
 
 
 def predict(

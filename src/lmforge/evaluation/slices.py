@@ -74,7 +74,7 @@ def slice_report(
 
 def _gap(per_value: dict[str, dict], values: list[str], metric: str) -> dict[str, Any]:
     best = max(values, key=lambda value: per_value[value][metric])
-    worst = min(values, key=lambda value: per_value[value][metric])
+    worst = min(reversed(values), key=lambda value: per_value[value][metric])  # not `best`
     difference = per_value[best][metric] - per_value[worst][metric]
     return {"difference": difference, "best": best, "worst": worst}
 

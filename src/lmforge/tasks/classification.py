@@ -200,6 +200,7 @@ class ClassificationTask:
     val_metrics = ("f1_macro", "accuracy", "val_loss")  # what make_val_metrics reports
     runs_with = "predict"  # the verb that runs its bundles
     quickstart_run = "quickstart"  # runs/<this>: where `lmforge quickstart` writes
+    report_kind = "classification"  # report.html's views (evaluation.html_report.SECTIONS)
 
     def starter_config(self, data: str) -> Config:
         return Config(task=self.name, data=DataConfig(path=data, **detect_columns(data)))

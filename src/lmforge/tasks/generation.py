@@ -142,6 +142,7 @@ class GenerationTask:
     val_metrics = ("val_loss", "val_perplexity")  # what make_val_metrics reports
     runs_with = "generate"  # the verb that runs its bundles
     quickstart_run = "quickstart-generation"  # runs/<this>: where `lmforge quickstart` writes
+    report_kind = "generation"  # report.html's views (evaluation.html_report.SECTIONS)
 
     def starter_config(self, data: str) -> Config:
         return Config(task=self.name, data=DataConfig(path=data, **detect_text_column(data)))

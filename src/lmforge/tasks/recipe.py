@@ -66,6 +66,8 @@ class TaskRecipe(Protocol):
     # train.early_stopping_metric
     runs_with: str  # the verb that runs its bundles: "predict" or "generate"
     quickstart_run: str  # the run directory's name under runs/ for `lmforge quickstart`
+    report_kind: str  # its views in report.html (evaluation.html_report.SECTIONS; "metrics":
+    # eval.json as a table)
 
     def starter_config(self, data: str) -> Config:
         """`lmforge init`: a config for this data file, its columns detected."""
