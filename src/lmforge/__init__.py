@@ -1,7 +1,8 @@
 """lmforge: from data to a served Transformer, driven by one YAML config.
 
 The Python API mirrors the CLI verbs: `train`, `evaluate`, `predict`, `generate`, `quickstart`,
-`export`, `compress`, and `load` (a Predictor for a classifier, a Generator for a generation model).
+`export`, `compress`, `ensemble`, and `load` (a Predictor for a classifier, a Generator for a
+generation model).
 They are imported on first use, so `import lmforge` (and `lmforge --help`) stays fast.
 """
 
@@ -10,10 +11,11 @@ from typing import Any
 from lmforge.version import __version__
 
 __all__ = [
-    "__version__", "compress", "evaluate", "export", "generate", "load", "predict", "quickstart",
-    "train",
+    "__version__", "compress", "ensemble", "evaluate", "export", "generate", "load", "predict",
+    "quickstart", "train",
 ]
-VERBS = ("train", "evaluate", "predict", "generate", "quickstart", "export", "compress")
+VERBS = ("train", "evaluate", "predict", "generate", "quickstart", "export", "compress",
+         "ensemble")
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+import shutil
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -42,7 +43,7 @@ from lmforge.models import (
     PretrainedClassifier,
     TransformerConfig,
 )
-from lmforge.tasks.classification import predict_logits, softmax
+from lmforge.tasks.classification import OTHER_ARCHS, predict_logits, softmax
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
 from lmforge.version import __version__
@@ -63,33 +64,24 @@ class Predictions:
     n_truncated: int
 
 
-class Predictor:
-    """A loaded classification bundle: `predict(texts)` cleans, tokenizes, runs and labels."""
+class TextClassifier:
+    """What every classification bundle loads into: its labels, max length and lmforge.json,
+    `encode` (the tokens it reads, which serving bills) and `probabilities`; predict_batch and
+    predict label from those. Predictor is the one network; tasks/classifiers.py has the
+    others (TF-IDF + logistic regression, an ensemble of bundles)."""
 
-    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+    def __init__(self, meta: dict[str, Any]) -> None:
         self.meta = meta
         self.labels: list[str] = meta["labels"]
         self.max_length: int = meta["max_length"]
         self.clean = CleanConfig(**meta["clean"])
 
     def encode(self, texts: list[str], max_length: int | None = None) -> Encoded:
-        """Clean and tokenize exactly as training did (cut to max_length, default the model's)."""
-        cleaned = [clean_text(text, self.clean) for text in texts]
-        return self.tokenizer.encode(cleaned, max_length or self.max_length)
-
-    def logits(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
-        """(n, classes) logits in `labels` order, and how many texts were truncated."""
-        encoded = self.encode(texts)
-        logits = predict_logits(self.model, encoded.ids, self.tokenizer.pad_id, batch_size)
-        return logits, encoded.n_truncated
+        raise NotImplementedError
 
     def probabilities(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
         """(n, classes) probabilities in `labels` order, and how many texts were truncated."""
-        logits, n_truncated = self.logits(texts, batch_size)
-        probs = softmax(logits) if len(texts) else np.zeros((0, len(self.labels)))
-        return probs, n_truncated
+        raise NotImplementedError
 
     def predict_batch(self, texts: list[str], batch_size: int = 64) -> Predictions:
         probs, n_truncated = self.probabilities(texts, batch_size)
@@ -110,6 +102,32 @@ class Predictor:
         return self.predict_batch(list(texts), batch_size).rows
 
 
+class Predictor(TextClassifier):
+    """A loaded classification bundle: `predict(texts)` cleans, tokenizes, runs and labels."""
+
+    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> None:
+        super().__init__(meta)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    def encode(self, texts: list[str], max_length: int | None = None) -> Encoded:
+        """Clean and tokenize exactly as training did (cut to max_length, default the model's)."""
+        cleaned = [clean_text(text, self.clean) for text in texts]
+        return self.tokenizer.encode(cleaned, max_length or self.max_length)
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+        """(n, classes) logits in `labels` order, and how many texts were truncated."""
+        encoded = self.encode(texts)
+        logits = predict_logits(self.model, encoded.ids, self.tokenizer.pad_id, batch_size)
+        return logits, encoded.n_truncated
+
+    def probabilities(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+        """(n, classes) probabilities in `labels` order, and how many texts were truncated."""
+        logits, n_truncated = self.logits(texts, batch_size)
+        probs = softmax(logits) if len(texts) else np.zeros((0, len(self.labels)))
+        return probs, n_truncated
+
+
 def save_bundle(
     directory: Path, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]
 ) -> None:
@@ -122,6 +140,12 @@ def save_bundle(
             save_model(model, str(tmp / WEIGHTS_FILE))
         tokenizer.save(tmp)
         write_json_atomic(tmp / META_FILE, {"lmforge_version": __version__, **meta})
+
+
+def copy_bundle(source: Path, directory: Path) -> None:
+    """A copy of the bundle `source` at `directory`, swapped in as save_bundle does."""
+    with staged_dir(directory) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -187,8 +211,9 @@ def _shown(value: Any) -> str:
 def _meta_problem(meta: dict[str, Any]) -> str | None:
     task, arch, length = meta["task"], meta.get("arch"), meta.get("max_length")
     own_arch = OWN_MODELS[task][0]
-    if arch not in (own_arch, "pretrained"):
-        return f"'arch' must be '{own_arch}' or 'pretrained' for {task} (got {_shown(arch)})"
+    archs = (own_arch, "pretrained", *(OTHER_ARCHS if task == "classification" else ()))
+    if arch not in archs:
+        return f"'arch' must be {' or '.join(map(repr, archs))} for {task} (got {_shown(arch)})"
     if type(length) is not int or length < 1:
         return f"'max_length' must be a positive integer (got {_shown(length)})"
     columns = ["text_column", "label_column"] if task == "classification" else ["text_column"]
@@ -308,7 +333,13 @@ def check_bundle(directory: str | Path) -> dict[str, Any]:
     """Check a bundle's files without building its model, and return its lmforge.json: what
     `lmforge serve` does before it starts (the models load afterwards). A damaged lmforge.json,
     tokenizer or weights file raises LmforgeError naming it."""
-    return _open_bundle(Path(directory))[0]
+    directory = Path(directory)
+    restore_dir(directory)
+    if read_meta(directory).get("arch") in OTHER_ARCHS:
+        from lmforge.tasks.classifiers import check_bundle_files  # they build on this module
+
+        return check_bundle_files(directory)
+    return _open_bundle(directory)[0]
 
 
 def load(directory: str | Path, device: str = "auto") -> Any:

@@ -226,6 +226,26 @@ def compress(
     )
 
 
+@app.command()
+def ensemble(
+    members: Annotated[
+        list[Path], typer.Argument(help="Two or more runs or classification bundles.")
+    ],
+    out: Annotated[Path, typer.Option(help="The ensemble bundle to write.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled texts to fit the weights on (default: the members' shared "
+                     "val split)."),
+    ] = None,
+    force: ForceOption = False,
+) -> None:
+    """Fuse classifiers of the same labels into one bundle: probabilities averaged with weights
+    fitted on validation; prints each member beside the ensemble."""
+    from lmforge import pipeline
+
+    pipeline.ensemble(members, out=out, data=data, force=force)
+
+
 # --- serving: `lmforge serve`, `lmforge keys ...`, `lmforge usage` (the work is in lmforge.serve)
 
 DbOption = Annotated[

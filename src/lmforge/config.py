@@ -107,10 +107,12 @@ GPT2_VOCAB_SIZE = 50257  # the gpt2-* presets count their parameters with GPT-2'
 
 
 class ModelConfig(Section):
-    arch: Literal["transformer", "gpt", "pretrained"] = Field(
+    arch: Literal["transformer", "gpt", "pretrained", "auto"] = Field(
         "transformer",
         description="transformer: lmforge's encoder; gpt: lmforge's decoder (the default for "
-        "task generation); pretrained: a HF model.",
+        "task generation); pretrained: a HF model; auto (classification, what `lmforge init` "
+        "writes): train lmforge's encoder, TF-IDF + logistic regression and, if "
+        "model.pretrained is named, that model; ship the best on validation or their fusion.",
     )
     preset: Literal["gpt-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b"] | None = Field(
         None,
@@ -421,11 +423,17 @@ class Config(Section):
             if tokenizer.kind == "byte_bpe":
                 raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; "
                                  "classification uses bpe, wordpiece or char")
+            if model.arch == "auto" and self.data.split.val == 0:
+                raise ValueError("model.arch 'auto' picks its model on the validation split; "
+                                 "set data.split.val above 0")
             return
         if self.task != "generation":
             return
         if "arch" not in model.model_fields_set:
             model.arch = "gpt"
+        if model.arch == "auto":
+            raise ValueError("model.arch 'auto' is for task classification; task generation "
+                             "uses 'gpt' or 'pretrained'")
         if model.arch == "transformer":
             raise ValueError("model.arch 'transformer' is an encoder and cannot generate; "
                              "task generation uses 'gpt' or 'pretrained'")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import provenance, render
-from lmforge.bundle import load, locate_bundle, read_meta, save_bundle
+from lmforge.bundle import copy_bundle, load, locate_bundle, read_meta, save_bundle
 from lmforge.config import Config, GenerateConfig, dump_config, load_config
 from lmforge.data import read_texts
 from lmforge.errors import LmforgeError
@@ -103,7 +103,10 @@ def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | N
             lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in tested.rows)
             write_atomic(run_dir / "test_predictions.jsonl", lines)
         meta["metrics"] = recipe.summary(tested.report)
-    save_bundle(run_dir / "model", model, run.tokenizer, meta)
+    if tested is not None and tested.bundle is not None:
+        copy_bundle(tested.bundle, run_dir / "model")
+    else:
+        save_bundle(run_dir / "model", model, run.tokenizer, meta)
     origin = provenance.collect(run.cfg.data.path, run.data_hash)
     write_json_atomic(run_dir / "provenance.json", origin)
     console = render.console()
@@ -268,6 +271,24 @@ def quickstart(
     for note in notes:
         console.print(note)
     return result
+
+
+def ensemble(
+    targets: list[str | Path], out: str | Path, data: str | Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """One classification bundle at `out` from several runs or bundles of the same labels:
+    their probabilities averaged with weights fitted on the validation split they share (or on
+    `data`); prints each member beside the ensemble and returns the bundle's lmforge.json."""
+    from lmforge.evaluation.leaderboard import render_leaderboard
+    from lmforge.optimize.ensemble import ensemble_bundles
+
+    meta = ensemble_bundles(list(targets), Path(out), data, force)
+    fusion, console = meta["fusion"], render.console()
+    render_leaderboard(fusion["leaderboard"], console, f"Ensemble at {out}: weights fitted on "
+                       f"the {fusion['fitted_on']} (n={fusion['n']})")
+    console.print(f"bundle written to {out}", markup=False)
+    return meta
 
 
 def export(

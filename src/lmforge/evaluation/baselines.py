@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.metrics import encode_labels
-
-# Below this many training texts, dropping n-grams seen only once could leave no vocabulary.
-_MIN_TEXTS_FOR_MIN_DF = 100
+from lmforge.models.tfidf import TfidfLogReg
 
 
 def majority_baseline(
@@ -43,22 +39,7 @@ def tfidf_logreg_baseline(
     if len(present) < 2:
         # Logistic regression cannot fit one class; the only honest answer is the majority one.
         return majority_baseline(train_labels, len(test_texts), labels)
-    # Character n-grams need no word segmentation, so the same baseline works for Chinese and
-    # English; char_wb keeps n-grams inside word boundaries where there are spaces.
-    vectorizer = TfidfVectorizer(
-        analyzer="char_wb",
-        ngram_range=(1, 3),
-        sublinear_tf=True,
-        min_df=2 if len(train_texts) >= _MIN_TEXTS_FOR_MIN_DF else 1,
-        dtype=np.float32,
-    )
-    x_train = vectorizer.fit_transform(list(train_texts))
-    classifier = LogisticRegression(C=4.0, max_iter=1000, random_state=seed)
-    classifier.fit(x_train, y)
-    probs = np.zeros((len(test_texts), len(labels)))
-    if len(test_texts):
-        # classes_ holds only the label indices seen in training; unseen labels keep probability 0.
-        x_test = vectorizer.transform(list(test_texts))
-        probs[:, classifier.classes_] = classifier.predict_proba(x_test)
+    model = TfidfLogReg.fit(train_texts, y, len(labels), seed)
+    probs = model.probabilities(test_texts)
     predictions = [labels[i] for i in probs.argmax(axis=1)]
     return predictions, probs

@@ -12,6 +12,7 @@ from rich.table import Table
 from lmforge.config import EvalConfig
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.baselines import majority_baseline, tfidf_logreg_baseline
+from lmforge.evaluation.leaderboard import render_leaderboard
 from lmforge.evaluation.metrics import (
     bootstrap_intervals,
     classification_metrics,
@@ -118,6 +119,8 @@ def render_table(report: dict, console: Console, title: str = "Test split") -> N
             f"(not better in {comparison['p_model_not_better']:.1%} of resamples)",
             markup=False,
         )
+    if report.get("leaderboard"):
+        render_leaderboard(report["leaderboard"], console, "Leaderboard (* the model above)")
     beaten_by = _best_baseline_not_beaten(report)
     if beaten_by is not None:
         console.print(

@@ -51,7 +51,10 @@ from lmforge.training import distributed, fit, seed_everything
 from lmforge.training.checkpoint import last_step, load_checkpoint
 
 if TYPE_CHECKING:
-    from lmforge.bundle import Predictor
+    from lmforge.bundle import Predictor, TextClassifier
+
+# Classification bundles that are no single network: tasks/classifiers.py checks and loads them.
+OTHER_ARCHS = ("tfidf_logreg", "ensemble")
 
 Batch = dict[str, torch.Tensor]
 
@@ -203,14 +206,18 @@ class ClassificationTask:
     report_kind = "classification"  # report.html's views (evaluation.html_report.SECTIONS)
 
     def starter_config(self, data: str) -> Config:
-        return Config(task=self.name, data=DataConfig(path=data, **detect_columns(data)))
+        """Its columns detected, and model.arch auto: the best on validation of lmforge's
+        encoder, TF-IDF + logistic regression and their fusion."""
+        return load_config({"task": self.name, "data": {"path": data, **detect_columns(data)},
+                            "model": {"arch": "auto"}})
 
     def quickstart_config(self, fast: bool) -> Config:
-        """The built-in sentiment corpus, lmforge's encoder with classification's defaults
-        (config.TASK_MODEL_DEFAULTS, the ones `lmforge init` writes), a schedule that fits the
-        time budget."""
+        """The built-in sentiment corpus; model.arch auto with lmforge's encoder at
+        classification's defaults (config.TASK_MODEL_DEFAULTS, the ones `lmforge init`
+        writes) on a schedule that fits the time budget."""
         steps = 400 if fast else 1500
         return load_config({
+            "model": {"arch": "auto"},
             "train": {"max_steps": steps, "eval_every": steps // 5, "batch_size": 32},
         })
 
@@ -225,8 +232,8 @@ class ClassificationTask:
         report["length_tokens"] = _quantiles(len(x) for s in splits.values() for x in s.ids)
         report["truncated_to_max_length"] = truncated
         texts = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
-        return Prepared(cfg, data.data_hash, tokenizer, texts, report,
-                        {"data": data, "splits": splits})
+        own = {"data": data, "splits": splits, "run_dir": run_dir, "log": log}  # arch auto's too
+        return Prepared(cfg, data.data_hash, tokenizer, texts, report, own)
 
     def build_model(
         self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
@@ -235,7 +242,7 @@ class ClassificationTask:
         seed_everything(cfg.train.seed)
         model = build_model(cfg.model, run.tokenizer, run.parts["data"].label_names)
         seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
-        if cfg.classification.pretrain_steps and cfg.model.arch == "transformer":
+        if cfg.classification.pretrain_steps and cfg.model.arch in ("transformer", "auto"):
             _pretrain(run, model, run_dir / "pretrain", resume, show_progress, log)
         return model
 
@@ -258,6 +265,12 @@ class ClassificationTask:
 
     def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
         data = run.parts["data"]
+        if run.cfg.model.arch == "auto":  # the candidates, fused; the best on val shipped
+            from lmforge.tasks import auto  # it builds on bundle.py
+
+            return auto.select(self, run, model, run.parts["run_dir"], run.parts["log"],
+                               lambda shipped, split: _evaluate_split(shipped, split, data.train,
+                                                                      run.cfg))
         if not data.test.texts:
             return None
         from lmforge.bundle import Predictor  # bundle.py builds on this module's functions
@@ -266,7 +279,8 @@ class ClassificationTask:
         return _evaluate_split(predictor, data.test, data.train, run.cfg)
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
-        return {key: report[key] for key in ("n", "accuracy", "f1_macro")}
+        return {key: report[key] for key in ("n", "accuracy", "f1_macro", "shipped")
+                if key in report}
 
     def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path | None) -> dict:
         meta = bundle_meta(run, model, run_dir)
@@ -274,7 +288,11 @@ class ClassificationTask:
                   "label_column": run.cfg.data.label_column}
         return {**meta, **labels}
 
-    def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Predictor:
+    def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> TextClassifier:
+        if meta.get("arch") in OTHER_ARCHS:  # TF-IDF, an ensemble: no single network
+            from lmforge.tasks.classifiers import load_bundle  # it builds on bundle.py
+
+            return load_bundle(bundle_dir, meta, device)
         return open_lmforge_bundle(bundle_dir, device)
 
     def evaluate(
@@ -406,10 +424,16 @@ def _evaluate_split(
         config=cfg.eval.model_copy(update={"baselines": use_baselines}),
         seed=cfg.train.seed,
     )
+    from lmforge.tasks.classifiers import member_leaderboard  # it builds on bundle.py
+
     if split.columns:
         report |= slice_report(split.labels, [row["label"] for row in predictions.rows],
                                predictor.labels, split.columns, cfg.eval.bootstrap,
                                cfg.train.seed)
+    board = member_leaderboard(predictor, split.labels, split.texts, cfg.eval.bootstrap,
+                               cfg.train.seed)
+    if board is not None:  # an ensemble: each member beside it
+        report["leaderboard"] = board
     rows = [
         {"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
         for row, gold in zip(predictions.rows, split.labels, strict=True)

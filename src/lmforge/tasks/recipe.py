@@ -58,6 +58,9 @@ class Evaluated:
     report: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     scored_test: bool = True  # False: the data had no test split (the report says so)
+    # a bundle the recipe wrote, to ship as the run's model/ in place of the trained model
+    # (classification's arch auto: the candidate or fusion best on validation)
+    bundle: Path | None = None
 
 
 class TaskRecipe(Protocol):
