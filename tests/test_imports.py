@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "lmforge"
 LAYERS = [
     {"version", "errors", "files", "provenance", "render"},  # import nothing of lmforge
     {"config", "training", "evaluation", "models"},
-    {"decoding", "data", "tokenization", "tasks", "runs"},
+    {"decoding", "data", "tokenization", "tasks", "runs", "cross_validation", "tracking",
+     "tuning"},
     {"bundle"},
     {"optimize"},
     {"serve"},

@@ -61,6 +61,11 @@ def train(
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes on this machine (launches torchrun for you).")
     ] = 1,
+    cv: Annotated[
+        int | None,
+        typer.Option(min=2, help="First score K models on K folds of train + val (cv.json); "
+                     "the bundle is then refit on all of them."),
+    ] = None,
 ) -> None:
     """Train a model from CONFIG into a run directory."""
     if resume and force:
@@ -70,11 +75,42 @@ def train(
 
         args = ["train", str(config), *(["--out", str(out)] if out else [])]
         args += [f"--set={item}" for item in set_ or []]
-        args += ["--resume"] * resume + ["--force"] * force
+        args += ["--resume"] * resume + ["--force"] * force + [f"--cv={cv}"] * (cv is not None)
         raise typer.Exit(launch(nproc, args))
     from lmforge import pipeline
 
-    pipeline.train(config, out=out, overrides=set_ or [], resume=resume, force=force)
+    pipeline.train(config, out=out, overrides=set_ or [], resume=resume, force=force, cv=cv)
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="YAML or JSON config file.")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials this command runs.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where trials go (default runs/<study>).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL shared by machines (postgresql+psycopg://...); "
+                     "default SQLite under --out."),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="The study's name (default the config's name).")
+    ] = None,
+    space: Annotated[
+        Path | None, typer.Option(help="YAML search space: field: {low, high, log} or "
+                                  "{choices: [...]}.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: key.sub=value.")
+    ] = None,
+) -> None:
+    """Search hyperparameters with Optuna: each trial a run under --out, scored on validation,
+    bad ones pruned; best.yaml is the best config. Rerun to continue the study."""
+    from lmforge import pipeline
+
+    pipeline.tune(config, trials, out=out, storage=storage, study=study, space=space,
+                  overrides=set_ or [])
 
 
 @app.command()

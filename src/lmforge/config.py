@@ -187,6 +187,15 @@ class TrainConfig(Section):
     bucket_by_length: bool = Field(
         True, description="Batch texts of similar length together (less padding, faster)."
     )
+    tracking: Literal["none", "mlflow"] = Field(
+        "none", description="mlflow: also record the run in MLflow (pip install "
+        "'lmforge[mlflow]'); TensorBoard and metrics.jsonl are always written."
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a SQLite "
+        "store in ./mlruns."
+    )
+    experiment: str = Field("lmforge", description="The MLflow experiment runs go to.")
 
     @field_validator("device")
     @classmethod
@@ -320,6 +329,12 @@ TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "classification": {"d_model": 128, "d_ff": 512, "dropout": 0.2},
 }
 
+# The peak learning rate of a pretrained model's fine-tune when train.lr is not given: Hugging
+# Face Trainer's default. TrainConfig's 5e-4 suits lmforge's models trained from scratch; on a
+# pretrained encoder it overwrites much of what pre-training learned (bench/RESULTS.md, "Parity
+# with Hugging Face Trainer").
+PRETRAINED_LR = 5e-5
+
 
 def _recipes() -> dict[str, Any]:
     """The tasks (lmforge.tasks.TASKS), looked up when a config is checked: the recipes are
@@ -416,6 +431,8 @@ class Config(Section):
             tokenizer.vocab_size = GPT2_VOCAB_SIZE
         if "early_stopping_metric" not in self.train.model_fields_set:
             self.train.early_stopping_metric = _recipes()[self.task].val_metrics[0]
+        if model.arch == "pretrained" and "lr" not in self.train.model_fields_set:
+            self.train.lr = PRETRAINED_LR
         if self.task == "classification":
             if model.arch == "gpt":
                 raise ValueError("model.arch 'gpt' is a decoder for task generation; "

@@ -9,13 +9,15 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge import provenance, render
+from lmforge import provenance, render, tracking, tuning
 from lmforge.bundle import copy_bundle, load, locate_bundle, read_meta, save_bundle
 from lmforge.config import Config, GenerateConfig, dump_config, load_config
+from lmforge.cross_validation import cross_validate
 from lmforge.data import read_texts
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.html_report import write_html_report
@@ -40,6 +42,8 @@ class RunResult:
     eval_report: dict[str, Any] | None
     resumed_from: int | None
     steps: int
+    cv: dict[str, Any] | None = None  # cv.json's content, with --cv
+    stopped: bool = False  # on_eval stopped training (a pruned trial): no test, no bundle
 
 
 def recipe_for(task: str) -> TaskRecipe:
@@ -55,13 +59,22 @@ def train(
     resume: bool = False,
     force: bool = False,
     show_progress: bool = True,
+    cv: int | None = None,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> RunResult:
     """Train a model from a config (a path, a mapping or a Config) into a run directory.
 
     Under torchrun every rank calls this; rank 0 alone writes files and prints. When torchrun
     restarts failed workers (--max-restarts), the run resumes from its last checkpoint.
+    With `cv` (K), K models are first trained and scored on folds of the train and val rows
+    (cv.json; see cross_validation.py) and the bundle is refit on all of them. `on_eval` as
+    training.fit takes it (True stops training: no test, no bundle).
     """
     cfg = load_config(config, overrides)
+    if cv is not None and resume:
+        raise LmforgeError("--cv cannot --resume (folds keep no checkpoints); pass --force")
+    if cfg.train.tracking == "mlflow":
+        tracking.require()
     recipe = recipe_for(cfg.task)
     run_dir = Path(out) if out else default_run_dir(config)
     distributed.init(cfg.train.device)
@@ -76,21 +89,32 @@ def train(
 
     distributed.on_main(start)
     run = recipe.prepare(cfg, run_dir, resume, log)
+    cv_report = None
+    if cv is not None:
+        cv_report, run = cross_validate(recipe, run, cv, run_dir, show_progress, log)
+        distributed.on_main(lambda: render.cv_table(cv_report, render.console()))
     if distributed.is_main():
         write_json_atomic(run_dir / "data_report.json", run.data_report)
         write_split_record(run_dir, run.data_hash, run.split_texts)
     model = recipe.build_model(run, run_dir, resume, show_progress, log)
     plan = recipe.training(run, model)
-    result = fit(model, plan.examples, plan.collate, plan.loss, plan.val_metrics, cfg.train,
-                 run_dir, resume=resume, metric_mode=plan.metric_mode,
-                 show_progress=show_progress, lengths=plan.lengths)
+    result = fit(model, plan.examples, plan.collate, plan.loss, plan.val_metrics,
+                 run.cfg.train, run_dir, resume=resume, metric_mode=plan.metric_mode,
+                 show_progress=show_progress, lengths=plan.lengths, on_eval=on_eval)
+    if result.stopped:
+        distributed.shutdown()
+        return RunResult(run_dir, run_dir / "model", None, result.resumed_from,
+                         result.state.step, stopped=True)
     if result.best_dir is not None:
         load_checkpoint(result.best_dir, model, with_state=False)
         log(f"best checkpoint: step {result.state.best_step} "
             f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})")
     report = distributed.on_main(lambda: _finish(recipe, run, model, run_dir))
+    if cfg.train.tracking == "mlflow":
+        distributed.on_main(lambda: tracking.record_run(cfg, run_dir))
     distributed.shutdown()
-    return RunResult(run_dir, run_dir / "model", report, result.resumed_from, result.state.step)
+    return RunResult(run_dir, run_dir / "model", report, result.resumed_from, result.state.step,
+                     cv_report)
 
 
 def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | None:
@@ -118,6 +142,27 @@ def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | N
     write_html_report(run_dir, recipe.report_kind)
     console.print(f"run written to {run_dir}; bundle at {run_dir / 'model'}")
     return tested.report if tested is not None else None
+
+
+def tune(
+    config: str | Path | dict[str, Any],
+    trials: int,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    space: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Search hyperparameters with Optuna: `trials` more trials of the study, each a run under
+    `out` (default runs/<study>/trial-<n>); best.yaml is the best trial's config (see tuning)."""
+
+    def train_trial(raw: dict[str, Any], run_dir: Path, on_eval: Any) -> RunResult:
+        return train(raw, out=run_dir, show_progress=False, on_eval=on_eval)
+
+    report = tuning.tune(config, trials, train_trial, out, storage, study, space, overrides,
+                         render.notes())
+    render.tune_table(report, render.console())
+    return report
 
 
 def evaluate(

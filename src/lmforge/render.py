@@ -84,3 +84,45 @@ def write_in_order(events: Iterator[Any], n: int, sink: TextIO) -> list[str]:
                 sink.write("".join(held[current]))
             sink.flush()
     return texts
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return "-" if value is None else str(value)
+
+
+def cv_table(report: dict[str, Any], out: Console) -> None:
+    """cv.json as a table: one row per fold, then the mean and std of each figure."""
+    from rich.table import Table
+
+    names = list(report["mean"])
+    table = Table(title=f"{report['k']}-fold cross-validation (held-out folds of train + val)")
+    for column in ("fold", "train", "held out", *names):
+        table.add_column(column, justify="right")
+    for fold in report["folds"]:
+        table.add_row(str(fold["fold"]), str(fold["train_rows"]), str(fold["held_out_rows"]),
+                      *(_figure(fold["metrics"].get(name)) for name in names))
+    for row in ("mean", "std"):
+        table.add_row(row, "", "", *(_figure(report[row][name]) for name in names))
+    out.print(table)
+    out.print(f"the bundle is refit on all {report['refit']['rows']:,} train and val rows"
+              + (f" for {report['refit']['max_steps']} steps" if report["refit"]["max_steps"]
+                 else ""))
+
+
+def tune_table(report: dict[str, Any], out: Console) -> None:
+    """A study's trials as a table, and where the best config is."""
+    from rich.table import Table
+
+    names = sorted({name for trial in report["trials"] for name in trial["params"]})
+    table = Table(title=f"study {report['study']}: val {report['metric']} ({report['direction']})")
+    for column in ("trial", "state", report["metric"], *names):
+        table.add_column(column, justify="right")
+    for trial in report["trials"]:
+        table.add_row(str(trial["number"]), trial["state"], _figure(trial["value"]),
+                      *(_figure(trial["params"].get(name)) for name in names))
+    out.print(table)
+    best = report["best"]
+    out.print(f"best: trial {best['number']} ({_figure(best['value'])}); its config: "
+              f"{best['config']}" if best else "no trial completed yet")

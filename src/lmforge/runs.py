@@ -48,7 +48,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 # a file being written as a hidden .<name>.<random>.tmp): see DESIGN.md, "The run directory".
 RUN_ENTRIES = {"config.yaml", "data_report.json", "splits.json", TOKENIZER_DIR, "checkpoints",
                "pretrain", "metrics.jsonl", "tb", "eval.json", "test_predictions.jsonl",
-               "provenance.json", "model"}
+               "provenance.json", "model", "cv", "cv.json"}
 
 
 def is_unfinished_start(run_dir: Path) -> bool:

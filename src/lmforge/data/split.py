@@ -97,6 +97,32 @@ def split_dataset(
     return rows.take(train_idx), rows.take(val_idx), rows.take(test_idx), warnings
 
 
+def cv_folds(
+    texts: list[str], labels: list[str] | None, k: int, seed: int
+) -> list[np.ndarray]:
+    """The held-out indices of each of `k` folds: every row in exactly one, a text and its
+    duplicates (same text_key) in the same fold, each fold's labels in about the proportions
+    of the whole when `labels` are given."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    groups = [text_key(text) for text in texts]
+    if len(set(groups)) < k:
+        raise LmforgeError(f"{k} folds need at least {k} distinct texts; there are "
+                           f"{len(set(groups))}")
+    indices = np.arange(len(texts))
+    if labels is None:
+        # GroupKFold takes no seed: shuffle the groups' order by one, so folds follow `seed`.
+        order = np.random.default_rng(seed).permutation(len(texts))
+        return [np.sort(order[held]) for _, held in
+                GroupKFold(n_splits=k).split(order, groups=[groups[i] for i in order])]
+    smallest = min(Counter(labels).values())
+    if smallest < k:
+        raise LmforgeError(f"{k} folds need at least {k} rows of every class (stratified); "
+                           f"the smallest class has {smallest}: lower --cv")
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [np.sort(held) for _, held in folds.split(indices, labels, groups)]
+
+
 def text_key(text: str) -> str:
     """A cleaned text's key in splits.json: the first 16 hex digits of its sha256. Cleaned texts
     are what dedup compares, so a text and its duplicate share a key."""

@@ -5,7 +5,7 @@ bundle metadata, predictor)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -233,7 +233,8 @@ class ClassificationTask:
         report["truncated_to_max_length"] = truncated
         texts = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
         own = {"data": data, "splits": splits, "run_dir": run_dir, "log": log}  # arch auto's too
-        return Prepared(cfg, data.data_hash, tokenizer, texts, report, own)
+        labels = {"train": data.train.labels, "val": data.val.labels, "test": data.test.labels}
+        return Prepared(cfg, data.data_hash, tokenizer, texts, report, own, labels)
 
     def build_model(
         self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
@@ -277,6 +278,22 @@ class ClassificationTask:
 
         predictor = Predictor(model, run.tokenizer, self.bundle_meta(run, model, None))
         return _evaluate_split(predictor, data.test, data.train, run.cfg)
+
+    def refold(self, run: Prepared, parts: dict[str, Any]) -> Prepared:
+        data, splits = run.parts["data"], run.parts["splits"]
+        rows = Split(data.train.texts + data.val.texts, data.train.labels + data.val.labels,
+                     {name: values + data.val.columns[name]
+                      for name, values in data.train.columns.items()})
+        encoded = TokenizedSplit(splits["train"].ids + splits["val"].ids,
+                                 np.concatenate([splits["train"].labels, splits["val"].labels]))
+        new_rows = {"test": data.test, **{name: rows.take(parts[name]) for name in parts}}
+        new_splits = {"test": splits["test"], **{
+            name: TokenizedSplit([encoded.ids[i] for i in parts[name]], encoded.labels[parts[name]])
+            for name in parts}}
+        data = replace(data, train=new_rows["train"], val=new_rows["val"], test=new_rows["test"])
+        return replace(run, split_texts={name: split.texts for name, split in new_rows.items()},
+                       labels={name: split.labels for name, split in new_rows.items()},
+                       parts={**run.parts, "data": data, "splits": new_splits})
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
         return {key: report[key] for key in ("n", "accuracy", "f1_macro", "shipped")

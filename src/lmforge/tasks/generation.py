@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +212,15 @@ class GenerationTask:
             counts = token_counts(tokens["train"], run.tokenizer.vocab_size)
         report = lm_report(model, tokens, counts, cfg.model.max_length)
         return Evaluated(report, scored_test=report["test_loss"] is not None)
+
+    def refold(self, run: Prepared, parts: dict[str, Any]) -> Prepared:
+        """Folds of whole documents (or of the position split's pieces), tokenized again."""
+        documents = run.split_texts["train"] + run.split_texts["val"]
+        texts = {"test": run.split_texts["test"],
+                 **{name: [documents[i] for i in parts[name]] for name in parts}}
+        tokens = {"test": run.parts["tokens"]["test"],
+                  **{name: _token_ids(run.tokenizer, texts[name]) for name in parts}}
+        return replace(run, split_texts=texts, parts={**run.parts, "tokens": tokens})
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
         return {key: report[key] for key in ("n_tokens", "test_loss", "perplexity")}

@@ -6,6 +6,7 @@ name; a new task is one module in tasks/ with a recipe, and its entry in tasks.T
     plan = recipe.training(run, model)                     # what the training loop needs
     tested = recipe.test(run, model)                       # eval.json (+ per-text rows)
     meta = recipe.bundle_meta(run, model, run_dir)         # lmforge.json
+    fold = recipe.refold(run, {"train": ..., "val": ..., "test": ...})  # cross-validation
     predictor = recipe.load(bundle_dir, meta, device)      # what a bundle loads into
 """
 
@@ -36,6 +37,8 @@ class Prepared:
     split_texts: dict[str, list[str]]
     data_report: dict[str, Any]
     parts: dict[str, Any] = field(default_factory=dict)
+    # each split's labels, for a task that has them (cross-validation stratifies by them)
+    labels: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -91,6 +94,12 @@ class TaskRecipe(Protocol):
     def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
         """The model on the test split beside the task's baselines; None without a test split."""
 
+    def refold(self, run: Prepared, parts: dict[str, Any]) -> Prepared:
+        """The run with its splits made again from its train and val rows (`pool`: the train
+        split's, then the val split's, in split_texts order): parts["train"], parts["val"] and
+        optionally parts["test"] are index arrays into the pool; without "test" the run's own
+        test split stays. The tokenizer stays the run's."""
+
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
         """The few figures of a report that the bundle keeps (lmforge.json's "metrics")."""
 
@@ -113,6 +122,17 @@ class TaskRecipe(Protocol):
 
     def quickstart_notes(self, predictor: Any, bundle_dir: Path) -> list[str]:
         """What the quickstart shows after training (samples, the next command)."""
+
+
+def metric_mode(metric: str) -> str:
+    """How a val metric improves: "min" for losses and perplexities, "max" for the others."""
+    return "min" if "loss" in metric or "perplexity" in metric else "max"
+
+
+def pool(run: Prepared) -> list[str]:
+    """The texts (or documents) of the train split, then of the val split: what refold's
+    indices point into."""
+    return run.split_texts["train"] + run.split_texts["val"]
 
 
 def bundle_meta(run: Prepared, model: nn.Module, run_dir: Path | None) -> dict[str, Any]:

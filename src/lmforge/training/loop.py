@@ -55,6 +55,7 @@ class FitResult:
     resumed_from: int | None
     best_dir: Path | None
     seconds: float
+    stopped: bool = False  # fit's on_eval asked to stop (a tuning trial pruned)
 
 
 def seed_everything(seed: int) -> None:
@@ -246,7 +247,9 @@ class _Loop:
                             {"loop": asdict(self.state)}, trainer_state)
         distributed.barrier()
 
-    def evaluate(self, evaluate_fn: Callable[[nn.Module], dict[str, float]]) -> None:
+    def evaluate(
+        self, evaluate_fn: Callable[[nn.Module], dict[str, float]]
+    ) -> dict[str, float]:
         """Every rank evaluates the same val split, so all take the same early-stopping path."""
         cfg, state = self.cfg, self.state
         self.model.eval()
@@ -272,6 +275,7 @@ class _Loop:
             state.evals_since_best += 1
         patience = cfg.early_stopping_patience
         state.stopped_early = bool(patience and state.evals_since_best >= patience)
+        return metrics
 
     def _loss_of(
         self, loss_fn: Callable[[nn.Module, Batch], torch.Tensor]
@@ -327,10 +331,13 @@ def fit(
     metric_mode: str = "max",
     show_progress: bool = True,
     lengths: np.ndarray | None = None,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> FitResult:
     """Train `model` in place; checkpoints go to run_dir/checkpoints/{last,best}.
 
     `evaluate_fn(model)` returns val metrics (None: no evaluation, no best checkpoint).
+    `on_eval(step, val metrics)` is called after each evaluation; True stops training there
+    (FitResult.stopped), as a tuning trial's pruner does.
     `lengths` (one per example) turns on length bucketing when train.bucket_by_length is set.
     """
     t_start = time.perf_counter()
@@ -346,7 +353,8 @@ def fit(
     model.train()
     batches = _batches_from(dataset, collate, cfg, state, lengths if cfg.bucket_by_length else None)
     window_loss, window_steps, window_samples, window_t = 0.0, 0, 0, time.perf_counter()
-    while state.step < loop.steps and not state.stopped_early:
+    stopped = False
+    while state.step < loop.steps and not state.stopped_early and not stopped:
         loss, samples = loop.optimizer_step(batches, loss_fn)
         window_loss, window_steps = window_loss + loss, window_steps + 1
         window_samples += samples
@@ -364,7 +372,8 @@ def fit(
             window_t = time.perf_counter()
         if state.step % cfg.eval_every == 0 or state.step == loop.steps:
             if evaluate_fn is not None:
-                loop.evaluate(evaluate_fn)
+                metrics = loop.evaluate(evaluate_fn)
+                stopped = on_eval is not None and bool(on_eval(state.step, metrics))
             loop.checkpoint()
     if state.stopped_early:
         progress.note(f"early stopping at step {state.step}: no improvement in "
@@ -373,4 +382,4 @@ def fit(
     loop.log.close()
     best = loop.ckpt_dir / "best"
     return FitResult(state, resumed_from, best if find_checkpoint(best) else None,
-                     time.perf_counter() - t_start)
+                     time.perf_counter() - t_start, stopped)
