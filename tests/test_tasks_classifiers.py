@@ -69,6 +69,17 @@ def test_a_damaged_tfidf_vocabulary_is_one_line_naming_it(tmp_path, monkeypatch,
                           str(tmp_path / "model" / "tfidf.json"))
 
 
+@pytest.mark.parametrize("verb", [["export"], ["compress", "--quantize", "int8"]])
+def test_export_and_compress_refuse_a_tfidf_bundle_in_one_line(tmp_path, monkeypatch, capsys,
+                                                                verb):
+    tfidf_bundle(tmp_path / "model")
+    monkeypatch.setattr(sys, "argv", ["lmforge", verb[0], str(tmp_path / "model"), *verb[1:]])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "tfidf_logreg",
+                          "not one network")
+
+
 def test_greedy_selection_weighs_complementary_members_and_drops_a_useless_one():
     gold = np.array([0, 1] * 50)
     right_on_even = np.where((np.arange(100) % 2 == 0)[:, None], [[0.9, 0.1]], [[0.4, 0.6]])

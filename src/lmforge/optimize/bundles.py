@@ -14,6 +14,7 @@ from lmforge.config import CleanConfig, Config, DataConfig, load_config, read_co
 from lmforge.data import PreparedData, Split, prepare_classification_data, read_labelled
 from lmforge.errors import LmforgeError
 from lmforge.files import write_json_atomic
+from lmforge.tasks.classification import OTHER_ARCHS
 from lmforge.version import __version__
 
 REPORT_FILE = "compress_report.json"
@@ -83,6 +84,11 @@ def load_source(bundle_dir: Path, run_dir: Path | None, data: str | Path | None)
         raise LmforgeError(
             f"{bundle_dir} holds a '{meta.get('task')}' model; export and compress handle "
             "classification bundles (lmforge's encoder and pretrained Hugging Face encoders)"
+        )
+    if meta.get("arch") in OTHER_ARCHS:
+        raise LmforgeError(
+            f"{bundle_dir} holds a '{meta['arch']}' model, not one network; export and compress "
+            "take lmforge's encoder and pretrained encoders (an ensemble's are in its members/)"
         )
     if meta.get("arch") == "pretrained":
         from transformers.utils import logging as hf_logging
