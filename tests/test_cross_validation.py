@@ -74,3 +74,18 @@ def test_cv_run_scores_held_out_folds_and_leaves_test_alone(reviews_csv, tmp_pat
 def test_cv_with_resume_is_refused(reviews_csv, tmp_path):
     with pytest.raises(LmforgeError, match="--cv"):
         pipeline.train(tiny_config(reviews_csv), out=tmp_path / "r", cv=3, resume=True)
+
+
+@pytest.mark.timeout(120)
+def test_cv_runs_for_generation_through_its_recipe(tmp_path):
+    from conftest import make_reviews
+
+    data = tmp_path / "docs.txt"
+    data.write_text("\n".join(text for text, _ in make_reviews(120)), encoding="utf-8")
+    cfg = {"task": "generation", "data": {"path": str(data)}, "tokenizer": {"vocab_size": 120},
+           "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_length": 16},
+           "train": {"max_steps": 10, "batch_size": 8, "eval_every": 5}}
+    result = pipeline.train(cfg, out=tmp_path / "run", cv=2, show_progress=False)
+    assert set(result.cv["mean"]) == {"test_loss", "perplexity"}
+    assert sum(fold["held_out_rows"] for fold in result.cv["folds"]) == result.cv["refit"]["rows"]
+    assert result.eval_report["test_loss"] is not None
