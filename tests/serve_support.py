@@ -11,12 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from conftest import make_reviews, tiny_config
 from fastapi.testclient import TestClient
 
 import lmforge
+from lmforge.serve.billing import keys
+from lmforge.serve.billing.database import open_database
 from lmforge.serve.main import create_app
 from lmforge.serve.settings import ServeSettings
 
@@ -57,6 +60,31 @@ def app_client(serve_settings: ServeSettings) -> Iterator[TestClient]:
         yield client
 
 
+def wait_until_ready(url: str, timeout_s: float, process: Any = None) -> None:
+    """Poll a server's /readyz until 200; fail if `process` (a Popen) exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        if process is not None:
+            assert process.poll() is None, f"the server exited ({process.returncode})"
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def story_server(bundle: Path, db_url: str, key_name: str, max_tokens_cap: int) -> Iterator:
+    """(URL, key) of a real server of a generation bundle served as model "story"."""
+    secret = keys.create_key(open_database(db_url), key_name)
+    serve = settings(bundle, db_url, max_tokens_cap=max_tokens_cap)
+    serve = serve.model_copy(update={"models": [f"story={bundle}"]})
+    with running_server(serve) as url:
+        yield url, secret
+
+
 @contextlib.contextmanager
 def running_server(serve_settings: ServeSettings) -> Iterator[str]:
     """The app under a real uvicorn on 127.0.0.1 (a free port), in a thread; yields its URL."""
@@ -69,15 +97,7 @@ def running_server(serve_settings: ServeSettings) -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.05)
+        wait_until_ready(url, 60)
         yield url
     finally:
         server.should_exit = True

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from generation_support import random_bundle
-from serve_support import running_server, settings
+from serve_support import running_server, settings, story_server
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,10 +36,7 @@ def db_url(sqlite_url):
 
 @pytest.fixture(scope="module")
 def api(bundle, db_url):
-    secret = keys.create_key(open_database(db_url), "writer")
-    serve = settings(bundle, db_url, max_tokens_cap=16)
-    serve = serve.model_copy(update={"models": [f"story={bundle}"]})
-    with running_server(serve) as url:
+    with story_server(bundle, db_url, "writer", max_tokens_cap=16) as (url, secret):
         yield openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
 
 

@@ -12,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from generation_support import random_bundle
-from serve_support import running_server, settings
+from serve_support import story_server
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import lmforge
 from lmforge.decoding import DecodeBatch, SlotBatch
-from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import UsageRecord, open_database
 from lmforge.serve.billing.metered import MeteredCall
 from lmforge.serve.errors import APIError
@@ -39,10 +38,7 @@ def db_url(sqlite_url):
 @pytest.fixture(scope="module")
 def server(bundle, db_url):
     """(URL, headers with a key) of a real server of the bundle as model "story"."""
-    secret = keys.create_key(open_database(db_url), "tester")
-    serve = settings(bundle, db_url, max_tokens_cap=64)
-    serve = serve.model_copy(update={"models": [f"story={bundle}"]})
-    with running_server(serve) as url:
+    with story_server(bundle, db_url, "tester", max_tokens_cap=64) as (url, secret):
         yield url, {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
 
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from generation_support import random_bundle
-from serve_support import REPO, auth, postgres_url, running_server, settings
+from serve_support import REPO, auth, postgres_url, running_server, settings, wait_until_ready
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -116,14 +116,7 @@ def server_process(bundle, db_url, log):
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            assert process.poll() is None, f"the server exited ({process.returncode})"
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(url, 120, process)
         yield url
     finally:
         process.terminate()
