@@ -89,3 +89,10 @@ def test_cv_runs_for_generation_through_its_recipe(tmp_path):
     assert set(result.cv["mean"]) == {"test_loss", "perplexity"}
     assert sum(fold["held_out_rows"] for fold in result.cv["folds"]) == result.cv["refit"]["rows"]
     assert result.eval_report["test_loss"] is not None
+
+
+def test_cross_validation_of_arch_auto_is_refused_in_one_line(tmp_path, reviews_csv):
+    cfg = tiny_config(reviews_csv)
+    cfg["model"]["arch"] = "auto"
+    with pytest.raises(LmforgeError, match="--cv needs a named model.arch"):
+        pipeline.train(cfg, out=tmp_path / "run", cv=2, show_progress=False)

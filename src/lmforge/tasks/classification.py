@@ -280,6 +280,9 @@ class ClassificationTask:
         return _evaluate_split(predictor, data.test, data.train, run.cfg)
 
     def refold(self, run: Prepared, parts: dict[str, Any]) -> Prepared:
+        if run.cfg.model.arch == "auto":  # its selection and its refit both need a val split
+            raise LmforgeError("--cv needs a named model.arch (transformer or pretrained): "
+                               "model.arch auto chooses on the validation split itself")
         data, splits = run.parts["data"], run.parts["splits"]
         rows = Split(data.train.texts + data.val.texts, data.train.labels + data.val.labels,
                      {name: values + data.val.columns[name]
