@@ -169,3 +169,34 @@ def test_a_task_of_its_own_runs_through_every_verb(tmp_path, monkeypatch, capsys
     lmforge.predict(result.bundle_dir, texts, tmp_path / "out.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [round(row["value"]) for row in rows] == [3, 9]
+
+
+class FittedWordCountTask(WordCountTask):
+    """The same task with a model fitted in closed form by build_model (least squares, as an
+    index or an estimator is built): nothing for the training loop to do."""
+
+    def build_model(self, run, run_dir, resume, show_progress, log):
+        x = features(run.split_texts["train"])
+        y = torch.tensor(run.parts["targets"]["train"])[:, None]
+        design = torch.cat([x, torch.ones_like(x)], dim=1)
+        solution = torch.linalg.lstsq(design, y).solution  # (2, 1): slope, intercept
+        model = nn.Linear(1, 1)
+        with torch.no_grad():
+            model.weight.copy_(solution[:1].T)
+            model.bias.copy_(solution[1])
+        return model
+
+    def training(self, run, model):
+        return None
+
+
+def test_a_task_whose_model_is_built_whole_skips_the_training_loop(tmp_path, monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "word_count", FittedWordCountTask())
+    data = write_table(tmp_path / "counts.csv", word_count_rows(200, seed=2))
+    result = lmforge.train({"task": "word_count", "data": {"path": str(data)}},
+                           out=tmp_path / "run", show_progress=False)
+    assert result.steps == 0 and not (result.run_dir / "checkpoints").exists()
+    report = json.loads((result.run_dir / "eval.json").read_text())
+    assert report["mae"] < 1e-3  # the targets are exactly 2 * words + 1
+    (one,) = lmforge.load(result.bundle_dir).predict(["alpha beta"])
+    assert one["value"] == pytest.approx(5, abs=1e-3)

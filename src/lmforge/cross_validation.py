@@ -94,16 +94,19 @@ def _run_fold(
     distributed.barrier()
     model = recipe.build_model(fold, fold_dir, False, show_progress, log)
     plan = recipe.training(fold, model)
-    result = fit(model, plan.examples, plan.collate, plan.loss, plan.val_metrics,
-                 fold.cfg.train, fold_dir, metric_mode=plan.metric_mode,
-                 show_progress=show_progress, lengths=plan.lengths)
-    if result.best_dir is not None:
-        load_checkpoint(result.best_dir, model, with_state=False)
+    steps = best_step = None
+    if plan is not None:  # None: build_model made the whole model
+        result = fit(model, plan.examples, plan.collate, plan.loss, plan.val_metrics,
+                     fold.cfg.train, fold_dir, metric_mode=plan.metric_mode,
+                     show_progress=show_progress, lengths=plan.lengths)
+        steps, best_step = result.state.step, result.state.best_step
+        if result.best_dir is not None:
+            load_checkpoint(result.best_dir, model, with_state=False)
     tested = distributed.on_main(lambda: recipe.test(fold, model))
     distributed.barrier()
     distributed.on_main(lambda: shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True))
     return {"metrics": recipe.summary(tested.report) if tested is not None else {},
-            "steps": result.state.step, "best_step": result.state.best_step}
+            "steps": steps, "best_step": best_step}
 
 
 def _refit_steps(folds: list[dict[str, Any]], rows: int) -> int | None:

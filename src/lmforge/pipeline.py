@@ -98,23 +98,24 @@ def train(
         write_split_record(run_dir, run.data_hash, run.split_texts)
     model = recipe.build_model(run, run_dir, resume, show_progress, log)
     plan = recipe.training(run, model)
-    result = fit(model, plan.examples, plan.collate, plan.loss, plan.val_metrics,
-                 run.cfg.train, run_dir, resume=resume, metric_mode=plan.metric_mode,
-                 show_progress=show_progress, lengths=plan.lengths, on_eval=on_eval)
-    if result.stopped:
-        distributed.shutdown()
-        return RunResult(run_dir, run_dir / "model", None, result.resumed_from,
-                         result.state.step, stopped=True)
-    if result.best_dir is not None:
-        load_checkpoint(result.best_dir, model, with_state=False)
-        log(f"best checkpoint: step {result.state.best_step} "
-            f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})")
+    resumed_from, steps = None, 0
+    if plan is not None:  # None: build_model made the whole model (an index, a fitted estimator)
+        result = fit(model, plan.examples, plan.collate, plan.loss, plan.val_metrics,
+                     run.cfg.train, run_dir, resume=resume, metric_mode=plan.metric_mode,
+                     show_progress=show_progress, lengths=plan.lengths, on_eval=on_eval)
+        resumed_from, steps = result.resumed_from, result.state.step
+        if result.stopped:
+            distributed.shutdown()
+            return RunResult(run_dir, run_dir / "model", None, resumed_from, steps, stopped=True)
+        if result.best_dir is not None:
+            load_checkpoint(result.best_dir, model, with_state=False)
+            log(f"best checkpoint: step {result.state.best_step} "
+                f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})")
     report = distributed.on_main(lambda: _finish(recipe, run, model, run_dir))
     if cfg.train.tracking == "mlflow":
         distributed.on_main(lambda: tracking.record_run(cfg, run_dir))
     distributed.shutdown()
-    return RunResult(run_dir, run_dir / "model", report, result.resumed_from, result.state.step,
-                     cv_report)
+    return RunResult(run_dir, run_dir / "model", report, resumed_from, steps, cv_report)
 
 
 def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | None:

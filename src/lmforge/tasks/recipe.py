@@ -89,7 +89,9 @@ class TaskRecipe(Protocol):
         self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
     ) -> nn.Module: ...
 
-    def training(self, run: Prepared, model: nn.Module) -> TrainingPlan: ...
+    def training(self, run: Prepared, model: nn.Module) -> TrainingPlan | None:
+        """What the training loop needs; None when build_model made the whole model (a
+        retrieval index, a fitted estimator) and there is nothing to train by gradient."""
 
     def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
         """The model on the test split beside the task's baselines; None without a test split."""
