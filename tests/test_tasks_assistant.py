@@ -74,6 +74,8 @@ def test_train_reports_the_hybrid_beside_each_part_on_held_out_paraphrases(train
         low, high = figures["mrr_ci95"]
         assert low <= figures["mrr"] <= high
     assert report["hybrid"]["hit@1"] >= 0.8
+    by_language = report["hybrid"]["by_language"]
+    assert by_language["zh"]["n"] == 3 and by_language["other"]["n"] == 3
     assert 0 <= report["hybrid"]["ece"] <= 1
     assert report["hybrid"]["out_of_scope_handoff"] == 1.0
     assert report["out_of_scope"]["n"] == 2

@@ -145,6 +145,11 @@ def asks_for_person(query: str, phrases: list[str]) -> bool:
     return False
 
 
+def language_of(text: str) -> str:
+    """The language a text is reported under: zh when it holds Chinese characters, else other."""
+    return "zh" if re.search(r"[\u3400-\u9fff]", text) else "other"
+
+
 def _without_gold(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     """The scores with each query's gold answer removed: the query made out of scope."""
     masked = scores.copy()
@@ -202,9 +207,11 @@ def _calibration_set(lexical: np.ndarray, dense: np.ndarray, gold: np.ndarray, w
 
 
 def crossfit_report(lexical: np.ndarray, dense: np.ndarray, gold: np.ndarray, target: float,
-                    weights: tuple[float, ...], seed: int) -> dict[str, Any]:
+                    weights: tuple[float, ...], seed: int, languages: np.ndarray
+                    ) -> dict[str, Any]:
     """A scorer's figures on the held-out queries, each half scored by the fit on the other
-    half (in-sample, and said so, under 4 queries)."""
+    half (in-sample, and said so, under 4 queries); hit@k and MRR per language as well when
+    the queries mix languages."""
     n = len(gold)
     order = np.random.default_rng(seed).permutation(n)
     halves = [order[: n // 2], order[n // 2:]] if n >= 4 else [order]
@@ -224,7 +231,12 @@ def crossfit_report(lexical: np.ndarray, dense: np.ndarray, gold: np.ndarray, ta
     in_scope = np.concatenate([np.r_[np.ones(len(h), bool), np.zeros(len(h), bool)]
                                for h in halves])
     said_in = said & in_scope
-    report = ranking_metrics(np.concatenate(ranks), seed)
+    ranks_all, order_all = np.concatenate(ranks), np.concatenate(halves)
+    report = ranking_metrics(ranks_all, seed)
+    if len(set(languages.tolist())) > 1:
+        report["by_language"] = {
+            language: ranking_metrics(ranks_all[languages[order_all] == language], seed)
+            for language in sorted(set(languages.tolist()))}
     report |= {
         "ece": binary_ece(conf, right.astype(float)),
         "answered": float(said_in.sum() / max(in_scope.sum(), 1)),
@@ -395,8 +407,10 @@ class AssistantTask:
         for column in ("", "hit@1", "hit@5", "MRR", "ECE", "answered", "wrong answers",
                        "out-of-scope handed off"):
             table.add_column(column)
-        for name in ("hybrid", "bm25", "dense", "tfidf_char"):
-            row = report[name]
+        rows = [(name, report[name]) for name in ("hybrid", "bm25", "dense", "tfidf_char")]
+        rows += [(f"hybrid, {language}", figures)
+                 for language, figures in report["hybrid"].get("by_language", {}).items()]
+        for name, row in rows:
             table.add_row(name, *(_cell(row, key) for key in (
                 "hit@1", "hit@5", "mrr", "ece", "answered", "wrong_answer_rate",
                 "out_of_scope_handoff")))
@@ -431,8 +445,9 @@ def evaluate_held_out(run: Prepared, encoder: SentenceEncoder, vectors: np.ndarr
     report: dict[str, Any] = {"held_out": len(held), "target_precision": target,
                               "fusion_weight_bm25": scoring.weight,
                               "threshold": min(scoring.threshold, 1.0)}
+    languages = np.array([language_of(q) for q in queries])
     for name, weights in (("hybrid", WEIGHTS), ("bm25", (1.0,)), ("dense", (0.0,))):
-        report[name] = crossfit_report(lexical, dense, gold, target, weights, seed)
+        report[name] = crossfit_report(lexical, dense, gold, target, weights, seed, languages)
     report["tfidf_char"] = ranking_metrics(gold_ranks(_tfidf_scores(index, kept, kb, queries),
                                                       gold), seed)
     if settings.out_of_scope:
