@@ -77,6 +77,8 @@ def test_train_reports_the_hybrid_beside_each_part_on_held_out_paraphrases(train
     by_language = report["hybrid"]["by_language"]
     assert by_language["zh"]["n"] == 3 and by_language["other"]["n"] == 3
     assert 0 <= report["hybrid"]["ece"] <= 1
+    coverage = [row["coverage"] for row in report["hybrid"]["risk_coverage"]]
+    assert coverage == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert report["hybrid"]["out_of_scope_handoff"] == 1.0
     assert report["out_of_scope"]["n"] == 2
     meta = json.loads((result.bundle_dir / "lmforge.json").read_text())

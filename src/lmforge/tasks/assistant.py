@@ -242,9 +242,22 @@ def crossfit_report(lexical: np.ndarray, dense: np.ndarray, gold: np.ndarray, ta
         "answered": float(said_in.sum() / max(in_scope.sum(), 1)),
         "wrong_answer_rate": (float((~right[said_in]).mean()) if said_in.any() else None),
         "simulated_out_of_scope_handoff": float((~said[~in_scope]).mean()),
+        "risk_coverage": risk_coverage(conf[in_scope], right[in_scope]),
         "in_sample": len(halves) == 1,
     }
     return report
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> list[dict[str, float]]:
+    """The wrong-answer rate when only the most confident share of the queries is answered,
+    at five shares from a fifth to all."""
+    order = np.argsort(-confidence, kind="stable")
+    table = []
+    for coverage in (0.2, 0.4, 0.6, 0.8, 1.0):
+        answered = order[: max(1, round(coverage * len(order)))]
+        table.append({"coverage": coverage,
+                      "wrong_answer_rate": float((~correct[answered]).mean())})
+    return table
 
 
 class Assistant:
