@@ -148,3 +148,19 @@ def test_conflicting_answers_are_dropped_and_reported(tmp_path):
     assert report["conflicting_answers"] == ["How long does shipping take?"]
     kb = json.loads((result.bundle_dir / "knowledge_base.json").read_text())
     assert "How long does shipping take?" not in kb["questions"]
+
+
+def test_evaluate_on_a_file_of_new_questions(trained, tmp_path):
+    root, result = trained
+    table = tmp_path / "new.csv"
+    write_faq(table, [
+        ("pw", GROUPS[0][1], ["How do I reset my password?", "password reset please"]),
+        ("card", GROUPS[3][1], ["借记卡丢了"]),
+        ("none", "-", ["what is the capital of peru"]),
+    ])
+    report = lmforge.evaluate(result.run_dir, data=table, show=False)
+    assert report["data_check"]["dropped_seen_in_training"] == 1  # indexed word for word
+    assert report["hybrid"]["n"] == 2 and report["hybrid"]["hit@1"] == 1.0
+    assert report["out_of_scope_queries"] == 1
+    assert report["hybrid"]["out_of_scope_handoff"] == 1.0
+    assert (result.run_dir / "eval-new.json").is_file()

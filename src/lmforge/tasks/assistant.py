@@ -282,13 +282,21 @@ class Assistant:
                                    f"limit of {limit} (assistant.max_query_chars)")
         return [clean_text(q, self.clean) for q in queries]
 
+    def score(self, cleaned: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The fused scores (queries, answers) of cleaned queries, and each one's confidence."""
+        dense = self.index.dense(self.encoder.encode(cleaned))
+        fused, features = self.scoring.features(self.index.lexical(cleaned), dense)
+        return fused, self.scoring.confidence(features)
+
+    def hands_off(self, query: str, confidence: float) -> bool:
+        return (asks_for_person(query, self.meta["handoff_phrases"])
+                or confidence < self.scoring.threshold)
+
     def answer(self, queries: list[str]) -> list[dict[str, Any]]:
         cleaned = self.check(queries)
         if not cleaned:
             return []
-        dense = self.index.dense(self.encoder.encode(cleaned))
-        fused, features = self.scoring.features(self.index.lexical(cleaned), dense)
-        confidence = self.scoring.confidence(features)
+        fused, confidence = self.score(cleaned)
         rows = []
         for query, scores, conf in zip(queries, fused, confidence, strict=True):
             best = [int(a) for a in np.argsort(-scores, kind="stable")[:5]
@@ -376,6 +384,7 @@ class AssistantTask:
                 "clean": cfg.data.clean.model_dump(), "encoder": settings.encoder,
                 "scoring": asdict(model.scoring), "handoff_phrases": settings.handoff_phrases,
                 "max_query_chars": settings.max_query_chars,
+                "answer_column": settings.answer_column,
                 "target_precision": settings.target_precision,
                 "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
                         "data_hash": run.data_hash}}
@@ -398,8 +407,7 @@ class AssistantTask:
     def evaluate(self, predictor: Assistant, bundle_dir: Path, run_dir: Path | None,
                  data: str | None) -> dict[str, Any]:
         if data is not None:
-            raise LmforgeError("task assistant is evaluated on its run's held-out paraphrases: "
-                               "`lmforge evaluate RUN` without --data")
+            return evaluate_file(predictor, data)
         if run_dir is None:
             raise LmforgeError(f"{bundle_dir} is outside its run directory; the assistant is "
                                "evaluated on the run's held-out paraphrases")
@@ -416,11 +424,14 @@ class AssistantTask:
         return rows, f"{len(rows)} queries: {len(rows) - handed} answered, {handed} handed off"
 
     def render(self, report: dict[str, Any], console: Console, title: str) -> None:
-        table = RichTable(title=f"{title}: {report['held_out']} held-out paraphrases")
+        scored = (f"{report['held_out']} held-out paraphrases" if "held_out" in report
+                  else f"{report['hybrid']['n']} queries in scope")
+        table = RichTable(title=f"{title}: {scored}")
         for column in ("", "hit@1", "hit@5", "MRR", "ECE", "answered", "wrong answers",
                        "out-of-scope handed off"):
             table.add_column(column)
-        rows = [(name, report[name]) for name in ("hybrid", "bm25", "dense", "tfidf_char")]
+        rows = [(name, report[name]) for name in ("hybrid", "bm25", "dense", "tfidf_char")
+                if name in report]
         rows += [(f"hybrid, {language}", figures)
                  for language, figures in report["hybrid"].get("by_language", {}).items()]
         for name, row in rows:
@@ -481,6 +492,42 @@ def evaluate_held_out(run: Prepared, encoder: SentenceEncoder, vectors: np.ndarr
             for q, g, f, c in zip(queries, gold, fused, scoring.confidence(features),
                                   strict=True)]
     return scoring, report, rows
+
+
+def evaluate_file(assistant: Assistant, path: str) -> dict[str, Any]:
+    """The shipped assistant on a table of questions and their expected answers (the bundle's
+    column names): a question whose answer is not in the knowledge base should be handed off.
+    Questions the bundle indexes word for word are left out (they would be found trivially)."""
+    meta = assistant.meta
+    columns = AssistantConfig(question_column=meta["text_column"],
+                              answer_column=meta.get("answer_column", "answer"))
+    table, _ = read_knowledge_base(DataConfig(path=path, clean=assistant.clean), columns)
+    indexed = set(assistant.kb.questions)
+    scored = [i for i, q in enumerate(table.questions) if q not in indexed]
+    if not scored:
+        raise LmforgeError(f"{path}: every question in it is indexed word for word by the "
+                           "bundle; evaluate on questions worded differently")
+    queries = [table.questions[i] for i in scored]
+    answer_index = {answer: i for i, answer in enumerate(assistant.kb.answers)}
+    gold = np.array([answer_index.get(table.answers[table.answer_of[i]], -1) for i in scored])
+    fused, confidence = assistant.score(assistant.check(queries))
+    handed = np.array([assistant.hands_off(q, c) for q, c in zip(queries, confidence,
+                                                                 strict=True)])
+    inside = gold >= 0
+    hybrid: dict[str, Any] = {"n": 0}
+    if inside.any():
+        right = fused[inside].argmax(axis=1) == gold[inside]
+        answered = ~handed[inside]
+        hybrid = ranking_metrics(gold_ranks(fused[inside], gold[inside]))
+        hybrid |= {"ece": binary_ece(confidence[inside], right.astype(float)),
+                   "answered": float(answered.mean()),
+                   "wrong_answer_rate": (float((~right[answered]).mean()) if answered.any()
+                                         else None)}
+    if (~inside).any():
+        hybrid["out_of_scope_handoff"] = float(handed[~inside].mean())
+    return {"hybrid": hybrid, "out_of_scope_queries": int((~inside).sum()),
+            "data_check": {"source": path, "dropped_seen_in_training":
+                           len(table.questions) - len(scored)}}
 
 
 def _tfidf_scores(index: QuestionIndex, kept: np.ndarray, kb: KnowledgeBase,
