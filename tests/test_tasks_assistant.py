@@ -164,3 +164,14 @@ def test_evaluate_on_a_file_of_new_questions(trained, tmp_path):
     assert report["out_of_scope_queries"] == 1
     assert report["hybrid"]["out_of_scope_handoff"] == 1.0
     assert (result.run_dir / "eval-new.json").is_file()
+
+
+def test_a_damaged_bundle_is_refused_in_one_line(trained, tmp_path):
+    import shutil
+
+    root, result = trained
+    bundle = tmp_path / "bundle"
+    shutil.copytree(result.bundle_dir, bundle)
+    (bundle / "knowledge_base.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(LmforgeError, match="knowledge_base.json: not a knowledge base"):
+        lmforge.load(bundle)

@@ -143,17 +143,19 @@ class Scoring:
     def features(self, lexical: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The fused scores (queries, answers), and the calibration's features."""
         fused = fuse(lexical, dense, self.weight)
-        return fused, top_features(fused, lexical, dense)
+        return fused, top_features(fused, lexical, dense, self.weight)
 
     def confidence(self, features: np.ndarray) -> np.ndarray:
         logit = features @ np.array(self.coef) + self.intercept
         return 1 / (1 + np.exp(-logit))
 
 
-def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray) -> np.ndarray:
+def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray,
+                 weight: float) -> np.ndarray:
     """What the confidence is computed from, (queries, 5): the fused top score; the fused top
     answer's cosine and BM25 score (log1p); and how far each side's best answer leads its
-    runner-up (a query out of scope tends to match several answers equally badly)."""
+    runner-up (a query out of scope tends to match several answers equally badly). A side with
+    no weight in the fusion (BM25 alone, dense alone) gives zeros: it is not used at all."""
     top = fused.argmax(axis=1)[:, None]
 
     def finite(values: np.ndarray) -> np.ndarray:
@@ -166,8 +168,10 @@ def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray) -> n
     if best_dense.shape[1] < 2:  # one answer only: no runner-up
         best_dense = np.pad(best_dense, ((0, 0), (0, 1)))
         best_lexical = np.pad(best_lexical, ((0, 0), (0, 1)))
-    return np.stack([fused.max(axis=1), cosine, bm25, best_dense[:, 0] - best_dense[:, 1],
-                     best_lexical[:, 0] - best_lexical[:, 1]], axis=1)
+    uses_dense, uses_lexical = float(weight < 1), float(weight > 0)
+    return np.stack([fused.max(axis=1), uses_dense * cosine, uses_lexical * bm25,
+                     uses_dense * (best_dense[:, 0] - best_dense[:, 1]),
+                     uses_lexical * (best_lexical[:, 0] - best_lexical[:, 1])], axis=1)
 
 
 class AssistantIndex(nn.Module):

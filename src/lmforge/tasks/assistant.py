@@ -65,6 +65,8 @@ class KnowledgeBase:
             raise LmforgeError(f"{path}: not a knowledge base ({error})") from None
         if len(kb.questions) != len(kb.answer_of) or len(kb.answers) != len(kb.answer_ids):
             raise LmforgeError(f"{path}: its lists do not match in length")
+        if any(not 0 <= a < len(kb.answers) for a in kb.answer_of):
+            raise LmforgeError(f"{path}: a question points at an answer that is not there")
         return kb
 
 
@@ -199,9 +201,10 @@ def _calibration_set(lexical: np.ndarray, dense: np.ndarray, gold: np.ndarray, w
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Features and correctness of the held-out queries, then of the same made out of scope."""
     fused = fuse(lexical, dense, weight)
-    in_scope = top_features(fused, lexical, dense)
+    in_scope = top_features(fused, lexical, dense, weight)
     out_lexical, out_dense = _without_gold(lexical, gold), _without_gold(dense, gold)
-    out_scope = top_features(fuse(out_lexical, out_dense, weight), out_lexical, out_dense)
+    out_scope = top_features(fuse(out_lexical, out_dense, weight), out_lexical, out_dense,
+                             weight)
     correct = np.concatenate([fused.argmax(axis=1) == gold, np.zeros(len(gold), dtype=bool)])
     return np.concatenate([in_scope, out_scope]), correct
 
@@ -345,7 +348,8 @@ class AssistantTask:
             log(f"{len(report['conflicting_answers'])} question(s) have conflicting answers and "
                 f"were dropped, e.g. {report['conflicting_answers'][0]!r} (data_report.json)")
         report["held_out"] = len(held)
-        indexed = [q for i, q in enumerate(kb.questions) if i not in set(held.tolist())]
+        held_set = set(held.tolist())
+        indexed = [q for i, q in enumerate(kb.questions) if i not in held_set]
         log(f"knowledge base: {len(kb.answers)} answers, {len(kb.questions)} questions; "
             f"{len(held)} held out for calibration and evaluation")
         split = {"train": indexed, "val": [], "test": [kb.questions[i] for i in held]}
