@@ -15,7 +15,7 @@ LAYERS = [
     {"version", "errors", "files", "provenance", "render"},  # import nothing of lmforge
     {"config", "training", "evaluation", "models"},
     {"decoding", "data", "tokenization", "tasks", "runs", "cross_validation", "tracking",
-     "tuning"},
+     "tuning", "attributions"},
     {"bundle"},
     {"optimize"},
     {"serve"},

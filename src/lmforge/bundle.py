@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from lmforge import attributions
 from lmforge.config import CleanConfig, GenerateConfig, describe_setting, generate_settings
 from lmforge.data import clean_text
 from lmforge.data.documents import clean_document
@@ -98,8 +99,28 @@ class TextClassifier:
             )
         return Predictions(rows, n_truncated)
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        return self.predict_batch(list(texts), batch_size).rows
+    def predict(
+        self, texts: list[str], batch_size: int = 64, explain: bool = False
+    ) -> list[dict[str, Any]]:
+        """One row per text; with `explain`, each row also has its `attributions`."""
+        texts = list(texts)
+        rows = self.predict_batch(texts, batch_size).rows
+        if explain:
+            for row, found in zip(rows, self.explain(texts), strict=True):
+                row["attributions"] = found
+        return rows
+
+    def explain(self, texts: list[str]) -> list[list[dict[str, Any]]]:
+        """Each text's attributions to its predicted label ({"token", "score"} in text order,
+        attributions.py): here by occlusion of the cleaned text's spans, which any classifier
+        allows."""
+        out = []
+        for text in texts:
+            cleaned = clean_text(text, self.clean)
+            spans, scores = attributions.occlude_spans(lambda t: self.probabilities(t)[0],
+                                                       cleaned)
+            out.append(attributions.attribution_rows(cleaned, spans, scores))
+        return out
 
 
 class Predictor(TextClassifier):
@@ -126,6 +147,24 @@ class Predictor(TextClassifier):
         logits, n_truncated = self.logits(texts, batch_size)
         probs = softmax(logits) if len(texts) else np.zeros((0, len(self.labels)))
         return probs, n_truncated
+
+    def explain(self, texts: list[str]) -> list[list[dict[str, Any]]]:
+        """Integrated gradients over the token embeddings, or occlusion of each token for a
+        model without gradients (ONNX); the tokens read, as spans of the cleaned text."""
+        embeddings, pad_id = attributions.embedding_layer(self.model), self.tokenizer.pad_id
+        out = []
+        for text in texts:
+            cleaned = clean_text(text, self.clean)
+            ids, spans, own = self.tokenizer.encode_spans(cleaned, self.max_length)
+            if embeddings is None:
+                scores = attributions.occlude_tokens(self.model, ids, own, pad_id)
+            else:
+                target = int(predict_logits(self.model, [ids], pad_id)[0].argmax())
+                scores = attributions.integrated_gradients(
+                    self.model, embeddings, ids, own, pad_id, target)[own]
+            kept = [span for span, keep in zip(spans, own, strict=True) if keep]
+            out.append(attributions.attribution_rows(cleaned, kept, scores))
+        return out
 
 
 def save_bundle(

@@ -148,11 +148,14 @@ def predict(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="JSONL file (default stdout).")
     ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add each token's attribution to the label.")
+    ] = False,
 ) -> None:
     """Predict a label for every text of INPUT; one JSON object per line."""
     from lmforge import pipeline
 
-    pipeline.predict(bundle, input, output)
+    pipeline.predict(bundle, input, output, explain)
 
 
 @app.command()

@@ -206,16 +206,27 @@ def report(target: str | Path) -> Path:
 
 
 def predict(
-    bundle: str | Path, input: str | Path, output: str | Path | None = None
+    bundle: str | Path, input: str | Path, output: str | Path | None = None,
+    explain: bool = False,
 ) -> dict[str, int]:
-    """Predict every text of `input` ('-' for stdin) into JSONL at `output` (stdout if None)."""
+    """Predict every text of `input` ('-' for stdin) into JSONL at `output` (stdout if None).
+    With `explain` (classification) each row gains its `attributions`, also shown highlighted
+    on stderr when stdout is a terminal."""
     predictor = load(_bundle_for(bundle, "predict"))
-    recipe = recipe_for(predictor.meta["task"])
+    task = predictor.meta["task"]
+    if explain and task != "classification":
+        raise LmforgeError(f"--explain explains a classifier's labels; this is a '{task}' bundle")
+    recipe = recipe_for(task)
     if str(input) == "-":
         texts = [line.rstrip("\n") for line in sys.stdin]
     else:
         texts, _ = read_texts(str(input), predictor.meta["text_column"])
     rows, summary = recipe.predict(predictor, texts)
+    if explain:
+        for row, found in zip(rows, predictor.explain(texts), strict=True):
+            row["attributions"] = found
+        if output is None and sys.stdout.isatty():
+            render.attributions(rows, render.console())
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if output:
         Path(output).write_text(lines, encoding="utf-8")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.text import Text
 
 # Piped or redirected, a line is as long as it is: a log file or `grep` gets one line per note.
 UNBROKEN_WIDTH = 100_000
@@ -126,3 +127,18 @@ def tune_table(report: dict[str, Any], out: Console) -> None:
     best = report["best"]
     out.print(f"best: trial {best['number']} ({_figure(best['value'])}); its config: "
               f"{best['config']}" if best else "no trial completed yet")
+
+
+def attributions(rows: list[dict[str, Any]], out: Console) -> None:
+    """Each explained row's label, then its tokens shaded by score: green for the label, red
+    against it, the stronger the larger |score| is within the text."""
+    for row in rows:
+        found = row["attributions"]
+        top = max((abs(a["score"]) for a in found), default=0.0) or 1.0
+        line = Text(f"{row['label']}: ")
+        for a in found:
+            strength = int(40 + 215 * min(abs(a["score"]) / top, 1.0))
+            colour = f"rgb(0,{strength},0)" if a["score"] >= 0 else f"rgb({strength},0,0)"
+            line.append(a["token"], style=f"on {colour}")
+            line.append(" ")
+        out.print(line)

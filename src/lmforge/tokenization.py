@@ -74,6 +74,18 @@ class TextTokenizer:
         ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
         return Encoded(ids=ids, n_truncated=sum(1 for e in encodings if e.overflowing))
 
+    def encode_spans(
+        self, text: str, max_length: int
+    ) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
+        """One text encoded as `encode` does, with each token's (start, end) in the text and
+        whether it is one of the text's own (True) or a special token added around it."""
+        backend = Tokenizer.from_str(self.backend.to_str())
+        backend.no_padding()
+        backend.enable_truncation(max_length)
+        encoding = backend.encode(text)
+        own = ~np.asarray(encoding.special_tokens_mask, dtype=bool)
+        return np.asarray(encoding.ids, dtype=np.int64), list(encoding.offsets), own
+
     def encode_plain(self, texts: list[str], add_special_tokens: bool = False) -> list[np.ndarray]:
         """Token ids of each text, nothing truncated; special tokens (a pretrained tokenizer's
         BOS, say) only with add_special_tokens."""

@@ -250,6 +250,26 @@ def _worst_errors(rows: list[dict[str, Any]]) -> str:
     return _table(["text", "gold", "predicted", "confidence"], table)
 
 
+def _explained_errors(rows: list[dict[str, Any]]) -> str:
+    """The worst errors that test_predictions.jsonl explains, their tokens shaded by their
+    attribution to the wrong label: green for it, red against it."""
+    wrong = [row for row in rows if row["gold"] != row["predicted"] and row.get("attributions")]
+    wrong.sort(key=lambda row: -row["probs"][row["predicted"]])
+    lines = []
+    for row in wrong:
+        found = row["attributions"]
+        top = max(abs(a["score"]) for a in found) or 1.0
+        tokens = " ".join(
+            f'<span title="{a["score"]:.4g}" style="background:'
+            f'{"rgba(0,150,0," if a["score"] >= 0 else "rgba(200,0,0,"}'
+            f'{abs(a["score"]) / top:.2f})">{_esc(a["token"])}</span>' for a in found)
+        lines.append(f"<p>{_esc(row['predicted'])} (gold {_esc(row['gold'])}): {tokens}</p>")
+    if not lines:
+        return ""
+    return ("<p>Why: each token shaded by its attribution to the predicted label (green for "
+            "it, red against it; the score on hover).</p>" + "".join(lines))
+
+
 def _slices(report: dict[str, Any]) -> str:
     rows = [[column, value, m["n"], m["accuracy"], m["f1_macro"]]
             for column, values in report["slices"].items() for value, m in values.items()]
@@ -274,7 +294,8 @@ def classification_sections(run_dir: Path, report: dict[str, Any]) -> list[Secti
         probs, gold = _probs(rows, labels)
         sections.append(("Calibration", _reliability(probs, gold)))
         sections.append(("Precision–recall curves", _pr_curves(probs, gold, labels)))
-        sections.append(("Worst errors (most confident wrong predictions)", _worst_errors(rows)))
+        sections.append(("Worst errors (most confident wrong predictions)",
+                         _worst_errors(rows) + _explained_errors(rows)))
     if report.get("slices"):
         sections.append(("Slices", _slices(report)))
     if report.get("leaderboard"):

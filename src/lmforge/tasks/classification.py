@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 # Classification bundles that are no single network: tasks/classifiers.py checks and loads them.
 OTHER_ARCHS = ("tfidf_logreg", "ensemble")
+# The most confident wrong predictions on the test split that test_predictions.jsonl explains.
+EXPLAINED_ERRORS = 5
 
 Batch = dict[str, torch.Tensor]
 
@@ -458,7 +460,17 @@ def _evaluate_split(
         {"text": row["text"], "gold": gold, "predicted": row["label"], "probs": row["probs"]}
         for row, gold in zip(predictions.rows, split.labels, strict=True)
     ]
+    _explain_worst_errors(predictor, rows)
     return Evaluated(report, rows)
+
+
+def _explain_worst_errors(predictor: Predictor, rows: list[dict[str, Any]]) -> None:
+    """The most confident wrong predictions gain their attributions (the HTML report shows
+    them): EXPLAINED_ERRORS of them, as each costs a few dozen passes."""
+    wrong = [row for row in rows if row["gold"] != row["predicted"]]
+    wrong = sorted(wrong, key=lambda row: -row["probs"][row["predicted"]])[:EXPLAINED_ERRORS]
+    for row, found in zip(wrong, predictor.explain([row["text"] for row in wrong]), strict=True):
+        row["attributions"] = found
 
 
 def _run_splits(

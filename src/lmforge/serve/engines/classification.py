@@ -60,6 +60,7 @@ class Classified:
 class _Job:
     texts: list[str]
     truncate: bool
+    explain: bool
     future: asyncio.Future = field(repr=False)
     arrived: float = 0.0  # event-loop time
     deadline: float = math.inf  # event-loop time past which the client no longer waits
@@ -120,13 +121,17 @@ class ClassificationEngine:
             )
         return None
 
-    async def classify(self, texts: list[str], truncate: bool, timeout_s: float) -> Classified:
-        """Queue the texts and wait for their batch. Raises Overloaded, TooLong, TimeoutError."""
+    async def classify(
+        self, texts: list[str], truncate: bool, timeout_s: float, explain: bool = False
+    ) -> Classified:
+        """Queue the texts and wait for their batch (with `explain`, each row gains its
+        attributions, computed in the worker thread). Raises Overloaded, TooLong,
+        TimeoutError."""
         await self._warmed_up.wait()
         self.admit(len(texts), timeout_s)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        job = _Job(texts, truncate, loop.create_future(), now, now + timeout_s)
+        job = _Job(texts, truncate, explain, loop.create_future(), now, now + timeout_s)
         self._waiting.append(job)
         self._waiting_texts += len(texts)
         self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
@@ -287,9 +292,13 @@ class ClassificationEngine:
             self.metrics.batch_size.labels(self.name).observe(len(run_texts))
             rows = self.predictor.predict_batch(run_texts, self.max_batch_size).rows
             rows_iter = iter(rows)
-            for result in results:
+            for job, result in zip(batch, results, strict=True):
                 if isinstance(result, Classified):
                     result.rows = [_without_text(next(rows_iter)) for _ in result.prompt_tokens]
+                    if job.explain:
+                        found = self.predictor.explain(job.texts)
+                        for row, attributions in zip(result.rows, found, strict=True):
+                            row["attributions"] = attributions
         return results
 
 

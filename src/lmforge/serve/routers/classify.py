@@ -17,6 +17,8 @@ from lmforge.serve.errors import APIError, error_response, retry_after
 from lmforge.serve.state import ServerState, get_state
 
 MAX_INPUTS = 2048  # texts per request, so that one request cannot hold a model for long
+# Texts per request with "explain": each costs a few dozen forward and backward passes.
+MAX_EXPLAINED_INPUTS = 16
 
 router = APIRouter(prefix="/v1", tags=["classification"], dependencies=[Depends(require_key)])
 
@@ -27,6 +29,10 @@ class ClassifyRequest(BaseModel):
     model: str = Field(max_length=128, description="A served model's name (GET /v1/models).")
     input: str | list[str] = Field(description="One text, or a list of texts.")
     truncate: bool = Field(False, description="Cut texts longer than the model's max length.")
+    explain: bool = Field(
+        False, description=f"Add each token's attribution to the label (at most "
+        f"{MAX_EXPLAINED_INPUTS} texts per request)."
+    )
 
     @field_validator("input")
     @classmethod
@@ -123,6 +129,14 @@ async def classify(body: ClassifyRequest, request: Request, caller: LimitedCalle
             code="invalid_request",
             param="input",
         )
+    if body.explain and len(texts) > MAX_EXPLAINED_INPUTS:
+        raise APIError(
+            422,
+            f"input has {len(texts)} texts; with \"explain\": true send 1 to "
+            f"{MAX_EXPLAINED_INPUTS} per request",
+            code="invalid_request",
+            param="input",
+        )
     shed_if_overloaded(state, body.model, len(texts))
     async with state.metered(caller, "classify", body.model) as call:
         served = state.models.require(body.model, "classification")
@@ -131,7 +145,9 @@ async def classify(body: ClassifyRequest, request: Request, caller: LimitedCalle
             await call.reserve(await asyncio.to_thread(prompt_tokens, predictor, texts))
         try:
             result = await asyncio.wait_for(
-                served.engine.classify(texts, body.truncate, state.settings.timeout_s),
+                served.engine.classify(
+                    texts, body.truncate, state.settings.timeout_s, body.explain
+                ),
                 state.settings.timeout_s,
             )
         except Overloaded as error:
