@@ -175,3 +175,11 @@ def test_a_damaged_bundle_is_refused_in_one_line(trained, tmp_path):
     (bundle / "knowledge_base.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(LmforgeError, match="knowledge_base.json: not a knowledge base"):
         lmforge.load(bundle)
+
+
+def test_lexical_terms_cut_chinese_and_stem_english():
+    from lmforge.models.retrieval import lexical_tokens
+
+    terms = lexical_tokens("Where are my refunds? 借记卡找不到了")
+    assert "refund" in terms and "where" not in terms  # stemmed; a stop word left out
+    assert {"借记卡", "记卡", "卡"} <= set(terms)  # jieba's word, a bigram, a character

@@ -5,10 +5,12 @@ calibration that turns the fused top answer into a probability of being right.""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,16 +23,26 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[^\W_]+")
 
 
+@functools.cache
+def _english_stemmer() -> Any:
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
 def lexical_tokens(text: str) -> list[str]:
     """BM25's terms: lowercased words less English stop words ("what is the capital" must not
-    match "what is the delivery time"); Chinese runs cut by jieba, plus their characters and
-    character bigrams, so that a word jieba cuts differently or does not know still matches."""
+    match "what is the delivery time"), stemmed (Snowball: "refunds" finds "refund"); Chinese
+    runs cut by jieba, plus their characters and character bigrams, so that a word jieba cuts
+    differently or does not know still matches."""
     import jieba
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     jieba.setLogLevel(logging.WARNING)
+
     def words(latin: str) -> list[str]:
-        return [w for w in _WORD.findall(latin.lower()) if w not in ENGLISH_STOP_WORDS]
+        kept = [w for w in _WORD.findall(latin.lower()) if w not in ENGLISH_STOP_WORDS]
+        return _english_stemmer().stemWords(kept) if kept else []
 
     tokens: list[str] = []
     position = 0
