@@ -360,12 +360,6 @@ TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "classification": {"d_model": 128, "d_ff": 512, "dropout": 0.2},
 }
 
-# The peak learning rate of a pretrained model's fine-tune when train.lr is not given: Hugging
-# Face Trainer's default. TrainConfig's 5e-4 suits lmforge's models trained from scratch; on a
-# pretrained encoder it overwrites much of what pre-training learned (bench/RESULTS.md, "Parity
-# with Hugging Face Trainer").
-PRETRAINED_LR = 5e-5
-
 
 def _recipes() -> dict[str, Any]:
     """The tasks (lmforge.tasks.TASKS), looked up when a config is checked: the recipes are
@@ -466,8 +460,6 @@ class Config(Section):
             tokenizer.vocab_size = GPT2_VOCAB_SIZE
         if "early_stopping_metric" not in self.train.model_fields_set:
             self.train.early_stopping_metric = _recipes()[self.task].val_metrics[0]
-        if model.arch == "pretrained" and "lr" not in self.train.model_fields_set:
-            self.train.lr = PRETRAINED_LR
         if self.task == "classification":
             if model.arch == "gpt":
                 raise ValueError("model.arch 'gpt' is a decoder for task generation; "
