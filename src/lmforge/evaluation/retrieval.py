@@ -11,9 +11,12 @@ BOOTSTRAP_ROUNDS = 1000
 
 
 def gold_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """The rank (1 = best) of each query's gold answer among the answers' scores."""
+    """The rank (1 = best) of each query's gold answer among the answers' scores; a tie goes
+    to the answer listed first, as the assistant's own choice (argmax) does."""
     gold_score = scores[np.arange(len(gold)), gold][:, None]
-    return 1 + (scores > gold_score).sum(axis=1)
+    listed_first = np.arange(scores.shape[1])[None, :] < gold[:, None]
+    ahead = (scores > gold_score) | ((scores == gold_score) & listed_first)
+    return 1 + ahead.sum(axis=1)
 
 
 def _interval(per_query: np.ndarray, rng: np.random.Generator) -> list[float]:
