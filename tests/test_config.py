@@ -167,3 +167,13 @@ def test_readme_config_reference_lists_every_field():
     sections = {"data", "data.clean", "data.split", "tokenizer", "model", "train", "eval"}
     missing = [k for k in _valid_keys(Config) if k not in sections and f"`{k}`" not in readme]
     assert not missing, f"README's config reference lacks {missing}"
+
+
+def test_a_pretrained_fine_tune_decays_its_learning_rate_linearly_unless_told_otherwise():
+    pretrained = {"arch": "pretrained", "pretrained": "some/encoder"}
+    assert load_config({"model": pretrained}).train.lr_schedule == "linear"  # as HF Trainer
+    assert load_config({}).train.lr_schedule == "cosine"  # lmforge's own encoder
+    assert load_config({"task": "generation"}).train.lr_schedule == "cosine"
+    told = load_config({"model": pretrained}, ["train.lr_schedule=cosine"])
+    assert told.train.lr_schedule == "cosine"
+    assert load_config(yaml.safe_load(dump_config(told))).train.lr_schedule == "cosine"

@@ -237,3 +237,11 @@ def test_early_stopping_stops_before_max_steps(tmp_path):
         line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
     ]
     assert len(evals) < 10
+
+
+def test_linear_schedule_decays_as_trainers_and_cosine_stays_the_default_shape():
+    linear = training_loop.lr_lambda(total_steps=110, warmup_steps=10, schedule="linear")
+    cosine = training_loop.lr_lambda(total_steps=110, warmup_steps=10)
+    assert linear(4) == cosine(4) == 0.5  # the same warm-up
+    assert [round(linear(s), 6) for s in (10, 35, 60, 85, 110)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert cosine(35) == pytest.approx(0.8536, abs=1e-4) and cosine(110) == pytest.approx(0)

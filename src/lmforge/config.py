@@ -165,6 +165,10 @@ class TrainConfig(Section):
     lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    lr_schedule: Literal["auto", "cosine", "linear"] = Field(
+        "auto", description="Decay after warm-up, to zero at the last step. auto: linear with "
+        "model.arch pretrained (as Hugging Face Trainer), cosine otherwise.",
+    )
     grad_accum: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null is off.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -460,6 +464,10 @@ class Config(Section):
             tokenizer.vocab_size = GPT2_VOCAB_SIZE
         if "early_stopping_metric" not in self.train.model_fields_set:
             self.train.early_stopping_metric = _recipes()[self.task].val_metrics[0]
+        if self.train.lr_schedule == "auto":
+            # linear for a fine-tune: cosine's higher rate in the first half cost MiniLM-L6 3
+            # points at lr 5e-4 (bench/RESULTS.md, "Parity with Hugging Face Trainer")
+            self.train.lr_schedule = "linear" if model.arch == "pretrained" else "cosine"
         if self.task == "classification":
             if model.arch == "gpt":
                 raise ValueError("model.arch 'gpt' is a decoder for task generation; "

@@ -1,5 +1,5 @@
-"""The one training loop: AdamW, warm-up + cosine, clipping, accumulation, mixed precision,
-periodic evaluation, early stopping, and checkpoints that resume exactly.
+"""The one training loop: AdamW, warm-up + cosine or linear decay, clipping, accumulation,
+mixed precision, periodic evaluation, early stopping, and checkpoints that resume exactly.
 
 It knows nothing of tasks: a task hands it a model, a dataset with a collate function, a loss
 and an evaluation function.
@@ -84,12 +84,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def lr_lambda(
+    total_steps: int, warmup_steps: int, schedule: str = "cosine"
+) -> Callable[[int], float]:
+    """The learning rate's multiplier at each step: linear warm-up, then a cosine or linear
+    decay to zero (train.lr_schedule; "auto" is cosine here, the config resolves it)."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
 
@@ -199,7 +206,8 @@ class _Loop:
         self.steps = total_steps(n_examples, cfg, distributed.world_size())
         self.optimizer = make_optimizer(model, cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.steps, int(cfg.warmup_ratio * self.steps))
+            self.optimizer,
+            lr_lambda(self.steps, int(cfg.warmup_ratio * self.steps), cfg.lr_schedule),
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.autocast_dtype == torch.float16
