@@ -3,9 +3,9 @@ part 2): same model, same hyperparameters, same split, several seeds; test accur
 and wall time of each.
 
 The data: chatterbot-corpus's English categories (`pip install -e '.[bench]'` brings it and
-accelerate, which Trainer needs), each
-utterance labelled with its category's file name; categories with fewer than --min-per-class
-lines are left out and each is capped at --per-class lines (sampled with a fixed seed). The
+accelerate, which Trainer needs), each utterance labelled with its category's file name;
+categories with fewer than --min-per-class distinct lines are left out and each is capped at
+--per-class lines (sampled with a fixed seed). The
 split is lmforge's own (data.split, seed 0): Trainer gets exactly the texts lmforge trains
 and tests on, from `prepare_classification_data`.
 
