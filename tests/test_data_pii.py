@@ -176,3 +176,8 @@ def test_a_bundle_trained_with_redaction_redacts_what_it_predicts_on(tmp_path, r
     predictor = lmforge.load(run.bundle_dir)
     raw, masked = predictor.encode(["好 a@b.com 13812345678", "好 [EMAIL] [PHONE]"]).ids
     assert raw.tolist() == masked.tolist()
+
+
+def test_an_email_under_an_internationalized_top_level_domain_is_masked():
+    # Hypothesis found it: a punycode TLD (xn--...) holds digits and hyphens.
+    _masked("0@A.XN--30RR7Y", "email", "", "")

@@ -24,7 +24,8 @@ _PATTERN = re.compile(
     "|".join(
         (
             r"(?P<email>(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-            r"\.[A-Za-z]{2,}(?![A-Za-z0-9-]))",
+            # the top-level domain: letters, or an internationalized one in punycode (xn--...)
+            r"\.(?:[A-Za-z]{2,}|(?i:xn--)[A-Za-z0-9-]+)(?![A-Za-z0-9-]))",
             # Region (first digit 1-8), birth date, sequence, check digit (0-9 or X).
             r"(?P<id_card>(?<![\dA-Za-z])[1-8]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])"
             r"(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z]))",
