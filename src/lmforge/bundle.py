@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from lmforge import attributions
+import lmforge.attributions as attributions
 from lmforge.config import CleanConfig, GenerateConfig, describe_setting, generate_settings
 from lmforge.data import clean_text
 from lmforge.data.documents import clean_document

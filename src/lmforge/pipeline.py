@@ -214,7 +214,7 @@ def predict(
     on stderr when stdout is a terminal."""
     predictor = load(_bundle_for(bundle, "predict"))
     task = predictor.meta["task"]
-    if explain and task != "classification":
+    if explain and not hasattr(predictor, "explain"):  # what its predictor can do, not its name
         raise LmforgeError(f"--explain explains a classifier's labels; this is a '{task}' bundle")
     recipe = recipe_for(task)
     if str(input) == "-":

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lmforge import tracking
+import lmforge.tracking as tracking
 from lmforge.config import Config, apply_overrides, dump_config, load_config, read_config_file
 from lmforge.errors import LmforgeError
 from lmforge.files import write_atomic, write_json_atomic

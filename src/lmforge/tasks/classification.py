@@ -16,7 +16,8 @@ from rich.console import Console
 from sklearn.metrics import f1_score
 from torch import nn
 
-from lmforge import render, runs
+import lmforge.render as render
+import lmforge.runs as runs
 from lmforge.config import (
     CleanConfig,
     Config,

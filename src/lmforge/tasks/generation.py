@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from lmforge import render, runs
+import lmforge.render as render
+import lmforge.runs as runs
 from lmforge.config import (
     CleanConfig,
     Config,

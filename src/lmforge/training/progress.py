@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lmforge import render
+import lmforge.render as render
 
 
 class RunLog:
