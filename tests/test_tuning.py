@@ -114,11 +114,52 @@ def test_on_eval_stops_training_where_it_says(tmp_path):
     assert result.stopped and result.state.step == 4 and [s for s, _ in calls] == [2, 4]
 
 
-@pytest.mark.timeout(400)
-def test_two_workers_on_postgresql_share_one_study(reviews_csv, tmp_path):
+def fresh_postgres_database() -> str:
+    """URL of a new, empty database on the test PostgreSQL: what a team's first `tune` meets."""
+    import sqlalchemy
+
     url, reason = postgres_url()
     if url is None:
         pytest.skip(f"PostgreSQL test skipped: {reason}")
+    name = f"tune_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{url.rsplit('/', 1)[0]}/{name}"
+
+
+def _open_study(url: str) -> str:
+    try:
+        optuna.create_study(study_name="s", storage=tuning.open_storage(url),
+                            load_if_exists=True)
+        return "ok"
+    except Exception as error:  # the test shows what the worker met
+        return repr(error)
+
+
+@pytest.mark.timeout(300)
+def test_workers_started_together_on_a_fresh_database_all_open_the_study():
+    # Two workers creating the study's tables at once: one used to die with "duplicate key
+    # value violates unique constraint" (PostgreSQL's CREATE TYPE/CREATE TABLE race).
+    import multiprocessing
+
+    urls = [fresh_postgres_database() for _ in range(10)]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        for url in urls:
+            assert pool.map(_open_study, [url, url]) == ["ok", "ok"], url
+
+
+@pytest.mark.timeout(60)
+def test_a_storage_that_cannot_be_opened_names_it(tmp_path):
+    url = f"sqlite:///{tmp_path}/no/such/folder/study.db"
+    with pytest.raises(LmforgeError, match=r"--storage sqlite:///.*no/such/folder.*cannot open"):
+        tuning.open_storage(url, attempts=2, pause_s=0.01)
+
+
+@pytest.mark.timeout(400)
+def test_two_workers_on_postgresql_share_one_study(reviews_csv, tmp_path):
+    url = fresh_postgres_database()
     config = write_config(tmp_path / "c.yaml", reviews_csv)
     study = f"shared-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -146,10 +146,11 @@ def tune(
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(study_name=name, storage=url, load_if_exists=True,
-                                    direction=direction, pruner=optuna.pruners.MedianPruner())
+        study = optuna.create_study(study_name=name, storage=open_storage(url),
+                                    load_if_exists=True, direction=direction,
+                                    pruner=optuna.pruners.MedianPruner())
     except ValueError as error:
-        raise LmforgeError(f"study '{name}' in {url}: {error}") from None
+        raise LmforgeError(f"study '{name}' in {_hide_password(url)}: {error}") from None
     parent = _mlflow_parent(study, base, name)
     log(f"study '{name}' ({url}): {len(study.trials)} trials so far; {trials} more, "
         f"{direction} val {metric} over {', '.join(fields)}")
@@ -218,6 +219,27 @@ def _finish(
                           "config": str(out / BEST_CONFIG)}
     write_json_atomic(out / STUDY_FILE, report)
     return report
+
+
+def open_storage(url: str, attempts: int = 6, pause_s: float = 0.25) -> Any:
+    """Optuna's storage at `url`, its tables created if the database has none. Workers started
+    together on a fresh database race to create the same tables (one gets "duplicate key" or
+    "already exists"); the loser opens it again, and finds the tables the winner made."""
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.DBAPIError as error:
+            if attempt == attempts - 1:
+                reason = str(error.orig or error).strip().splitlines()[0]
+                raise LmforgeError(f"--storage {_hide_password(url)}: cannot open the study "
+                                   f"database: {reason}") from None
+            time.sleep(pause_s * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _hide_password(url: str) -> str:
