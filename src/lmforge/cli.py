@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -421,10 +422,24 @@ def _show_warning(
         _python_show_warning(message, category, *args, **kwargs)
 
 
+def _leave_worker() -> None:
+    """A torchrun worker whose work is done and saved leaves without running the interpreter's
+    and C++'s exit-time destructors: the process group's and the store's threads, torn down
+    there, can abort the finished worker (SIGABRT, "terminate called without an active
+    exception"), which torchrun counts as a failed run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main() -> None:
     warnings.showwarning = _show_warning
     try:
         app()
+    except SystemExit as done:
+        if done.code in (0, None) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _leave_worker()
+        raise
     except LmforgeError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
