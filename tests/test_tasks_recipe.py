@@ -15,6 +15,7 @@ from torch import nn
 import lmforge
 from lmforge import pipeline, tasks
 from lmforge.config import Config, DataConfig
+from lmforge.errors import LmforgeError
 from lmforge.tasks.recipe import Evaluated, Prepared, TrainingPlan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -200,3 +201,66 @@ def test_a_task_whose_model_is_built_whole_skips_the_training_loop(tmp_path, mon
     assert report["mae"] < 1e-3  # the targets are exactly 2 * words + 1
     (one,) = lmforge.load(result.bundle_dir).predict(["alpha beta"])
     assert one["value"] == pytest.approx(5, abs=1e-3)
+
+
+class CountsTableTask(WordCountTask):
+    """The same task reading a table of numbers (column n_words) instead of text: a second
+    kind of input to one task, the way a feature table or images join classification."""
+
+    @staticmethod
+    def as_texts(path):
+        with open(path, encoding="utf-8") as handle:
+            return [" ".join(["w"] * int(row["n_words"])) for row in csv.DictReader(handle)]
+
+    def starter_config(self, data):
+        return Config(task=self.name, data=DataConfig(path=data, inputs="table"))
+
+    def prepare(self, cfg, run_dir, resume, log):
+        texts = self.as_texts(cfg.data.path)
+        targets = [2.0 * len(t.split()) + 1 for t in texts]
+        cut = len(texts) * 3 // 4
+        split = {"train": texts[:cut], "val": [], "test": texts[cut:]}
+        parts = {"targets": {"train": targets[:cut], "test": targets[cut:]}}
+        return Prepared(cfg, "toy-hash", NoTokenizer(), split, {"rows": len(texts)}, parts)
+
+    def bundle_meta(self, run, model, run_dir):
+        return {**super().bundle_meta(run, model, run_dir), "inputs": "table"}
+
+    def read_inputs(self, predictor, path):
+        return self.as_texts(path)
+
+
+def write_counts(path, counts):
+    path.write_text("n_words\n" + "".join(f"{n}\n" for n in counts), encoding="utf-8")
+    return path
+
+
+def test_a_second_kind_of_input_is_detected_trained_loaded_and_predicted(tmp_path, monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "word_count", WordCountTask())
+    monkeypatch.setitem(tasks.INPUT_RECIPES, ("word_count", "table"), CountsTableTask())
+    monkeypatch.setitem(tasks.INPUT_DETECTORS, "table",
+                        lambda cfg: Path(cfg.data.path).name.startswith("counts"))
+    data = write_counts(tmp_path / "counts.csv", [1 + i % 7 for i in range(200)])
+    assert "inputs: table" in pipeline.init_config("word_count", data)
+
+    result = lmforge.train({"task": "word_count", "data": {"path": str(data)},
+                            "train": {"max_steps": 300, "batch_size": 32, "lr": 0.05}},
+                           out=tmp_path / "run", show_progress=False)
+
+    assert json.loads((result.bundle_dir / "lmforge.json").read_text())["inputs"] == "table"
+    assert isinstance(lmforge.load(result.bundle_dir), WordCounter)
+    lmforge.predict(result.bundle_dir, write_counts(tmp_path / "counts-new.csv", [2, 5]),
+                    tmp_path / "out.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [round(row["value"]) for row in rows] == [5, 11]
+
+
+def test_a_bundle_of_a_kind_of_input_its_task_does_not_read_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "word_count", FittedWordCountTask())
+    data = write_table(tmp_path / "words.csv", word_count_rows(100, seed=3))
+    result = lmforge.train({"task": "word_count", "data": {"path": str(data)}},
+                           out=tmp_path / "run", show_progress=False)
+    meta_path = result.bundle_dir / "lmforge.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "inputs": "image"}))
+    with pytest.raises(LmforgeError, match="does not read image inputs; it reads: text"):
+        lmforge.load(result.bundle_dir)

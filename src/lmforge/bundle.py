@@ -386,15 +386,19 @@ def load(directory: str | Path, device: str = "auto") -> Any:
     (`lmforge.load(path).predict([...])`), a Generator for a generation model
     (`lmforge.load(path).generate([...])`). A damaged bundle raises LmforgeError naming the
     file and what is wrong with it."""
-    from lmforge.tasks import TASKS  # the recipes build on this module
+    from lmforge.tasks import TASKS, recipe_of  # the recipes build on this module
 
     directory = Path(directory)
     restore_dir(directory)  # a save killed between its renames left the bundle as <name>.prev
-    task = read_meta(directory)["task"]
-    if task not in TASKS:
-        raise LmforgeError(f"{directory} holds a '{task}' model; lmforge loads "
+    meta = read_meta(directory)
+    if meta["task"] not in TASKS:
+        raise LmforgeError(f"{directory} holds a '{meta['task']}' model; lmforge loads "
                            f"{', '.join(TASKS)} bundles")
-    return TASKS[task].load(directory, read_meta(directory), device)
+    try:
+        recipe = recipe_of(meta)
+    except LmforgeError as error:
+        raise LmforgeError(f"{directory}: {error}") from None
+    return recipe.load(directory, meta, device)
 
 
 def open_model_bundle(directory: Path, device: str = "auto") -> Predictor | Generator:

@@ -29,12 +29,15 @@ def quickstart(
     task: Annotated[
         str, typer.Option(help="classification, or generation: a small GPT, then samples.")
     ] = "classification",
+    data: Annotated[
+        str | None, typer.Option(help="A built-in dataset (builtin:NAME) instead of the task's.")
+    ] = None,
 ) -> None:
     """Train, evaluate and bundle a model on the built-in review corpus (a classifier, or with
-    --task generation a small GPT)."""
+    --task generation a small GPT), or on another built-in dataset (--data builtin:NAME)."""
     from lmforge import pipeline
 
-    pipeline.quickstart(out=out, fast=fast, task=task)
+    pipeline.quickstart(out=out, fast=fast, task=task, data=data)
 
 
 @app.command()

@@ -76,6 +76,11 @@ class DataConfig(Section):
     )
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label.")
+    inputs: Literal["auto", "text", "table", "image"] = Field(
+        "auto",
+        description="What the model reads: text (one text column), table (feature columns), "
+        "image (images); auto decides from the data and model.arch.",
+    )
     cache_dir: str = Field(
         "~/.cache/lmforge", description="Tokenization cache shared between runs."
     )
@@ -106,13 +111,37 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 GPT2_VOCAB_SIZE = 50257  # the gpt2-* presets count their parameters with GPT-2's vocabulary
 
 
+class AdapterConfig(Section):
+    kind: Literal["lora", "qlora"] = Field(
+        "lora", description="lora: low-rank adapters over the frozen base (peft); qlora: the "
+        "same over a base loaded in 4-bit NF4 with bf16 compute (bitsandbytes; CUDA only).",
+    )
+    r: int = Field(16, ge=1, description="Rank of each adapter's update.")
+    alpha: float = Field(32, gt=0, description="Scale of the update (alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto", description="The layers adapted: auto (every attention and MLP projection) or "
+        "a list of module names (q_proj, v_proj, ...).",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("model.adapter.target_modules is an empty list; name the modules "
+                             "to adapt, or use auto")
+        return value
+
+
 class ModelConfig(Section):
-    arch: Literal["transformer", "gpt", "pretrained", "auto"] = Field(
+    arch: Literal["transformer", "gpt", "pretrained", "auto", "sasrec", "mf"] = Field(
         "transformer",
         description="transformer: lmforge's encoder; gpt: lmforge's decoder (the default for "
         "task generation); pretrained: a HF model; auto (classification, what `lmforge init` "
         "writes): train lmforge's encoder, TF-IDF + logistic regression and, if "
-        "model.pretrained is named, that model; ship the best on validation or their fusion.",
+        "model.pretrained is named, that model; ship the best on validation or their fusion. "
+        "sasrec (the default for task recommendation): causal self-attention over a user's "
+        "history; mf: matrix factorization.",
     )
     preset: Literal["gpt-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b"] | None = Field(
         None,
@@ -137,6 +166,10 @@ class ModelConfig(Section):
         description="Recompute activations in the backward pass (gpt and pretrained): "
         "much less memory, about a third slower.",
     )
+    adapter: AdapterConfig | None = Field(
+        None, description="Train adapters (LoRA/QLoRA) over the frozen weights of an arch "
+        "pretrained model instead of every weight; null trains every weight.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +186,9 @@ class ModelConfig(Section):
             )
         if self.arch == "pretrained" and not self.pretrained:
             raise ValueError("model.arch is 'pretrained' but model.pretrained is not set")
+        if self.adapter is not None and self.arch != "pretrained":
+            raise ValueError(f"model.adapter trains over a pretrained model's frozen weights; "
+                             f"set model.arch to pretrained (got '{self.arch}')")
         return self
 
 
@@ -276,6 +312,33 @@ class AssistantConfig(Section):
         description="A query holding one of these asks for a person and is handed off.",
     )
     max_query_chars: int = Field(512, ge=1, description="Longer queries are refused.")
+    handoff_after_turns: int = Field(
+        2, ge=1, description="Served chat: this many user turns in a row under the confidence "
+        "threshold hand off (the turns before ask the user to rephrase); 1 hands off at once.",
+    )
+
+
+class RecommendationConfig(Section):
+    """Knobs that only task recommendation reads: the interactions table's columns, the split."""
+
+    user_column: str = Field("user", description="Column holding the user id.")
+    item_column: str = Field("item", description="Column holding the item id.")
+    timestamp_column: str | None = Field(
+        None, description="Column ordering each user's interactions (Unix time, any number, or "
+        "ISO 8601); null: 'timestamp' if the table has it, else the file's order.",
+    )
+    rating_column: str | None = Field(
+        None, description="Column holding a rating (read with min_rating); null: 'rating' if "
+        "the table has it.",
+    )
+    min_rating: float | None = Field(
+        None, description="Keep only interactions rated at least this (counted in "
+        "data_report.json); null keeps all.",
+    )
+    min_interactions: int = Field(
+        3, ge=3, description="Users with fewer interactions are not validated or tested: all "
+        "theirs go to training (counted). Others: the last is test, the one before validation.",
+    )
 
 
 class GenerateConfig(Section):
@@ -353,6 +416,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "generate": "generation",
     "eval.val_tokens": "generation",
     "assistant": "assistant",
+    "recommendation": "recommendation",
 }
 
 # A task's own model defaults, where they differ from ModelConfig's: filled in where the config
@@ -362,6 +426,13 @@ TASK_ONLY_KNOBS: dict[str, str] = {
 # "Quickstart quality: what was tried").
 TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "classification": {"d_model": 128, "d_ff": 512, "dropout": 0.2},
+    "recommendation": {"arch": "sasrec", "d_model": 64, "n_heads": 2, "d_ff": 256,
+                       "max_length": 50, "dropout": 0.2},
+}
+RECOMMENDERS = ("sasrec", "mf")  # task recommendation's models, and no other task's
+# Recommendation's schedule where the config gives none: many short epochs over few sequences.
+RECOMMENDATION_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "batch_size": 128, "epochs": 100, "eval_every": 250, "warmup_ratio": 0.02,
 }
 
 
@@ -416,6 +487,10 @@ class Config(Section):
         default_factory=AssistantConfig,
         description="Knobs only task assistant reads: the FAQ's columns, the encoder, handoff.",
     )
+    recommendation: RecommendationConfig = Field(
+        default_factory=RecommendationConfig,
+        description="Knobs only task recommendation reads: the interactions' columns, the split.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -468,6 +543,14 @@ class Config(Section):
             # linear for a fine-tune: cosine's higher rate in the first half cost MiniLM-L6 3
             # points at lr 5e-4 (bench/RESULTS.md, "Parity with Hugging Face Trainer")
             self.train.lr_schedule = "linear" if model.arch == "pretrained" else "cosine"
+        if (model.arch in RECOMMENDERS) != (self.task == "recommendation"):
+            raise ValueError(f"model.arch '{model.arch}' does not fit task '{self.task}'; task "
+                             f"recommendation uses {' or '.join(RECOMMENDERS)}, and only it")
+        if self.task == "recommendation":
+            for key, value in RECOMMENDATION_TRAIN_DEFAULTS.items():
+                if key not in self.train.model_fields_set:
+                    setattr(self.train, key, value)
+            return
         if self.task == "classification":
             if model.arch == "gpt":
                 raise ValueError("model.arch 'gpt' is a decoder for task generation; "

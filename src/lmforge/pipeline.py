@@ -30,7 +30,7 @@ from lmforge.runs import (
     has_checkpoint,
     write_split_record,
 )
-from lmforge.tasks import TASKS, TaskRecipe
+from lmforge.tasks import TaskRecipe, inputs_of, recipe_for, recipe_of
 from lmforge.training import distributed, fit
 from lmforge.training.checkpoint import load_checkpoint
 
@@ -44,12 +44,6 @@ class RunResult:
     steps: int
     cv: dict[str, Any] | None = None  # cv.json's content, with --cv
     stopped: bool = False  # on_eval stopped training (a pruned trial): no test, no bundle
-
-
-def recipe_for(task: str) -> TaskRecipe:
-    if task not in TASKS:
-        raise LmforgeError(f"unknown task '{task}'; available: {', '.join(TASKS)}")
-    return TASKS[task]
 
 
 def train(
@@ -75,7 +69,7 @@ def train(
         raise LmforgeError("--cv cannot --resume (folds keep no checkpoints); pass --force")
     if cfg.train.tracking == "mlflow":
         tracking.require()
-    recipe = recipe_for(cfg.task)
+    recipe = recipe_for(cfg.task, inputs_of(cfg))
     run_dir = Path(out) if out else default_run_dir(config)
     distributed.init(cfg.train.device)
     log = render.notes(distributed.is_main())
@@ -175,7 +169,7 @@ def evaluate(
     was edited since; texts the model trained on are never scored (report["data_check"])."""
     where = locate_bundle(target)
     predictor = load(where.bundle_dir)
-    recipe = recipe_for(predictor.meta["task"])
+    recipe = recipe_of(predictor.meta)
     source = str(data) if data is not None else None
     report = recipe.evaluate(predictor, where.bundle_dir, where.run_dir, source)
     out_path = None
@@ -201,8 +195,7 @@ def report(target: str | Path) -> Path:
     if where.run_dir is None:
         raise LmforgeError(f"{target} is a bundle outside a run directory; `lmforge report` "
                            "reads a run's metrics.jsonl, eval.json and data_report.json")
-    return write_html_report(where.run_dir, recipe_for(read_meta(where.bundle_dir)["task"])
-                             .report_kind)
+    return write_html_report(where.run_dir, recipe_of(read_meta(where.bundle_dir)).report_kind)
 
 
 def predict(
@@ -216,8 +209,11 @@ def predict(
     task = predictor.meta["task"]
     if explain and not hasattr(predictor, "explain"):  # what its predictor can do, not its name
         raise LmforgeError(f"--explain explains a classifier's labels; this is a '{task}' bundle")
-    recipe = recipe_for(task)
-    if str(input) == "-":
+    recipe = recipe_of(predictor.meta)
+    read_inputs = getattr(recipe, "read_inputs", None)  # a kind of input other than text
+    if read_inputs is not None:
+        texts = read_inputs(predictor, str(input))
+    elif str(input) == "-":
         texts = [line.rstrip("\n") for line in sys.stdin]
     else:
         texts, _ = read_texts(str(input), predictor.meta["text_column"])
@@ -276,8 +272,8 @@ def generate(
 def _bundle_for(target: str | Path, verb: str) -> Path:
     """The bundle of `target`, if `verb` is the one that runs its task's models."""
     bundle_dir = locate_bundle(target).bundle_dir
-    task = read_meta(bundle_dir)["task"]
-    runs_with = recipe_for(task).runs_with
+    meta = read_meta(bundle_dir)
+    task, runs_with = meta["task"], recipe_of(meta).runs_with
     if runs_with != verb:
         raise LmforgeError(f"{target} holds a {task} model; use `lmforge {runs_with}`")
     return bundle_dir
@@ -307,22 +303,36 @@ def _read_prompts(input: str | Path) -> list[str]:
 def init_config(task_name: str, data: str | Path) -> str:
     """A starter config (YAML) for `data`, with its columns detected: the knobs its task reads,
     at that task's defaults, each section under a comment."""
-    cfg = recipe_for(task_name).starter_config(str(data))
+    cfg = _recipe_for_data(task_name, str(data)).starter_config(str(data))
     return (f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n"
             + dump_config(cfg, comments=True))
 
 
-def quickstart_config(fast: bool = False, task: str = "classification") -> Config:
-    return recipe_for(task).quickstart_config(fast)
+def _recipe_for_data(task: str, data: str) -> TaskRecipe:
+    """The recipe of `task` for the kind of input `data` holds (text, a table, images)."""
+    return recipe_for(task, inputs_of(load_config({"task": task, "data": {"path": data}})))
+
+
+def quickstart_config(
+    fast: bool = False, task: str = "classification", data: str | None = None
+) -> Config:
+    """The quickstart's config: the task's built-in dataset, or `data` (e.g. builtin:NAME)."""
+    if data is None:
+        return recipe_for(task).quickstart_config(fast)
+    cfg = _recipe_for_data(task, data).quickstart_config(fast)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": data})})
 
 
 def quickstart(
-    out: str | Path | None = None, fast: bool = False, task: str = "classification"
+    out: str | Path | None = None, fast: bool = False, task: str = "classification",
+    data: str | None = None,
 ) -> RunResult:
-    """The whole pipeline on the built-in dataset; never overwrites an earlier quickstart."""
-    recipe = recipe_for(task)
+    """The whole pipeline on a built-in dataset (the task's own, or `data`); never overwrites
+    an earlier quickstart."""
+    cfg = quickstart_config(fast, task, data)
+    recipe = recipe_for(cfg.task, inputs_of(cfg))
     run_dir = Path(out) if out else free_run_dir(Path("runs") / recipe.quickstart_run)
-    result = train(recipe.quickstart_config(fast), out=run_dir)
+    result = train(cfg, out=run_dir)
     notes = recipe.quickstart_notes(load(result.bundle_dir), result.bundle_dir)
     console = render.console()
     for note in notes:

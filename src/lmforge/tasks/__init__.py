@@ -1,6 +1,18 @@
 """The tasks, each a recipe (see tasks/recipe.py) the verbs run: TASKS maps a config's `task`
-to its recipe. A new task is a module here with its recipe, and one entry below."""
+to its recipe. A new task is a module here with its recipe, and one entry below.
 
+A task that reads more than one kind of input (text; a feature table; images) keeps its text
+recipe in TASKS and has one recipe per other kind in INPUT_RECIPES, keyed (task, kind). At
+train time `inputs_of(cfg)` picks the kind: `data.inputs`, or with `auto` the first kind whose
+detector (INPUT_DETECTORS) recognises the config's data. A bundle records its kind in
+meta["inputs"]; a bundle without one holds text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lmforge.errors import LmforgeError
 from lmforge.tasks import assistant, classification, generation
 from lmforge.tasks.recipe import TaskRecipe
 
@@ -9,5 +21,40 @@ TASKS: dict[str, TaskRecipe] = {
     "generation": generation.RECIPE,
     "assistant": assistant.RECIPE,
 }
+INPUT_RECIPES: dict[tuple[str, str], TaskRecipe] = {}
+# kind -> whether a config (data.inputs: auto) holds that kind of data; asked in this order.
+INPUT_DETECTORS: dict[str, Callable[[Any], bool]] = {}
+TEXT = "text"
 
-__all__ = ["TASKS", "TaskRecipe"]
+
+def recipe_for(task: str, inputs: str = TEXT) -> TaskRecipe:
+    """The recipe of `task` for `inputs` (text, or a kind in INPUT_RECIPES)."""
+    if inputs != TEXT:
+        if (task, inputs) in INPUT_RECIPES:
+            return INPUT_RECIPES[(task, inputs)]
+        kinds = [TEXT, *(kind for name, kind in INPUT_RECIPES if name == task)]
+        raise LmforgeError(f"task '{task}' does not read {inputs} inputs; it reads: "
+                           f"{', '.join(kinds)}")
+    if task not in TASKS:
+        raise LmforgeError(f"unknown task '{task}'; available: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def inputs_of(cfg: Any) -> str:
+    """The kind of input a config trains on: data.inputs, or the one its data looks like."""
+    chosen = getattr(cfg.data, "inputs", "auto")
+    if chosen != "auto":
+        return chosen
+    for kind, detects in INPUT_DETECTORS.items():
+        if (cfg.task, kind) in INPUT_RECIPES and detects(cfg):
+            return kind
+    return TEXT
+
+
+def recipe_of(meta: dict[str, Any]) -> TaskRecipe:
+    """The recipe that loads a bundle, from its meta.json."""
+    return recipe_for(meta["task"], meta.get("inputs", TEXT))
+
+
+__all__ = ["INPUT_DETECTORS", "INPUT_RECIPES", "TASKS", "TaskRecipe", "inputs_of", "recipe_for",
+           "recipe_of"]
