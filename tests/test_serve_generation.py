@@ -15,7 +15,6 @@ import lmforge
 from lmforge.decoding import DecodeBatch, SlotBatch
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import UsageRecord, open_database
-from lmforge.serve.engines.generation import render_chat
 
 openai = pytest.importorskip("openai")
 
@@ -114,9 +113,14 @@ def test_completions_match_the_generator_streamed_or_not(api, generator, db_url)
 
 
 def test_chat_renders_messages_and_streams_the_same_text(api, generator, db_url):
-    prompt = render_chat(MESSAGES)
-    assert prompt == "system: be brief\nuser: the dog ran\nassistant:"
-    (expected,) = generator.generate([prompt], max_new_tokens=8, temperature=0, seed=3)
+    # lmforge's default template, which renders a prompt as the format strings before it did
+    assert generator.render_chat(MESSAGES) == (
+        "<|endoftext|>system: be brief\nuser: the dog ran\nassistant:")
+    (expected,) = generator.generate([MESSAGES], chat=True, max_new_tokens=8, temperature=0,
+                                     seed=3)
+    (plain,) = generator.generate(["system: be brief\nuser: the dog ran\nassistant:"],
+                                  max_new_tokens=8, temperature=0, seed=3)
+    assert (expected.text, expected.prompt_tokens) == (plain.text, plain.prompt_tokens)
     before = len(records(db_url))
     whole = api.chat.completions.create(
         model="story", messages=MESSAGES, temperature=0, seed=3, max_completion_tokens=8

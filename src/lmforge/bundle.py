@@ -30,6 +30,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 import lmforge.attributions as attributions
+from lmforge.chat import ROLES, Messages, chat_template
 from lmforge.config import CleanConfig, GenerateConfig, describe_setting, generate_settings
 from lmforge.data import clean_text
 from lmforge.data.documents import clean_document
@@ -44,6 +45,7 @@ from lmforge.models import (
     PretrainedClassifier,
     TransformerConfig,
 )
+from lmforge.models.adapters import SharedBases, load_adapter_model
 from lmforge.tasks.classification import OTHER_ARCHS, predict_logits, softmax
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
@@ -374,7 +376,14 @@ def check_bundle(directory: str | Path) -> dict[str, Any]:
     tokenizer or weights file raises LmforgeError naming it."""
     directory = Path(directory)
     restore_dir(directory)
-    if read_meta(directory).get("arch") in OTHER_ARCHS:
+    meta = read_meta(directory)
+    if meta["task"] == "assistant":  # a knowledge base and its questions' embeddings
+        from lmforge.tasks.assistant import KnowledgeBase  # the recipes build on this module
+
+        KnowledgeBase.load(directory)
+        _check_weights_file(directory / WEIGHTS_FILE)
+        return meta
+    if meta.get("arch") in OTHER_ARCHS:
         from lmforge.tasks.classifiers import check_bundle_files  # they build on this module
 
         return check_bundle_files(directory)
@@ -401,19 +410,26 @@ def load(directory: str | Path, device: str = "auto") -> Any:
     return recipe.load(directory, meta, device)
 
 
-def open_model_bundle(directory: Path, device: str = "auto") -> Predictor | Generator:
-    """A classification or generation bundle's Predictor or Generator (their recipes' load)."""
+def open_model_bundle(
+    directory: Path, device: str = "auto", bases: SharedBases | None = None
+) -> Predictor | Generator:
+    """A classification or generation bundle's Predictor or Generator (their recipes' load).
+    An adapter bundle's base is shared with the other adapters loaded through `bases`."""
     meta, tokenizer, onnx_model = _open_bundle(directory)
     if onnx_model is not None:
         return Predictor(onnx_model, tokenizer, meta)
-    model = _build_model(directory, meta).to(resolve_device(device))
+    model = _build_model(directory, meta, bases).to(resolve_device(device))
     if meta["task"] == "generation":
         return Generator(model, tokenizer, meta)
     return Predictor(model, tokenizer, meta)
 
 
-def _build_model(directory: Path, meta: dict[str, Any]) -> nn.Module:
+def _build_model(
+    directory: Path, meta: dict[str, Any], bases: SharedBases | None = None
+) -> nn.Module:
     """The bundle's model with its weights, on the CPU."""
+    if "adapter" in meta:  # peft's files over the base named in lmforge.json
+        return load_adapter_model(directory, meta, bases)
     if meta["arch"] == "pretrained":
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -476,6 +492,15 @@ class Generator:
         self.max_length: int = meta["max_length"]  # the context
         self.clean = CleanConfig(**meta["clean"])
         self.defaults = GenerateConfig(**meta.get("generate", {}))
+        # the template the model trained with (lmforge.json), else its tokenizer's, else lmforge's
+        self.chat_template = chat_template(tokenizer, meta.get("chat_template"))
+
+    def render_chat(self, messages: Messages) -> str:
+        """A conversation as the prompt of its assistant's next reply: each message's content
+        cleaned as training data was, rendered with the bundle's chat template."""
+        cleaned = [{"role": m["role"], "content": clean_document(m["content"], self.clean)}
+                   for m in messages]
+        return self.chat_template.render(cleaned, add_generation_prompt=True)
 
     def settings(self, given: GenerateConfig | None = None, **overrides: Any) -> GenerateConfig:
         """The bundle's defaults, replaced by the fields `given` sets, then by the (not None)
@@ -484,14 +509,20 @@ class Generator:
         return generate_settings(generate_settings(self.defaults, **given_values), **overrides)
 
     def encode_prompts(
-        self, prompts: list[str], max_new_tokens: int, truncate: bool = False
+        self, prompts: list[str], max_new_tokens: int, truncate: bool = False,
+        chat: bool = False,
     ) -> list[list[int]]:
         """Token ids of each prompt. A prompt that leaves no room in the context for a new token
         is an error, or with `truncate` loses its first tokens (keeping room for
-        max_new_tokens, up to half the context)."""
+        max_new_tokens, up to half the context). With `chat` each prompt is a conversation
+        (a list of {"role", "content"}), rendered by render_chat."""
         if isinstance(prompts, str) or not prompts:
             raise LmforgeError("give a list of one or more prompts")
         name = (lambda i: f"prompt {i + 1}") if len(prompts) > 1 else (lambda i: "the prompt")
+        if chat:
+            rendered = [self.render_chat(_messages(m, name(i))) for i, m in enumerate(prompts)]
+            encoded = self.tokenizer.encode_plain(rendered, add_special_tokens=False)
+            return self._fit_prompts(encoded, max_new_tokens, truncate, name)
         cleaned = []
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
@@ -506,6 +537,11 @@ class Generator:
             if not cleaned[-1]:
                 raise LmforgeError(f"{name(i)} is empty")
         encoded = self.tokenizer.encode_documents(cleaned)
+        return self._fit_prompts(encoded, max_new_tokens, truncate, name)
+
+    def _fit_prompts(
+        self, encoded: list[np.ndarray], max_new_tokens: int, truncate: bool, name: Any
+    ) -> list[list[int]]:
         keep = self.max_length - min(max_new_tokens, self.max_length // 2)
         out = []
         for i, ids in enumerate(encoded):
@@ -526,13 +562,14 @@ class Generator:
         prompts: list[str] | str,
         settings: GenerateConfig | None = None,
         truncate: bool = False,
+        chat: bool = False,
         **overrides: Any,
     ) -> GenerationJob:
-        """The prompts encoded and the settings checked, ready to decode. Bad arguments raise
-        LmforgeError."""
+        """The prompts (with `chat`, conversations) encoded and the settings checked, ready to
+        decode. Bad arguments raise LmforgeError."""
         settings = self.settings(settings, **overrides)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        encoded = self.encode_prompts(prompts, settings.max_new_tokens, truncate)
+        encoded = self.encode_prompts(prompts, settings.max_new_tokens, truncate, chat)
         rngs = [torch.Generator() for _ in encoded]  # on the CPU: one small draw each per step
         for rng in rngs:
             if settings.seed is None:
@@ -546,12 +583,13 @@ class Generator:
         prompts: list[str] | str,
         settings: GenerateConfig | None = None,
         truncate: bool = False,
+        chat: bool = False,
         **overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield StreamEvents (index, new text, finish reason, token counts) as tokens are
         generated; each prompt's last event has its finish_reason. Takes the arguments of generate;
         bad ones raise LmforgeError here, before the first event."""
-        return self._events(self.prepare(prompts, settings, truncate, **overrides))
+        return self._events(self.prepare(prompts, settings, truncate, chat, **overrides))
 
     def _events(self, job: GenerationJob) -> Iterator[StreamEvent]:
         tokens = decode_tokens(
@@ -571,14 +609,40 @@ class Generator:
         prompts: list[str] | str,
         settings: GenerateConfig | None = None,
         truncate: bool = False,
+        chat: bool = False,
         **overrides: Any,
     ) -> list[Completion]:
-        """One Completion per prompt (a single string is one prompt), in prompt order."""
+        """One Completion per prompt (a single string is one prompt), in prompt order. With
+        `chat` each prompt is a conversation, a list of {"role", "content"} (system, user,
+        assistant), and its completion the assistant's reply, rendered with the bundle's chat
+        template as training rendered its conversations."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         texts, last = [""] * len(prompts), [None] * len(prompts)
-        for event in self.stream(prompts, settings, truncate, **overrides):
+        for event in self.stream(prompts, settings, truncate, chat, **overrides):
             texts[event.index] += event.text
             last[event.index] = event
         return [Completion(text, e.finish_reason, e.prompt_tokens, e.completion_tokens)
                 for text, e in zip(texts, last, strict=True)]
 
+
+def _messages(conversation: Any, name: str) -> Messages:
+    """A conversation as {"role", "content"} messages with known roles and text, or
+    LmforgeError naming the first that is not."""
+    if not isinstance(conversation, list) or not conversation:
+        raise LmforgeError(f"{name} must be a non-empty list of {{role, content}} messages")
+    out = []
+    for i, message in enumerate(conversation, start=1):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise LmforgeError(f"{name}: message {i} has role {_shown(role)}; use one of "
+                               f"{', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise LmforgeError(f"{name}: message {i} has no text content")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate, say
+            raise LmforgeError(f"{name}: message {i} is not valid text: {error.reason} at "
+                               f"character {error.start}") from None
+        out.append({"role": role, "content": content})
+    return out

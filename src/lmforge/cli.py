@@ -188,6 +188,13 @@ def generate(
         bool, typer.Option(help="Cut a prompt too long for the context from the left.")
     ] = False,
     stream: Annotated[bool, typer.Option(help="Print tokens as they are generated.")] = False,
+    chat: Annotated[
+        bool, typer.Option(help="Each prompt is a user's message; the model replies as the "
+                           "assistant (the bundle's chat template renders the conversation).")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option(help="With --chat: a system message before each prompt.")
+    ] = None,
 ) -> None:
     """Continue prompts with a generation model: only the continuations go to stdout, one per
     line; timings go to stderr."""
@@ -199,7 +206,8 @@ def generate(
         repetition_penalty=repetition_penalty, seed=seed, stop=stop,
     )
     pipeline.generate(
-        bundle, prompts=prompt, input=input, settings=settings, truncate=truncate, stream=stream
+        bundle, prompts=prompt, input=input, settings=settings, truncate=truncate, stream=stream,
+        chat=chat, system=system,
     )
 
 
@@ -224,11 +232,16 @@ def export(
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17).")] = None,
     data: EvalDataOption = None,
     force: ForceOption = False,
+    merge: Annotated[bool, typer.Option(
+        "--merge", help="Fold an adapter bundle's adapter into its base: a standalone bundle "
+        "transformers loads.")] = False,
 ) -> None:
-    """Export a classifier to ONNX, checked against PyTorch; the folder is a bundle."""
+    """Export a classifier to ONNX, checked against PyTorch; or (--merge) an adapter bundle
+    merged into its base. The folder is a bundle."""
     from lmforge import pipeline
 
-    pipeline.export(bundle, format=format, out=out, opset=opset, data=data, force=force)
+    pipeline.export(bundle, format=format, out=out, opset=opset, data=data, force=force,
+                    merge=merge)
 
 
 @app.command()
@@ -334,6 +347,13 @@ def serve(
     ] = 1024,
     timeout_s: Annotated[float, typer.Option(min=0.001, help="Per-request time limit.")] = 30.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    log_conversations: Annotated[
+        bool,
+        typer.Option(
+            "--log-conversations",
+            help="Log every assistant conversation in the database, personal data masked.",
+        ),
+    ] = False,
 ) -> None:
     """Serve bundles over HTTP: classify, OpenAI-style models, keys, metering, playground at /."""
     from lmforge.serve.main import run
@@ -353,6 +373,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             max_tokens_cap=max_tokens_cap,
             timeout_s=timeout_s,
+            log_conversations=log_conversations,
         )
     )
 
@@ -408,6 +429,20 @@ def usage(
     from lmforge.serve import admin
 
     typer.echo(admin.usage_report(db, key, since, json_), nl=False)
+
+
+@app.command()
+def handoffs(
+    since: Annotated[
+        str | None, typer.Option(help="From this date (YYYY-MM-DD or ISO time, UTC).")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="A JSON list, one object each.")] = False,
+    db: DbOption = None,
+) -> None:
+    """The assistant's handoff queue: conversations handed to a person (key, time, reason)."""
+    from lmforge.serve import admin
+
+    typer.echo(admin.handoffs_report(db, since, json_), nl=False)
 
 
 _python_show_warning = warnings.showwarning

@@ -33,6 +33,7 @@ from lmforge.runs import (
 from lmforge.tasks import TaskRecipe, inputs_of, recipe_for, recipe_of
 from lmforge.training import distributed, fit
 from lmforge.training.checkpoint import load_checkpoint
+from lmforge.training.loop import parameter_counts
 
 
 @dataclass
@@ -127,6 +128,9 @@ def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | N
     else:
         save_bundle(run_dir / "model", model, run.tokenizer, meta)
     origin = provenance.collect(run.cfg.data.path, run.data_hash)
+    counts = parameter_counts(model)
+    if counts is not None:  # an adapter run trains a sliver of them
+        origin["parameters"] = counts
     write_json_atomic(run_dir / "provenance.json", origin)
     console = render.console()
     if tested is not None and tested.scored_test:
@@ -239,22 +243,31 @@ def generate(
     settings: GenerateConfig | None = None,
     truncate: bool = False,
     stream: bool = False,
+    chat: bool = False,
+    system: str | None = None,
     **overrides: Any,
 ) -> list[str]:
     """Continue each prompt (or each line of `input`) with a generation bundle; the
     continuations go to stdout, one per line (streamed with `stream`), timings to stderr.
-    `settings` and `overrides` (GenerateConfig's fields) as Generator.generate takes them."""
+    `settings` and `overrides` (GenerateConfig's fields) as Generator.generate takes them.
+    With `chat` each prompt is a user's message (after the `system` message, if given) and the
+    model replies as the assistant, the conversation rendered with the bundle's chat template."""
+    if system is not None and not chat:
+        raise LmforgeError("--system goes with --chat")
     if bool(prompts) == (input is not None):
         raise LmforgeError("give --prompt TEXT (one or more) or --input FILE, not both"
                            if prompts else "give --prompt TEXT or --input FILE")
     bundle_dir = _bundle_for(bundle, "generate")
     generator = load(bundle_dir)
     prompts = list(prompts) if prompts else _read_prompts(input)
+    if chat:
+        opening = [{"role": "system", "content": system}] if system is not None else []
+        prompts = [[*opening, {"role": "user", "content": text}] for text in prompts]
     started = time.perf_counter()
     counts = [0] * len(prompts)
 
     def counted() -> Any:
-        for event in generator.stream(prompts, settings, truncate, **overrides):
+        for event in generator.stream(prompts, settings, truncate, chat, **overrides):
             counts[event.index] = event.completion_tokens
             yield event
 
@@ -365,16 +378,26 @@ def export(
     opset: int | None = None,
     data: str | Path | None = None,
     force: bool = False,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Export a classification bundle to ONNX (a bundle run by ONNX Runtime), checked against
-    PyTorch and measured beside it; returns compress_report.json's content."""
+    PyTorch and measured beside it; returns compress_report.json's content. With `merge`, an
+    adapter bundle's adapter folded into its base instead (a bundle `transformers` loads as it
+    is); returns the merged bundle's lmforge.json."""
     from lmforge import optimize
+    from lmforge.optimize.merge import merge_bundle, refuse_adapter
 
     if format != "onnx":
         raise LmforgeError(f"unknown export format '{format}'; available: onnx")
     where = locate_bundle(bundle)
-    target = Path(out) if out else optimize.default_out(where.bundle_dir, "onnx")
+    target = Path(out) if out else optimize.default_out(where.bundle_dir,
+                                                        "merged" if merge else "onnx")
     optimize.check_out(target, where.bundle_dir, force)
+    if merge:
+        meta = merge_bundle(where.bundle_dir, target)
+        render.console().print(f"merged bundle written to {target}", markup=False)
+        return meta
+    refuse_adapter(where.bundle_dir, "ONNX export")
     source = optimize.load_source(where.bundle_dir, where.run_dir, data)
     report = optimize.export_bundle(source, target, opset or optimize.DEFAULT_OPSET)
     optimize.render_report(report, render.console())
@@ -420,6 +443,10 @@ def compress(
         suffix = "distilled" if distill is not None else f"pruned{round(100 * prune)}"
     target = Path(out) if out else optimize.default_out(where.bundle_dir, suffix)
     optimize.check_out(target, where.bundle_dir, force)
+    if distill is None:  # a teacher may be an adapter; int8 and pruning need a whole model
+        from lmforge.optimize.merge import refuse_adapter
+
+        refuse_adapter(where.bundle_dir, "--quantize" if quantize else "--prune")
     source = optimize.load_source(where.bundle_dir, where.run_dir, data)
     if quantize:
         report = optimize.quantize_bundle(source, target)

@@ -92,6 +92,12 @@ class TextTokenizer:
         encodings = self._untruncated.encode_batch(texts, add_special_tokens=add_special_tokens)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
+    def encode_offsets(self, text: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """A text's token ids, nothing added or truncated (a rendered chat carries its own
+        special tokens), with each token's (start, end) in the text."""
+        encoding = self._untruncated.encode(text, add_special_tokens=False)
+        return np.asarray(encoding.ids, dtype=np.int64), list(encoding.offsets)
+
     def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
         """Each text as generation sees a document (or a prompt, which starts one): the
         end-of-text token that separates documents, then the text's tokens (with a pretrained

@@ -23,6 +23,7 @@ from torch import nn
 
 import lmforge.render as render
 import lmforge.runs as runs
+from lmforge.chat import chat_template
 from lmforge.config import (
     CleanConfig,
     Config,
@@ -32,11 +33,13 @@ from lmforge.config import (
     read_config_file,
 )
 from lmforge.data import detect_text_column
+from lmforge.data.conversations import conversation_kind
 from lmforge.data.documents import PreparedDocuments, prepare_documents, read_eval_documents
 from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.language_model import lm_report, render_lm_table, token_counts, token_nll
 from lmforge.models import GPT, GPTConfig, load_pretrained_causal_lm
+from lmforge.tasks.conversations import chat_test, chat_training, prepare_chat
 from lmforge.tasks.recipe import (
     Evaluated,
     Log,
@@ -69,7 +72,8 @@ def architecture(cfg: ModelConfig, tokenizer: TextTokenizer) -> GPTConfig:
 def build_model(cfg: ModelConfig, tokenizer: TextTokenizer) -> nn.Module:
     if cfg.arch == "pretrained":
         return load_pretrained_causal_lm(
-            cfg.pretrained, cfg.revision, cfg.trust_remote_code, cfg.gradient_checkpointing
+            cfg.pretrained, cfg.revision, cfg.trust_remote_code, cfg.gradient_checkpointing,
+            cfg.adapter,
         )
     model = GPT(architecture(cfg, tokenizer))
     model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -162,7 +166,11 @@ class GenerationTask:
         })
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
-        """Documents, tokenizer and token files; rank 0 writes, other ranks read them."""
+        """Documents, tokenizer and token files; rank 0 writes, other ranks read them. A chat
+        or instruction JSONL file is read as conversations instead (tasks.conversations)."""
+        kind = conversation_kind(cfg.data.path, cfg.data.format)
+        if kind is not None:
+            return prepare_chat(cfg, run_dir, resume, log, kind)
         data = prepare_documents(cfg.data)
         log(f"{render.data_summary(data.report, 'documents')} (split by {data.split_by})")
         tokenizer = runs.tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir,
@@ -195,6 +203,8 @@ class GenerationTask:
 
     def training(self, run: Prepared, model: nn.Module) -> TrainingPlan:
         cfg, context = run.cfg, run.cfg.model.max_length
+        if "chat" in run.parts:
+            return chat_training(run)
         train_ids, val_ids = run.parts["tokens"]["train"], run.parts["tokens"]["val"]
         metric = cfg.train.early_stopping_metric
         return TrainingPlan(
@@ -207,6 +217,9 @@ class GenerationTask:
         )
 
     def test(self, run: Prepared, model: nn.Module) -> Evaluated | None:
+        if "chat" in run.parts:
+            report = chat_test(run, model)
+            return Evaluated(report, scored_test=report["test_loss"] is not None)
         tokens, cfg = run.parts["tokens"], run.cfg
         counts = None
         if cfg.eval.baselines:
@@ -216,6 +229,9 @@ class GenerationTask:
 
     def refold(self, run: Prepared, parts: dict[str, Any]) -> Prepared:
         """Folds of whole documents (or of the position split's pieces), tokenized again."""
+        if "chat" in run.parts:
+            raise LmforgeError("cross-validation (--cv) takes plain text; chat and instruction "
+                               "data train without it")
         documents = run.split_texts["train"] + run.split_texts["val"]
         texts = {"test": run.split_texts["test"],
                  **{name: [documents[i] for i in parts[name]] for name in parts}}
@@ -227,7 +243,9 @@ class GenerationTask:
         return {key: report[key] for key in ("n_tokens", "test_loss", "perplexity")}
 
     def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path) -> dict[str, Any]:
-        return {**bundle_meta(run, model, run_dir), "generate": run.cfg.generate.model_dump()}
+        template = run.parts.get("chat_template") or chat_template(run.tokenizer).source
+        return {**bundle_meta(run, model, run_dir), "generate": run.cfg.generate.model_dump(),
+                "chat_template": template, "chat_data": "chat" in run.parts}
 
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Generator:
         return open_lmforge_bundle(bundle_dir, device)

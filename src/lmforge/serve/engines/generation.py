@@ -33,19 +33,8 @@ from lmforge.models import GPT
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
 
-# A bundle's lmforge.json may hold {"chat_template": {"message": ..., "generation_prompt": ...}},
-# format strings like these; without one, chat messages are rendered this way.
-DEFAULT_CHAT_TEMPLATE = {"message": "{role}: {content}\n", "generation_prompt": "assistant:"}
-
 _END = object()  # a request's last item on its queue
 log = logging.getLogger("lmforge.serve")
-
-
-def render_chat(messages: list[dict[str, str]], template: dict[str, str] | None = None) -> str:
-    """Messages ({"role", "content"}) as one prompt, ending where the assistant's reply starts."""
-    template = template or DEFAULT_CHAT_TEMPLATE
-    lines = [template["message"].format(role=m["role"], content=m["content"]) for m in messages]
-    return "".join(lines) + template["generation_prompt"]
 
 
 @dataclass
@@ -95,7 +84,6 @@ class GenerationEngine:
     ) -> None:
         self.name, self.generator, self.max_queue = name, generator, max_queue
         self.max_rows, self.metrics = max_rows, metrics
-        self.chat_template: dict[str, str] | None = generator.meta.get("chat_template")
         self.default_max_tokens: int = generator.defaults.max_new_tokens
         self._inbox: deque[_Request] = deque()
         self._wake = threading.Condition()
@@ -119,14 +107,12 @@ class GenerationEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return render_chat(messages, self.chat_template)
-
     async def prepare(
-        self, prompts: list[str], settings: GenerateConfig, truncate: bool = False
+        self, prompts: list, settings: GenerateConfig, truncate: bool = False, chat: bool = False
     ) -> GenerationJob:
-        """The prompts encoded and the settings checked (as Generator.prepare does): a job for
-        `stream`. 503 if the queue is full; 422 for bad settings or prompts."""
+        """The prompts (with `chat`, conversations, rendered with the bundle's chat template)
+        encoded and the settings checked (as Generator.prepare does): a job for `stream`. 503
+        if the queue is full; 422 for bad settings or prompts."""
         if self._waiting >= self.max_queue:
             raise APIError(
                 503,
@@ -143,7 +129,8 @@ class GenerationEngine:
                 param="prompt",
             )
         try:
-            return await asyncio.to_thread(self.generator.prepare, prompts, settings, truncate)
+            return await asyncio.to_thread(self.generator.prepare, prompts, settings, truncate,
+                                           chat)
         except LmforgeError as error:
             raise APIError(422, str(error), code="invalid_request") from None
 

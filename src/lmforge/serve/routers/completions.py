@@ -5,7 +5,8 @@ events, one chunk per piece of text, then a chunk with only "usage" (as OpenAI s
 stream_options.include_usage; on unless that is false), then `data: [DONE]`. A client that
 disconnects stops its generation (a 499); streamed, it is billed for the tokens it was sent.
 Besides OpenAI's temperature, top_p, stop and seed, a request may set top_k, repetition_penalty
-and truncate. A classification model named here gets a 400 that points at /v1/classify.
+and truncate. A classification model named here gets a 400 that points at /v1/classify; an
+assistant model's chat is answered by routers/assistant.py.
 
 Sampling values have the ranges of the bundle's `generate` config (GenerateConfig), so the
 server, `lmforge generate` and the Python API take the same ones: temperature 0 to 2, top_p
@@ -34,6 +35,7 @@ from lmforge.decoding import StreamEvent
 from lmforge.serve.billing.access import Caller, LimitedCaller, require_key
 from lmforge.serve.billing.metered import MeteredCall
 from lmforge.serve.errors import APIError
+from lmforge.serve.routers import assistant
 from lmforge.serve.state import ServerState, get_state
 
 T = TypeVar("T")
@@ -232,7 +234,8 @@ async def _generate(
         engine = served.engine
         settings = body.settings(budget or min(engine.default_max_tokens, cap))
         deadline = _Deadline(state.settings.timeout_s)
-        job = await deadline.run(engine.prepare(prompts(engine), settings, body.truncate))
+        chat = endpoint == "chat.completions"  # its prompts are conversations
+        job = await deadline.run(engine.prepare(prompts(engine), settings, body.truncate, chat))
         call.prompt_tokens = sum(len(ids) for ids in job.prompts)
         # the most the call can cost, held against the key's quota before it joins the batch
         await call.reserve(call.prompt_tokens + job.max_new_tokens * len(job.prompts))
@@ -367,7 +370,9 @@ async def completions(
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, caller: LimitedCaller
 ) -> dict | StreamingResponse:
+    if assistant.serves(request, body.model):
+        return await assistant.assistant_chat(body, request, caller)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     return await _generate(
-        request, caller, "chat.completions", body, lambda engine: [engine.render_chat(messages)]
+        request, caller, "chat.completions", body, lambda engine: [messages]
     )
