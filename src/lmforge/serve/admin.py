@@ -1,15 +1,18 @@
-"""What `lmforge keys ...` and `lmforge usage` do and print; the CLI only passes arguments."""
+"""What `lmforge keys ...`, `lmforge usage` and `lmforge handoffs` do and print; the CLI only
+passes arguments."""
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 from rich.console import Console
 from rich.table import Table
 
 from lmforge.errors import LmforgeError
+from lmforge.serve import conversations
 from lmforge.serve.billing import keys, ledger
 from lmforge.serve.billing.database import open_database
 
@@ -80,6 +83,19 @@ def usage_report(db: str | None, key: str | None, since: str | None, as_json: bo
         ]
         table.add_row("total", *(f"{n:,}" for n in totals), "", "", style="bold")
     return _render(table) if rows else f"no usage recorded ({title})\n"
+
+
+def handoffs_report(db: str | None, since: str | None, as_json: bool) -> str:
+    """The assistant's handoff queue, oldest first: a table, or (as_json) a JSON list."""
+    rows = conversations.list_handoffs(open_database(db), parse_since(since))
+    if as_json:
+        return json.dumps([asdict(row) for row in rows], indent=2, ensure_ascii=False) + "\n"
+    title = f"handoffs since {since}" if since else "handoffs, all time"
+    table = Table("#", "time (UTC)", "key", "model", "reason", "conversation", title=title)
+    for row in rows:
+        said = "\n".join(f"{m['role']}: {m['content']}" for m in row.conversation)
+        table.add_row(str(row.id), row.time, row.key, row.model, row.reason, said)
+    return _render(table) if rows else f"no handoffs ({title})\n"
 
 
 def parse_since(since: str | None) -> datetime | None:

@@ -27,3 +27,6 @@ class ServeSettings(BaseModel):
     cache_s: float = Field(
         2.0, ge=0, description="Keys and quota usage are re-read from the database this often."
     )
+    log_conversations: bool = Field(
+        False, description="Log every assistant conversation (masked) in the database."
+    )
