@@ -83,16 +83,56 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, config):
             == json.loads((tmp_path / "b" / "eval.json").read_text())["accuracy"])
 
 
-def test_two_processes_reach_the_single_process_metrics(tmp_path, config):
+def train_losses(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if row["kind"] == "train"]
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_reach_the_single_process_metrics_with_ddp_and_with_fsdp(tmp_path, config):
     one = subprocess.run(lmforge("train", config, "--out", tmp_path / "one"), env=ENV,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(lmforge("train", config, "--out", tmp_path / "two", "--nproc", 2),
-                         env=ENV, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr
-    acc = [json.loads((tmp_path / n / "eval.json").read_text())["accuracy"] for n in ("one", "two")]
-    assert acc[0] >= 0.9 and abs(acc[0] - acc[1]) <= 0.1
-    assert two.stderr.count("run written to") == 1  # only rank 0 prints and writes
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        runs[strategy] = subprocess.run(
+            lmforge("train", config, "--out", tmp_path / strategy, "--nproc", 2,
+                    "--set", f"train.strategy={strategy}"),
+            env=ENV, capture_output=True, text=True, timeout=600)
+        assert runs[strategy].returncode == 0, runs[strategy].stderr
+        assert runs[strategy].stderr.count("run written to") == 1  # only rank 0 prints, writes
+    acc = {n: json.loads((tmp_path / n / "eval.json").read_text())["accuracy"]
+           for n in ("one", "ddp", "fsdp")}
+    assert acc["one"] >= 0.9 and abs(acc["one"] - acc["ddp"]) <= 0.1
+    # sharding changes where the weights live, not the arithmetic: the same losses as DDP
+    ddp, fsdp = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "fsdp")
+    assert len(ddp) == len(fsdp) >= 5
+    assert max(abs(a - b) for a, b in zip(ddp, fsdp, strict=True)) < 1e-3, (ddp, fsdp)
+    assert abs(acc["fsdp"] - acc["ddp"]) <= 0.02
+    shards = tmp_path / "fsdp" / "checkpoints" / "last" / "shards"
+    assert shards.is_dir() and len(list(shards.glob("*.distcp"))) == 2  # one file per process
+    whole, reference = final_weights(tmp_path / "fsdp"), final_weights(tmp_path / "ddp")
+    assert {k: v.shape for k, v in whole.items()} == {k: v.shape for k, v in reference.items()}
+
+
+@pytest.mark.timeout(600)
+def test_fsdp_killed_with_kill_9_resumes_in_fewer_processes(tmp_path, config):
+    run = tmp_path / "run"
+    slow = ["--set", "train.max_steps=400", "--set", "train.eval_every=20",
+            "--set", "train.strategy=fsdp"]
+    victim = subprocess.Popen(lmforge("train", config, "--out", run, "--nproc", 2, *slow),
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    wait_for(lambda: last_step(run) >= 40, timeout=300)
+    os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both workers, at once
+    victim.wait()
+    assert not (run / "model").exists()
+    resumed = subprocess.run(lmforge("train", config, "--out", run, "--resume", *slow[:4]),
+                             env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step" in resumed.stderr and "not bit-identically" in resumed.stderr
+    assert last_step(run) == 400 and (run / "eval.json").is_file()
+    assert json.loads((run / "eval.json").read_text())["accuracy"] >= 0.9
 
 
 def free_port():

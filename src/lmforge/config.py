@@ -76,10 +76,40 @@ class DataConfig(Section):
     )
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label.")
+    source_column: str = Field(
+        "source", description="Translation: column holding the sentence to translate."
+    )
+    target_column: str = Field(
+        "target", description="Translation: column holding its translation."
+    )
     inputs: Literal["auto", "text", "table", "image"] = Field(
         "auto",
         description="What the model reads: text (one text column), table (feature columns), "
         "image (images); auto decides from the data and model.arch.",
+    )
+    features: list[str] | None = Field(
+        None, description="A feature table's input columns (numbers and categories); null: "
+        "every column but data.label_column.",
+    )
+    image_column: str = Field(
+        "image", description="Images: the table column holding each image's path (relative to "
+        "the table's folder).",
+    )
+    image_size: int | None = Field(
+        None, ge=4, le=1024, description="Images: each is resized to this square side (pixels); "
+        "null: the training images' median side, at most 64.",
+    )
+    image_mean: list[float] | None = Field(
+        None, description="Images: per-channel mean subtracted (pixel values 0..1); null: the "
+        "training split's.",
+    )
+    image_std: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="Images: per-channel standard deviation divided by; null: the "
+        "training split's.",
+    )
+    augment: Literal["none", "crop", "crop_flip"] = Field(
+        "crop", description="Images: training-time augmentation (never at evaluation): crop, a "
+        "random resized crop; crop_flip, also a horizontal flip (photos, not digits or text).",
     )
     cache_dir: str = Field(
         "~/.cache/lmforge", description="Tokenization cache shared between runs."
@@ -134,14 +164,32 @@ class AdapterConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: Literal["transformer", "gpt", "pretrained", "auto", "sasrec", "mf"] = Field(
+    arch: Literal["transformer", "gpt", "pretrained", "auto", "sasrec", "mf", "cnn", "rnn",
+                  "textcnn", "mlp"] = Field(
         "transformer",
         description="transformer: lmforge's encoder; gpt: lmforge's decoder (the default for "
         "task generation); pretrained: a HF model; auto (classification, what `lmforge init` "
         "writes): train lmforge's encoder, TF-IDF + logistic regression and, if "
         "model.pretrained is named, that model; ship the best on validation or their fusion. "
         "sasrec (the default for task recommendation): causal self-attention over a user's "
-        "history; mf: matrix factorization.",
+        "history; mf: matrix factorization. cnn (the default for images): a small residual "
+        "CNN; rnn: a bidirectional LSTM or GRU over the tokens; textcnn: convolutions of "
+        "several widths over the token embeddings, max-pooled. mlp (the default for feature "
+        "tables and task regression): a multilayer perceptron over numbers and categories.",
+    )
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [256, 128], min_length=1,
+        description="mlp: the width of each hidden layer.",
+    )
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [32, 64, 128], min_length=1,
+        description="cnn: the width of each residual stage; each stage after the first halves "
+        "the image's resolution.",
+    )
+    rnn_cell: Literal["lstm", "gru"] = Field("lstm", description="rnn: the recurrent cell.")
+    kernel_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [3, 4, 5], min_length=1,
+        description="textcnn: the widths (in tokens) of its convolutions, d_model filters each.",
     )
     preset: Literal["gpt-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b"] | None = Field(
         None,
@@ -212,6 +260,11 @@ class TrainConfig(Section):
     )
     compile: bool = Field(
         False, description="Run the model and its loss under torch.compile (GPU: faster)."
+    )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="Under torchrun: ddp (a full copy of the model per process), fsdp "
+        "(parameters, gradients and optimizer state sharded over the processes), or auto: ddp "
+        "when the model and its optimizer fit on one device, else fsdp.",
     )
     seed: int = Field(0, description="Seed of weights, dropout and batch order.")
     eval_every: int = Field(200, ge=1, description="Steps between val evaluations/checkpoints.")
@@ -312,6 +365,14 @@ class AssistantConfig(Section):
         description="A query holding one of these asks for a person and is handed off.",
     )
     max_query_chars: int = Field(512, ge=1, description="Longer queries are refused.")
+    documents: str | None = Field(
+        None, description="A folder of .md, .txt and .html documents whose passages are answers "
+        "too, cited by file, heading and character range.",
+    )
+    passage_chars: int = Field(
+        800, ge=50, description="A document's section longer than this many characters is cut "
+        "into passages at paragraph, sentence or word ends.",
+    )
     handoff_after_turns: int = Field(
         2, ge=1, description="Served chat: this many user turns in a row under the confidence "
         "threshold hand off (the turns before ask the user to rephrase); 1 hands off at once.",
@@ -338,6 +399,30 @@ class RecommendationConfig(Section):
     min_interactions: int = Field(
         3, ge=3, description="Users with fewer interactions are not validated or tested: all "
         "theirs go to training (counted). Others: the last is test, the one before validation.",
+    )
+
+
+class TranslationConfig(Section):
+    """Knobs that only task translation reads: the loss, the pairs kept, decoding."""
+
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=1, description="Share of each target token's probability spread over "
+        "the vocabulary in the loss (as in the original Transformer); 0 is off.",
+    )
+    max_length_ratio: float = Field(
+        9.0, gt=1, description="Pairs whose longer side has more than this many times the "
+        "characters of the shorter are dropped (counted in data_report.json).",
+    )
+    beam_size: int = Field(
+        4, ge=1, le=16, description="Hypotheses kept per sentence (1 to 16); 1 is greedy."
+    )
+    length_penalty: float = Field(
+        1.0, ge=0, le=5, description="Beam scores are log-probabilities divided by "
+        "length ** this (0 to 5): 0 favours short outputs, higher values longer ones.",
+    )
+    max_new_tokens: int = Field(
+        128, ge=1, description="Tokens of a translation at most (also capped by "
+        "model.max_length).",
     )
 
 
@@ -408,15 +493,18 @@ def describe_setting(error: ValidationError) -> str:
 # one of them for another task is an error, since it would silently change nothing.
 TASK_ONLY_KNOBS: dict[str, str] = {
     "classification": "classification",
-    "data.label_column": "classification",
+    "data.label_column": "classification and regression",
     "data.split.stratify": "classification",
     "model.pooling": "classification",
-    "eval.bootstrap": "classification",
+    "eval.bootstrap": "classification and translation and regression and recommendation",
     "eval.slices": "classification",
     "generate": "generation",
     "eval.val_tokens": "generation",
     "assistant": "assistant",
     "recommendation": "recommendation",
+    "translation": "translation",
+    "data.source_column": "translation",
+    "data.target_column": "translation",
 }
 
 # A task's own model defaults, where they differ from ModelConfig's: filled in where the config
@@ -428,11 +516,27 @@ TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "classification": {"d_model": 128, "d_ff": 512, "dropout": 0.2},
     "recommendation": {"arch": "sasrec", "d_model": 64, "n_heads": 2, "d_ff": 256,
                        "max_length": 50, "dropout": 0.2},
+    "translation": {"d_model": 256, "n_layers": 3, "d_ff": 1024, "max_length": 64,
+                    "dropout": 0.1},
 }
 RECOMMENDERS = ("sasrec", "mf")  # task recommendation's models, and no other task's
+# A feature table's schedule (model.arch mlp) where the config gives none: tables are small, so
+# many epochs, the best checkpoint on validation shipped (bench/RESULTS.md, "Feature tables").
+TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "batch_size": 64, "epochs": 100, "eval_every": 20, "warmup_ratio": 0.05,
+    "weight_decay": 1e-4,
+}
+# The CNN's schedule on images (model.arch cnn) where the config gives none: small image sets
+# need more passes and a higher rate than text (bench/RESULTS.md, "Images").
+IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "epochs": 15, "eval_every": 100}
 # Recommendation's schedule where the config gives none: many short epochs over few sequences.
 RECOMMENDATION_TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3, "batch_size": 128, "epochs": 100, "eval_every": 250, "warmup_ratio": 0.02,
+}
+# Translation's schedule where the config gives none: a model trained from scratch on a few
+# thousand pairs needs many epochs (bench/RESULTS.md, "Translation").
+TRANSLATION_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "batch_size": 64, "epochs": 30, "eval_every": 250, "warmup_ratio": 0.05,
 }
 
 
@@ -442,6 +546,14 @@ def _recipes() -> dict[str, Any]:
     from lmforge.tasks import TASKS
 
     return TASKS
+
+
+def _inputs_of(cfg: Config) -> str:
+    """The kind of input a config's data holds (lmforge.tasks.inputs_of), looked up as
+    _recipes is."""
+    from lmforge.tasks import inputs_of
+
+    return inputs_of(cfg)
 
 
 class Config(Section):
@@ -490,6 +602,11 @@ class Config(Section):
     recommendation: RecommendationConfig = Field(
         default_factory=RecommendationConfig,
         description="Knobs only task recommendation reads: the interactions' columns, the split.",
+    )
+    translation: TranslationConfig = Field(
+        default_factory=TranslationConfig,
+        description="Knobs only task translation reads: label smoothing, the pairs kept, "
+        "beam search.",
     )
 
     @model_validator(mode="before")
@@ -546,6 +663,18 @@ class Config(Section):
         if (model.arch in RECOMMENDERS) != (self.task == "recommendation"):
             raise ValueError(f"model.arch '{model.arch}' does not fit task '{self.task}'; task "
                              f"recommendation uses {' or '.join(RECOMMENDERS)}, and only it")
+        if "arch" not in model.model_fields_set and (
+                self.task == "regression" or self.data.features or self.data.inputs == "table"):
+            model.arch = "mlp"
+        if model.arch == "mlp" or self.task == "regression":
+            self._table_defaults()
+            return
+        if "arch" not in model.model_fields_set and self.task == "classification" and (
+                _inputs_of(self) == "image"):
+            model.arch = "cnn"  # the default for images
+        if model.arch == "cnn":
+            self._image_defaults()
+            return
         if self.task == "recommendation":
             for key, value in RECOMMENDATION_TRAIN_DEFAULTS.items():
                 if key not in self.train.model_fields_set:
@@ -562,6 +691,8 @@ class Config(Section):
                 raise ValueError("model.arch 'auto' picks its model on the validation split; "
                                  "set data.split.val above 0")
             return
+        if self.task == "translation":
+            self._translation_defaults()
         if self.task != "generation":
             return
         if "arch" not in model.model_fields_set:
@@ -578,6 +709,46 @@ class Config(Section):
             raise ValueError(f"tokenizer.kind '{tokenizer.kind}' drops spaces, so generated text "
                              "would not read back; use byte_bpe (the default for generation)")
 
+    def _table_defaults(self) -> None:
+        """model.arch mlp reads a feature table (classification or regression); its schedule
+        (TABLE_TRAIN_DEFAULTS) where none given."""
+        arch = self.model.arch
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"model.arch 'mlp' reads feature tables for task classification "
+                             f"or regression, not '{self.task}'")
+        if arch != "mlp":
+            raise ValueError(f"task regression trains model.arch 'mlp' on a feature table (got "
+                             f"'{arch}'); regression of a text column is not available")
+        for key in TABLE_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
+            setattr(self.train, key, TABLE_TRAIN_DEFAULTS[key])
+
+    def _image_defaults(self) -> None:
+        """model.arch cnn reads images (task classification); its schedule
+        (IMAGE_TRAIN_DEFAULTS) where none given."""
+        if self.task != "classification" or self.data.inputs in ("text", "table"):
+            raise ValueError("model.arch 'cnn' reads images for task classification (got task "
+                             f"'{self.task}', data.inputs '{self.data.inputs}')")
+        for key in IMAGE_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
+            setattr(self.train, key, IMAGE_TRAIN_DEFAULTS[key])
+
+    def _translation_defaults(self) -> None:
+        """lmforge's encoder–decoder (model.arch transformer) on byte-level BPE, which reads
+        back exactly (spaces kept); its schedule (TRANSLATION_TRAIN_DEFAULTS) where none given."""
+        model, tokenizer = self.model, self.tokenizer
+        if model.arch != "transformer":
+            raise ValueError(f"model.arch '{model.arch}' does not translate; task translation "
+                             "uses 'transformer' (lmforge's encoder–decoder)")
+        if tokenizer.pretrained:
+            raise ValueError("tokenizer.pretrained is for pretrained models; task translation "
+                             "trains its own byte_bpe tokenizer")
+        if tokenizer.kind == "auto":
+            tokenizer.kind = "byte_bpe"
+        if tokenizer.kind != "byte_bpe":
+            raise ValueError(f"tokenizer.kind '{tokenizer.kind}' does not read back exactly "
+                             "(spaces are lost); task translation uses byte_bpe")
+        for key in TRANSLATION_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
+            setattr(self.train, key, TRANSLATION_TRAIN_DEFAULTS[key])
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data, less the knobs of other tasks (so that it loads again)."""
         exclude: dict[str, Any] = {}
@@ -591,7 +762,8 @@ class Config(Section):
 
 
 def _other_tasks_knobs(task: str) -> list[str]:
-    return [path for path, owner in TASK_ONLY_KNOBS.items() if owner != task]
+    return [path for path, owners in TASK_ONLY_KNOBS.items()
+            if task not in owners.split(" and ")]
 
 
 def _set_keys(config: BaseModel, path: str) -> list[str]:

@@ -100,7 +100,8 @@ def _run_fold(
                      fold.cfg.train, fold_dir, metric_mode=plan.metric_mode,
                      show_progress=show_progress, lengths=plan.lengths)
         steps, best_step = result.state.step, result.state.best_step
-        if result.best_dir is not None:
+        model = result.model  # under FSDP, whole on rank 0 only
+        if result.best_dir is not None and model is not None:
             load_checkpoint(result.best_dir, model, with_state=False)
     tested = distributed.on_main(lambda: recipe.test(fold, model))
     distributed.barrier()

@@ -102,7 +102,8 @@ def train(
         if result.stopped:
             distributed.shutdown()
             return RunResult(run_dir, run_dir / "model", None, resumed_from, steps, stopped=True)
-        if result.best_dir is not None:
+        model = result.model  # under FSDP, whole on rank 0 only: the ranks after it hold shards
+        if result.best_dir is not None and model is not None:
             load_checkpoint(result.best_dir, model, with_state=False)
             log(f"best checkpoint: step {result.state.best_step} "
                 f"(val {cfg.train.early_stopping_metric} {result.state.best_metric:.4f})")

@@ -25,6 +25,7 @@ from lmforge.errors import LmforgeError
 from lmforge.files import PREVIOUS, STAGED, fsync_dir, fsync_file, replace_dir_atomic
 
 WEIGHTS = "model.safetensors"
+SHARDS = "shards"  # an FSDP run's weights and optimizer state, one file per process
 STATE = "trainer_state.pt"
 META = "meta.json"  # written last: a folder holding a readable one is complete
 COPIES = ("", STAGED, PREVIOUS)  # the suffixes of a checkpoint's copies, in order of preference
@@ -104,12 +105,8 @@ def _promote(directory: Path) -> None:
     replace_dir_atomic(_copy(directory, STAGED), directory, keep_previous=True)
 
 
-def save_checkpoint(
-    directory: Path, model: nn.Module, step: int, meta: dict[str, Any],
-    state: dict[str, Any] | None = None,
-) -> None:
-    """Write `directory` atomically: weights, trainer state (optionally), then meta.json with
-    `step` and `meta` as the mark that the copy is complete, then the renames."""
+def _stage(directory: Path) -> Path:
+    """An empty `<name>.tmp` to write a copy of checkpoint `directory` into."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = _copy(directory, STAGED)
     newest = find_checkpoint(directory)
@@ -117,15 +114,52 @@ def save_checkpoint(
         _promote(directory)  # a save killed between its renames: finish it, so it is kept
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    return tmp
+
+
+def save_checkpoint(
+    directory: Path, model: nn.Module, step: int, meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write `directory` atomically: weights, trainer state (optionally), then meta.json with
+    `step` and `meta` as the mark that the copy is complete, then the renames."""
+    tmp = _stage(directory)
     save_model(model, str(tmp / WEIGHTS))
+    _complete(directory, tmp, step, meta, state)
+
+
+def save_sharded_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+    meta: dict[str, Any], state: dict[str, Any],
+) -> None:
+    """The same for a model sharded with FSDP: every rank writes its shards of the weights and
+    of the optimizer state (torch.distributed.checkpoint); rank 0 then writes the rest and
+    renames. Every rank must call it."""
+    from lmforge.training import distributed, sharding
+
+    tmp = _copy(directory, STAGED)
+    distributed.on_main(lambda: _stage(directory))
+    distributed.barrier()
+    sharding.save_state(model, optimizer, tmp / SHARDS)
+    distributed.barrier()
+    distributed.on_main(lambda: _complete(directory, tmp, step, meta, state))
+    distributed.barrier()
+
+
+def _complete(
+    directory: Path, tmp: Path, step: int, meta: dict[str, Any], state: dict[str, Any] | None
+) -> None:
     if state is not None:
         torch.save(state, tmp / STATE)
-    for file in tmp.iterdir():
-        fsync_file(file)
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            fsync_file(file)
     # written in place, not by files.write_atomic: the folder's rename is the atomic step, and
     # a meta.json that is there only after its data is on disk is what marks the copy complete
     (tmp / META).write_text(json.dumps({"step": step, **meta}, indent=2))
     fsync_file(tmp / META)
+    if (tmp / SHARDS).is_dir():
+        fsync_dir(tmp / SHARDS)
     fsync_dir(tmp)
     _promote(directory)
 
@@ -138,22 +172,33 @@ class LoadedCheckpoint:
     warnings: list[str]  # damaged copies that were skipped
 
 
-def _read(directory: Path, model: nn.Module, with_state: bool) -> tuple[dict, dict | None]:
+def _read(
+    directory: Path, model: nn.Module, with_state: bool, optimizer: torch.optim.Optimizer | None
+) -> tuple[dict, dict | None]:
     meta = json.loads((directory / META).read_text())
-    missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"weights do not match the model (missing {missing[:3]})")
+    if (directory / SHARDS).is_dir():  # an FSDP run's: read by any number of processes
+        from lmforge.training import sharding
+
+        sharding.load_state(model, optimizer if with_state else None, directory / SHARDS)
+    else:
+        missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"weights do not match the model (missing {missing[:3]})")
     state = torch.load(directory / STATE, weights_only=True) if with_state else None
     return meta, state
 
 
-def load_checkpoint(directory: Path, model: nn.Module, with_state: bool = True) -> LoadedCheckpoint:
+def load_checkpoint(
+    directory: Path, model: nn.Module, with_state: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> LoadedCheckpoint:
     """Load the newest complete copy of checkpoint `directory` into `model`, falling back to an
-    older copy when it is damaged."""
+    older copy when it is damaged. A sharded (FSDP) checkpoint also loads `optimizer`, when
+    given, since its optimizer state lives among the shards."""
     copies, warnings = _complete_copies(directory)
     for path, _ in copies:
         try:
-            meta, state = _read(path, model, with_state)
+            meta, state = _read(path, model, with_state, optimizer)
             return LoadedCheckpoint(path, meta, state, warnings)
         except Exception as error:  # any damage (truncation, bad JSON, bad pickle) means "skip"
             warnings.append(f"checkpoint {path} is damaged ({type(error).__name__}: {error})")

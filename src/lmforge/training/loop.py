@@ -23,13 +23,15 @@ from torch import nn
 
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
-from lmforge.training import distributed
+from lmforge.training import distributed, sharding
 from lmforge.training.checkpoint import (
+    SHARDS,
     capture_rng,
     find_checkpoint,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from lmforge.training.progress import RunLog, TrainProgress
 
@@ -56,6 +58,9 @@ class FitResult:
     best_dir: Path | None
     seconds: float
     stopped: bool = False  # fit's on_eval asked to stop (a tuning trial pruned)
+    # The trained model: the one given, or under FSDP a whole copy gathered on rank 0 (None on
+    # the other ranks, which hold only shards).
+    model: nn.Module | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -99,6 +104,16 @@ def lr_lambda(
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def parameter_counts(model: Any) -> dict[str, int] | None:
+    """{"trainable", "total"} parameters of a torch model (an adapter run trains a sliver of
+    them); None for a model that is no torch module (an index, a fitted estimator)."""
+    if not isinstance(model, nn.Module):
+        return None
+    params = list(model.parameters())
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+            "total": sum(p.numel() for p in params)}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -203,6 +218,9 @@ class _Loop:
         self.device = resolve_device(cfg.device)
         self.autocast_dtype = resolve_precision(cfg.precision, self.device)
         model.to(self.device)
+        self.strategy = sharding.choose(cfg, model, self.device)
+        # FSDP shards the model in place, before the optimizer sees its (sharded) parameters
+        self.skeleton = sharding.shard(model) if self.strategy == "fsdp" else None
         self.steps = total_steps(n_examples, cfg, distributed.world_size())
         self.optimizer = make_optimizer(model, cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -218,7 +236,7 @@ class _Loop:
         self.log = RunLog(run_dir, enabled=self.main)
         self.show_progress = show_progress and self.main
         self.wrapped: nn.Module = model
-        if distributed.world_size() > 1:
+        if self.strategy == "ddp":
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         # With train.compile, the loss is compiled with the model: the cross-entropy over the
@@ -227,23 +245,40 @@ class _Loop:
 
     def restore(self) -> tuple[int, Path, list[str]]:
         """(step, the checkpoint copy read, warnings about damaged copies skipped)."""
-        loaded = load_checkpoint(self.ckpt_dir / "last", self.model)
+        last = self.ckpt_dir / "last"
+        found = find_checkpoint(last)
+        if self.strategy == "fsdp" and found and not (found[0] / SHARDS).is_dir():
+            raise LmforgeError(f"{last} was written without FSDP; resume it with "
+                               "train.strategy ddp (or with one process)")
+        loaded = load_checkpoint(last, self.model, optimizer=self.optimizer)
         saved = loaded.state
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if "optimizer" in saved:  # a sharded checkpoint's is among its shards, loaded above
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        rngs = saved["rng"]
-        if len(rngs) != distributed.world_size():
+        rngs, warnings = saved["rng"], loaded.warnings
+        if len(rngs) == distributed.world_size():
+            restore_rng(rngs[distributed.rank()])
+        elif (loaded.path / SHARDS).is_dir():  # shards reload into any number of processes
+            warnings = [*warnings, f"the checkpoint was written by {len(rngs)} process(es) and "
+                        f"this run has {distributed.world_size()}: it continues, but not "
+                        "bit-identically (each process's random stream and batches differ)"]
+        else:
             raise LmforgeError(
                 f"the checkpoint was written by {len(rngs)} process(es) but this run has "
                 f"{distributed.world_size()}; resume with the same number of processes"
             )
-        restore_rng(rngs[distributed.rank()])
         self.state = LoopState(**loaded.meta["loop"])
-        return self.state.step, loaded.path, loaded.warnings
+        return self.state.step, loaded.path, warnings
 
     def checkpoint(self) -> None:
         rngs = distributed.gather(capture_rng())  # each rank's dropout stream, for exact resume
+        if self.strategy == "fsdp":
+            state = {"scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": rngs}
+            save_sharded_checkpoint(self.ckpt_dir / "last", self.model, self.optimizer,
+                                    self.state.step, {"loop": asdict(self.state)}, state)
+            return
         if self.main:
             trainer_state = {
                 "optimizer": self.optimizer.state_dict(),
@@ -276,14 +311,21 @@ class _Loop:
         )
         if better:
             state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+            whole = self.whole_model()
             if self.main:
-                save_checkpoint(self.ckpt_dir / "best", self.model, state.step,
-                                {"metrics": metrics})
+                save_checkpoint(self.ckpt_dir / "best", whole, state.step, {"metrics": metrics})
         else:
             state.evals_since_best += 1
         patience = cfg.early_stopping_patience
         state.stopped_early = bool(patience and state.evals_since_best >= patience)
         return metrics
+
+    def whole_model(self) -> nn.Module | None:
+        """The model with whole weights: itself, or under FSDP a copy gathered on rank 0 (None
+        on the others). Every rank must call it."""
+        if self.skeleton is None:
+            return self.model
+        return sharding.gather(self.model, self.skeleton)
 
     def _loss_of(
         self, loss_fn: Callable[[nn.Module, Batch], torch.Tensor]
@@ -309,6 +351,8 @@ class _Loop:
             # DDP all-reduces gradients on every backward; only the last micro-batch needs it
             sync = contextlib.nullcontext() if last_micro or self.wrapped is self.model \
                 else self.wrapped.no_sync()
+            if self.strategy == "fsdp":  # FSDP reduce-scatters only on the last micro-batch
+                self.model.set_requires_gradient_sync(last_micro)
             with sync:
                 with _autocast(self.device, self.autocast_dtype):
                     loss = self._loss_of(loss_fn)(batch)
@@ -353,6 +397,9 @@ def fit(
     resumed_from, resumed_path, warnings = loop.restore() if resume else (None, None, [])
     state = loop.state
     progress = TrainProgress(loop.steps, state.step, enabled=loop.show_progress)
+    counts = parameter_counts(model)
+    progress.note(f"parameters: {counts['trainable']:,} trainable of {counts['total']:,} "
+                  f"({100 * counts['trainable'] / max(counts['total'], 1):.2f}%)")
     for warning in warnings:
         progress.note(f"[yellow]warning:[/] {warning}; skipped")
     if resumed_from is not None:
@@ -389,5 +436,8 @@ def fit(
     progress.close()
     loop.log.close()
     best = loop.ckpt_dir / "best"
+    trained = loop.whole_model()
+    if trained is not None and trained is not model:
+        trained.to(loop.device)
     return FitResult(state, resumed_from, best if find_checkpoint(best) else None,
-                     time.perf_counter() - t_start, stopped)
+                     time.perf_counter() - t_start, stopped, trained)
