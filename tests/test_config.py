@@ -71,8 +71,10 @@ def test_a_moved_key_given_in_both_places_is_an_error():
      "classification.class_weights", "classification"),
     ("generation", {"train": {"token_dropout": 0.1}}, "classification.token_dropout",
      "classification"),
-    ("generation", {"eval": {"bootstrap": 10}}, "eval.bootstrap", "classification"),
-    ("generation", {"data": {"label_column": "y"}}, "data.label_column", "classification"),
+    ("generation", {"eval": {"bootstrap": 10}}, "eval.bootstrap",
+     "classification and translation and regression and recommendation"),
+    ("generation", {"data": {"label_column": "y"}}, "data.label_column",
+     "classification and regression"),
     ("generation", {"model": {"pooling": "cls"}}, "model.pooling", "classification"),
 ])
 def test_a_knob_the_task_does_not_read_is_an_error_naming_it(task, raw, knob, owner):

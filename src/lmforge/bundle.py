@@ -377,6 +377,13 @@ def check_bundle(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     restore_dir(directory)
     meta = read_meta(directory)
+    from lmforge.tasks import INPUT_RECIPES, TASKS  # the recipes build on this module
+
+    recipe = INPUT_RECIPES.get((meta["task"], meta.get("inputs"))) or TASKS.get(meta["task"])
+    own_check = getattr(recipe, "check_bundle", None)
+    if own_check is not None:  # a recipe that checks its own bundles' files
+        own_check(directory, meta)
+        return meta
     if meta["task"] == "assistant":  # a knowledge base and its questions' embeddings
         from lmforge.tasks.assistant import KnowledgeBase  # the recipes build on this module
 

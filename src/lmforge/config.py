@@ -663,8 +663,9 @@ class Config(Section):
         if (model.arch in RECOMMENDERS) != (self.task == "recommendation"):
             raise ValueError(f"model.arch '{model.arch}' does not fit task '{self.task}'; task "
                              f"recommendation uses {' or '.join(RECOMMENDERS)}, and only it")
-        if "arch" not in model.model_fields_set and (
-                self.task == "regression" or self.data.features or self.data.inputs == "table"):
+        if "arch" not in model.model_fields_set and (self.task == "regression" or (
+                self.task == "classification" and (self.data.features
+                                                   or self.data.inputs == "table"))):
             model.arch = "mlp"
         if model.arch == "mlp" or self.task == "regression":
             self._table_defaults()

