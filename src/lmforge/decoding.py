@@ -1,7 +1,7 @@
 """Decoding: how the next token is chosen (temperature, top-k, top-p, repetition penalty),
 continuous batching of many generations over one KV cache (DecodeBatch, SlotBatch, with CUDA
-graphs on a GPU over a StaticKVCache), and the assembly of the drawn tokens into streamed text
-(GenerationJob).
+graphs on a GPU over a StaticKVCache), the assembly of the drawn tokens into streamed text
+(GenerationJob), and greedy and beam search over an encoder–decoder (translation).
 
 The bundle's Generator and the server's generation engine decode with it; it knows nothing of
 either.
@@ -782,3 +782,149 @@ class GenerationJob:
     def _event(self, i: int, piece: str) -> StreamEvent:
         row = self.rows[i]
         return StreamEvent(i, piece, row.finish_reason, len(self.prompts[i]), row.generated)
+
+
+# --- an encoder–decoder: greedy and beam search -----------------------------------------------
+
+
+@dataclass
+class Hypothesis:
+    """One source's output: its target tokens (the start and end tokens left out) and score."""
+
+    tokens: list[int]
+    score: float  # sum of the tokens' log-probabilities (end token included) / length ** penalty
+    finished: bool  # it ended with the end token (False: max_new_tokens or max_length reached)
+
+
+class _TargetSteps:
+    """Log-probabilities (rows, vocab) of the next token of each row's target so far. With a KV
+    cache the decoder runs on the newest token only; without, on the whole target every step
+    (slow: the reference the cache must match). The sources were encoded once, up front."""
+
+    def __init__(
+        self, model: nn.Module, memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        src_mask: torch.Tensor, use_cache: bool,
+    ) -> None:
+        self.model, self.memory_kv, self.src_mask = model, memory_kv, src_mask
+        rows, length = src_mask.shape[0], model.config.max_length
+        self.cache = model.new_cache(rows, length) if use_cache else None
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        new = tokens[:, self.cache.length:] if self.cache is not None else tokens
+        logits = self.model.decode(new, self.memory_kv, self.src_mask, self.cache, last_only=True)
+        return F.log_softmax(logits[:, -1].float(), dim=-1)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder(rows)
+
+
+def _target_steps(model: nn.Module, max_new_tokens: int) -> int:
+    # the start token and all but the last new token take a position each
+    return max(0, min(max_new_tokens, model.config.max_length))
+
+
+@torch.no_grad()
+def greedy_search(
+    model: nn.Module, src_ids: torch.Tensor, src_mask: torch.Tensor, max_new_tokens: int,
+    use_cache: bool = True,
+) -> list[Hypothesis]:
+    """The likeliest next token at every step, for each source (rows of src_ids, padded on the
+    right, src_mask 0 at padding); a row stops at its end token. Scores are not normalised."""
+    cfg, rows = model.config, src_ids.shape[0]
+    steps = _target_steps(model, max_new_tokens)
+    next_logprobs = _TargetSteps(model, model.memory_kv(model.encode(src_ids, src_mask)),
+                                 src_mask, use_cache)
+    tokens = torch.full((rows, 1), cfg.bos_id, dtype=torch.long, device=src_ids.device)
+    scores = torch.zeros(rows, device=src_ids.device)
+    ended = torch.zeros(rows, dtype=torch.bool, device=src_ids.device)
+    for _ in range(steps):
+        logprobs = next_logprobs(tokens)
+        best = logprobs.argmax(dim=-1)
+        scores += torch.where(ended, 0.0, logprobs.gather(1, best[:, None])[:, 0])
+        best = torch.where(ended, cfg.eos_id, best)
+        ended |= best == cfg.eos_id
+        tokens = torch.cat([tokens, best[:, None]], dim=1)
+        if bool(ended.all()):
+            break
+    out = []
+    for row, score, finished in zip(tokens[:, 1:].tolist(), scores.tolist(), ended.tolist(),
+                                    strict=True):
+        end = row.index(cfg.eos_id) if finished else len(row)
+        out.append(Hypothesis(row[:end], score, finished))
+    return out
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module, src_ids: torch.Tensor, src_mask: torch.Tensor, max_new_tokens: int,
+    beam_size: int, length_penalty: float = 1.0, use_cache: bool = True,
+) -> list[Hypothesis]:
+    """The best of `beam_size` hypotheses kept per source at every step, by their sum of
+    log-probabilities divided by length ** length_penalty (0: the plain sum; above 0 favours
+    longer outputs). A source is done when `beam_size` hypotheses have ended and no live beam
+    can beat the worst of them any more."""
+    cfg, n, k = model.config, src_ids.shape[0], beam_size
+    device = src_ids.device
+    steps = _target_steps(model, max_new_tokens)
+    memory_kv = [(key.repeat_interleave(k, 0), value.repeat_interleave(k, 0))
+                 for key, value in model.memory_kv(model.encode(src_ids, src_mask))]
+    next_logprobs = _TargetSteps(model, memory_kv, src_mask.repeat_interleave(k, 0), use_cache)
+    tokens = torch.full((n * k, 1), cfg.bos_id, dtype=torch.long, device=device)
+    beam_scores = torch.zeros(n, k, device=device)
+    beam_scores[:, 1:] = float("-inf")  # every beam starts as the same start token: keep one
+    ended: list[list[Hypothesis]] = [[] for _ in range(n)]
+    done = [False] * n
+    for step in range(steps):
+        logprobs = next_logprobs(tokens)  # (n * k, vocab)
+        vocab = logprobs.shape[-1]
+        total = (beam_scores.view(-1, 1) + logprobs).view(n, k * vocab)
+        top_scores, top_index = total.topk(min(2 * k, k * vocab), dim=1)
+        rows = torch.arange(n * k, device=device)  # a done source keeps its rows as they are
+        new_tokens = torch.full((n * k,), cfg.eos_id, dtype=torch.long, device=device)
+        new_scores = torch.zeros(n, k, device=device)
+        for b in range(n):
+            if done[b]:
+                continue
+            filled = 0
+            for rank, (score, index) in enumerate(zip(top_scores[b].tolist(),
+                                                      top_index[b].tolist(), strict=True)):
+                beam, token = divmod(index, vocab)
+                if token == cfg.eos_id:
+                    if rank < k:  # an end among the k best candidates ends a hypothesis
+                        words = tokens[b * k + beam, 1:].tolist()
+                        ended[b].append(Hypothesis(words, score / (step + 1) ** length_penalty,
+                                                   True))
+                    continue
+                rows[b * k + filled], new_tokens[b * k + filled] = b * k + beam, token
+                new_scores[b, filled] = score
+                filled += 1
+                if filled == k:
+                    break
+            done[b] = _beam_done(ended[b], float(new_scores[b].max()), k, step + 1, steps,
+                                 length_penalty)
+        if all(done):
+            break
+        tokens = torch.cat([tokens[rows], new_tokens[:, None]], dim=1)
+        next_logprobs.reorder(rows)
+        beam_scores = new_scores
+    length = tokens.shape[1] - 1
+    for b in range(n):
+        if not done[b]:  # out of steps: the live beams compete with the ended ones
+            ended[b].extend(Hypothesis(tokens[b * k + j, 1:].tolist(),
+                                       float(beam_scores[b, j]) / max(length, 1) ** length_penalty,
+                                       False) for j in range(k))
+    return [max(hypotheses, key=lambda h: h.score) for hypotheses in ended]
+
+
+def _beam_done(
+    ended: list[Hypothesis], best_live: float, k: int, length: int, steps: int,
+    length_penalty: float,
+) -> bool:
+    """True when k hypotheses have ended and the best live beam cannot beat the worst of the
+    best k: its sum of log-probabilities only falls, and its length can grow up to `steps`."""
+    if len(ended) < k:
+        return False
+    worst = sorted((h.score for h in ended), reverse=True)[k - 1]
+    longest = steps if length_penalty > 0 else length
+    return worst >= best_live / longest ** length_penalty

@@ -6,14 +6,23 @@ from lmforge.models.pretrained import (
     load_pretrained_causal_lm,
     load_pretrained_classifier,
 )
-from lmforge.models.transformer import GPT, EncoderClassifier, GPTConfig, TransformerConfig
+from lmforge.models.transformer import (
+    GPT,
+    EncoderClassifier,
+    EncoderDecoder,
+    GPTConfig,
+    Seq2SeqConfig,
+    TransformerConfig,
+)
 
 __all__ = [
     "GPT",
     "EncoderClassifier",
+    "EncoderDecoder",
     "GPTConfig",
     "PretrainedCausalLM",
     "PretrainedClassifier",
+    "Seq2SeqConfig",
     "TransformerConfig",
     "load_pretrained_causal_lm",
     "load_pretrained_classifier",

@@ -1,7 +1,8 @@
 """lmforge's own Transformer family in one file: the encoder (with its classifier and masked-LM
-heads) and GPT, built from one attention, one MLP and one block.
+heads), GPT and the encoder–decoder, built from one attention, one MLP and one block.
 
-Reads bottom-up: attention, MLP, block, configs, encoder models, then GPT with its KV cache.
+Reads bottom-up: attention, MLP, block, configs, encoder models, GPT with its KV cache, then the
+encoder–decoder (the encoder, and decoder blocks that add cross-attention).
 Shapes in comments: B batch, T tokens, D d_model, nh heads, hs head size (D / nh).
 """
 
@@ -21,9 +22,13 @@ class SelfAttention(nn.Module):
     """Multi-head softmax(QKᵀ/√hs)V through torch's fused scaled_dot_product_attention.
 
     Causal (GPT): a token sees itself and the tokens before it only. `layer` is this layer's
-    slot in a KVCache, used when generating."""
+    slot in a KVCache, used when generating. As cross-attention (the encoder–decoder), the
+    queries come from x and the keys and values from the encoder's output (`memory_kv`), through
+    the same projection's query and key/value parts."""
 
-    def __init__(self, cfg: TransformerConfig | GPTConfig, causal: bool, layer: int) -> None:
+    def __init__(
+        self, cfg: TransformerConfig | GPTConfig | Seq2SeqConfig, causal: bool, layer: int
+    ) -> None:
         super().__init__()
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.causal, self.layer = causal, layer
@@ -31,16 +36,32 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, D = t.shape
+        return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of cross-attention from the encoder's output (B, S, D): computed
+        once per source, and reused at every decoding step."""
+        D = memory.shape[-1]
+        k, v = F.linear(memory, self.qkv.weight[D:], self.qkv.bias[D:]).split(D, dim=2)
+        return self._heads(k), self._heads(v)  # (B, nh, S, hs) each
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None,
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`mask` is True where a query may attend to a key: (B, 1, 1, T) hides padding keys,
         (B, 1, T, past + T) is a whole causal mask (decoder_mask); None hides nothing but the
-        future of a causal layer."""
+        future of a causal layer. With `memory` (memory_kv's keys and values) the layer attends
+        to them instead of to x (cross-attention; `mask` (B, 1, 1, S) hides source padding)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
+        if memory is not None:
+            q = self._heads(F.linear(x, self.qkv.weight[:D], self.qkv.bias[:D]))
+            k, v = memory
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv(x).split(D, dim=2))
+        if cache is not None and memory is None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, past + T, hs)
         # No mask and no past: the plain causal case, which runs the flash kernels on GPU.
         # One new token with no padding sees every cached key, so it needs no mask either.
@@ -57,7 +78,7 @@ class MLP(nn.Module):
     """D -> d_ff -> D with GELU: exact ("none", BERT) or its tanh approximation ("tanh", which
     GPT-2 was trained with)."""
 
-    def __init__(self, cfg: TransformerConfig | GPTConfig, gelu: str) -> None:
+    def __init__(self, cfg: TransformerConfig | GPTConfig | Seq2SeqConfig, gelu: str) -> None:
         super().__init__()
         self.gelu = gelu
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
@@ -69,21 +90,31 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); stable without warm-up tricks."""
+    """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); stable without warm-up tricks.
+    A decoder block of the encoder–decoder (`cross`) has x + cross_attn(LN(x)) in between:
+    the same attention, its keys and values from the encoder."""
 
     def __init__(
-        self, cfg: TransformerConfig | GPTConfig, causal: bool, gelu: str, layer: int
+        self, cfg: TransformerConfig | GPTConfig | Seq2SeqConfig, causal: bool, gelu: str,
+        layer: int, cross: bool = False,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg, causal, layer)
+        if cross:
+            self.ln_cross = nn.LayerNorm(cfg.d_model)
+            self.cross_attn = SelfAttention(cfg, causal=False, layer=layer)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg, gelu)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None,
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), mask, cache)
+        if memory is not None:
+            x = x + self.cross_attn(self.ln_cross(x), memory_mask, memory=memory)
         return x + self.mlp(self.ln2(x))
 
 
@@ -141,7 +172,7 @@ class GPTConfig:
         return asdict(self)
 
 
-def _check_shape(cfg: TransformerConfig | GPTConfig) -> None:
+def _check_shape(cfg: TransformerConfig | GPTConfig | Seq2SeqConfig) -> None:
     """Raise ValueError naming the value for sizes that make no model."""
     for name in ("vocab_size", "max_length", "d_model", "n_layers", "n_heads", "d_ff"):
         if getattr(cfg, name) < 1:
@@ -162,7 +193,7 @@ def _check_shape(cfg: TransformerConfig | GPTConfig) -> None:
 class Encoder(nn.Module):
     """Token + position embeddings, n_layers blocks, final LayerNorm: (B, T) -> (B, T, D)."""
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: TransformerConfig | Seq2SeqConfig) -> None:
         super().__init__()
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.pos_emb = nn.Embedding(cfg.max_length, cfg.d_model)
@@ -260,6 +291,10 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep row rows[i] as row i (beam search: each beam continues the one it grew from)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
 
 
 def decoder_mask(key_mask: torch.Tensor | None, T: int, past: int) -> torch.Tensor | None:
@@ -362,3 +397,91 @@ def gpt_from_gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) 
     model = GPT(cfg)
     model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
     return model
+
+
+# --- The encoder–decoder: task translation -------------------------------------------------------
+
+
+@dataclass
+class Seq2SeqConfig:
+    vocab_size: int  # one vocabulary shared by sources and targets
+    max_length: int = 128  # tokens of a source, and of a target (its start token included)
+    d_model: int = 256
+    n_layers: int = 2  # of the encoder, and of the decoder
+    n_heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    pad_id: int = 0
+    bos_id: int = 1  # every target starts with it
+    eos_id: int = 2  # and ends with it
+
+    def __post_init__(self) -> None:
+        _check_shape(self)
+        for name in ("pad_id", "bos_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} must be a token id below vocab_size "
+                                 f"({self.vocab_size}), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EncoderDecoder(nn.Module):
+    """The Transformer of "Attention is all you need", pre-LN: the encoder above reads the source,
+    the decoder writes the target: blocks of causal self-attention, cross-attention to the
+    encoder's output and MLP. One token embedding for the source, the target and the output
+    layer (a shared vocabulary, tied as in the original)."""
+
+    def __init__(self, cfg: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.pos_emb = nn.Embedding(cfg.max_length, cfg.d_model)  # the target's positions
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(cfg, causal=True, gelu="none", layer=i, cross=True) for i in range(cfg.n_layers)
+        )
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(_init_weights)
+
+    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(src_ids, src_mask)  # (B, S, D)
+
+    def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every decoder layer's cross-attention keys and values of the encoder's output."""
+        return [block.cross_attn.memory_kv(memory) for block in self.blocks]
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        weight = self.encoder.tok_emb.weight
+        return KVCache(self.config, batch, length, weight.device, weight.dtype)
+
+    def decode(
+        self,
+        tgt_ids: torch.Tensor,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        src_mask: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) of the next target token at every position (the last only with
+        `last_only`). With `cache`, tgt_ids are the tokens after the cached ones."""
+        B, T = tgt_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_length:
+            raise ValueError(f"{past + T} target tokens exceed max_length "
+                             f"({self.config.max_length})")
+        positions = torch.arange(past, past + T, device=tgt_ids.device)
+        x = self.dropout(self.encoder.tok_emb(tgt_ids) + self.pos_emb(positions))  # (B, T, D)
+        memory_mask = src_mask.bool()[:, None, None, :]  # (B, 1, 1, S): source padding hidden
+        for block, memory in zip(self.blocks, memory_kv, strict=True):
+            x = block(x, None, cache, memory, memory_mask)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x[:, -1:] if last_only else x)
+        return F.linear(x, self.encoder.tok_emb.weight)  # tied output layer
+
+    def forward(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing: logits (B, T, vocab) of each next target token given the source."""
+        return self.decode(tgt_ids, self.memory_kv(self.encode(src_ids, src_mask)), src_mask)
