@@ -15,6 +15,8 @@ $(BIN)/activate:
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# builtin:ml-100k's files, without recbole's own heavy dependencies (pyproject.toml)
+	$(BIN)/pip install -q --no-deps "recbole>=1.2,<1.3"
 	touch $@
 
 install: $(VENV)/.installed

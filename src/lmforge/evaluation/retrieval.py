@@ -19,21 +19,29 @@ def gold_ranks(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return 1 + ahead.sum(axis=1)
 
 
-def _interval(per_query: np.ndarray, rng: np.random.Generator) -> list[float]:
-    picks = rng.integers(0, len(per_query), size=(BOOTSTRAP_ROUNDS, len(per_query)))
+def _interval(per_query: np.ndarray, rng: np.random.Generator,
+              rounds: int = BOOTSTRAP_ROUNDS) -> list[float]:
+    picks = rng.integers(0, len(per_query), size=(rounds, len(per_query)))
     means = per_query[picks].mean(axis=1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def ranking_metrics(ranks: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """hit@1, hit@5 and MRR of the gold answers' ranks, each with a 95% bootstrap interval."""
-    rng = np.random.default_rng(seed)
     per_query = {"hit@1": (ranks <= 1).astype(float), "hit@5": (ranks <= 5).astype(float),
                  "mrr": 1.0 / ranks}
-    out: dict[str, Any] = {"n": int(len(ranks))}
+    return means_with_intervals(per_query, seed)
+
+
+def means_with_intervals(per_query: dict[str, np.ndarray], seed: int = 0,
+                         rounds: int = BOOTSTRAP_ROUNDS) -> dict[str, Any]:
+    """Each per-query figure's mean over the queries, with a 95% bootstrap interval of
+    `rounds` resamples (0: none)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"n": int(len(next(iter(per_query.values()))))}
     for name, values in per_query.items():
         out[name] = float(values.mean()) if len(values) else None
-        out[f"{name}_ci95"] = _interval(values, rng) if len(values) else None
+        out[f"{name}_ci95"] = _interval(values, rng, rounds) if len(values) and rounds else None
     return out
 
 

@@ -21,7 +21,15 @@ from lmforge.serve.errors import install_error_handlers
 from lmforge.serve.limits import BodySizeLimit
 from lmforge.serve.metrics import MetricsMiddleware
 from lmforge.serve.registry import ModelRegistry
-from lmforge.serve.routers import classify, completions, health, models, playground, usage
+from lmforge.serve.routers import (
+    classify,
+    completions,
+    health,
+    models,
+    playground,
+    recommend,
+    usage,
+)
 from lmforge.serve.settings import ServeSettings
 from lmforge.serve.state import ServerState, lifespan
 from lmforge.version import __version__
@@ -54,7 +62,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # sees every status but one:
     app.add_middleware(classify.RefuseWhenSaturated, state=state)  # outermost, counts its own
-    for router in (health, playground, models, classify, completions, usage):
+    for router in (health, playground, models, classify, completions, recommend, usage):
         app.include_router(router.router)
     return app
 
