@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "lmforge"
 LAYERS = [
     {"version", "errors", "files", "provenance", "render"},  # import nothing of lmforge
     {"config", "training", "evaluation", "models"},
-    {"decoding", "data", "tokenization", "chat", "tasks", "runs", "cross_validation", "tracking",
-     "tuning", "attributions"},
+    {"decoding", "data", "tokenization", "chat", "check", "tasks", "runs", "cross_validation",
+     "tracking", "tuning", "attributions"},
     {"bundle"},
     {"optimize"},
     {"serve"},

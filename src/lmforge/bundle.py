@@ -501,6 +501,10 @@ class Generator:
         self.defaults = GenerateConfig(**meta.get("generate", {}))
         # the template the model trained with (lmforge.json), else its tokenizer's, else lmforge's
         self.chat_template = chat_template(tokenizer, meta.get("chat_template"))
+        # a reply ends at the token that closes a turn: a pretrained tokenizer's own end token
+        # (a chat model's <|im_end|>, say), which may differ from its end of text
+        hf_end = getattr(tokenizer.hf, "eos_token_id", None) if tokenizer.hf is not None else None
+        self.reply_end_id = hf_end if hf_end is not None else tokenizer.eos_id
 
     def render_chat(self, messages: Messages) -> str:
         """A conversation as the prompt of its assistant's next reply: each message's content
@@ -583,7 +587,10 @@ class Generator:
                 rng.seed()
             else:
                 rng.manual_seed(settings.seed)
-        return GenerationJob(self.tokenizer, encoded, settings, rngs, self.clean.normalize)
+        job = GenerationJob(self.tokenizer, encoded, settings, rngs, self.clean.normalize)
+        if chat:
+            job.eos_id = self.reply_end_id
+        return job
 
     def stream(
         self,

@@ -16,11 +16,13 @@ Messages = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
 
 # lmforge's template for a model whose tokenizer has none: the conversation starts with the
-# beginning-of-text token (lmforge's own tokenizers: the end-of-text token that starts every
-# document), each message is "role: content" on its line, and an assistant's message ends with
-# the end-of-text token, so a model trained on it learns to stop. A prompt ends in "assistant:".
+# beginning-of-text token, or without one the end-of-text token (which starts every document
+# of lmforge's own generation), each message is "role: content" on its line, and an
+# assistant's message ends with the end-of-text token, so a model trained on it learns to stop.
+# A prompt ends in "assistant:".
 DEFAULT_CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
+    "{%- if bos_token is defined and bos_token -%}{{- bos_token -}}"
+    "{%- elif eos_token is defined and eos_token -%}{{- eos_token -}}{%- endif -%}"
     "{%- for message in messages -%}"
     "{{- message['role'] + ': ' + message['content'] -}}"
     "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
@@ -47,7 +49,8 @@ class ChatTemplate:
             lines = [self.legacy["message"].format(role=m["role"], content=m["content"])
                      for m in messages]
             tail = self.legacy["generation_prompt"] if add_generation_prompt else ""
-            return self.special.get("bos_token", "") + "".join(lines) + tail
+            start = self.special.get("bos_token") or self.special.get("eos_token", "")
+            return start + "".join(lines) + tail
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
@@ -63,18 +66,12 @@ class ChatTemplate:
 
 
 def special_tokens(tokenizer: TextTokenizer) -> dict[str, str]:
-    """The special tokens a template may name: a pretrained tokenizer's own; lmforge's
-    tokenizers have the end-of-text token, which also begins a text."""
-    if tokenizer.hf is not None:
-        found = {key: value for key, value in tokenizer.hf.special_tokens_map.items()
-                 if isinstance(value, str)}
-    else:
-        found = {"eos_token": END_OF_TEXT}
-    if "eos_token" in found:
-        found.setdefault("bos_token", found["eos_token"])
-    found.setdefault("bos_token", "")
-    found.setdefault("eos_token", "")
-    return found
+    """The special tokens a template may name (as transformers gives them): a pretrained
+    tokenizer's own; lmforge's tokenizers have the end-of-text token."""
+    if tokenizer.hf is None:
+        return {"eos_token": END_OF_TEXT}
+    return {key: value for key, value in tokenizer.hf.special_tokens_map.items()
+            if isinstance(value, str)}
 
 
 def own_template(tokenizer: TextTokenizer) -> str | None:

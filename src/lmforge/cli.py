@@ -87,6 +87,25 @@ def train(
 
 
 @app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="YAML or JSON config file.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: key.sub=value.")
+    ] = None,
+    gpu_memory: Annotated[
+        str | None, typer.Option(help="A GPU's memory (24GiB, 80GB): the largest batch that "
+                                 "fits it (default: the visible GPU's, if any).")
+    ] = None,
+) -> None:
+    """Pre-flight CONFIG, training nothing: the data and what would be dropped, chat samples
+    with their trained spans, token lengths against the context, parameters, and the peak GPU
+    memory of training (weights, gradients, optimizer, activations)."""
+    from lmforge import pipeline
+
+    pipeline.check(config, overrides=set_ or [], gpu_memory=gpu_memory)
+
+
+@app.command()
 def tune(
     config: Annotated[Path, typer.Argument(help="YAML or JSON config file.")],
     trials: Annotated[int, typer.Option(min=1, help="Trials this command runs.")],
@@ -209,6 +228,31 @@ def generate(
         bundle, prompts=prompt, input=input, settings=settings, truncate=truncate, stream=stream,
         chat=chat, system=system,
     )
+
+
+@app.command()
+def translate(
+    bundle: Annotated[Path, typer.Argument(help="A translation bundle (a run's model/) or a run.")],
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="One sentence per line; - for stdin.")
+    ],
+    beam_size: Annotated[
+        int | None, typer.Option(help="Hypotheses kept per sentence; 1 is greedy (default: the "
+                                 "bundle's).")
+    ] = None,
+    length_penalty: Annotated[
+        float | None, typer.Option(help="Beam scores divided by length ** this.")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Tokens of a translation at most.")
+    ] = None,
+) -> None:
+    """Translate each line of the input with a translation model: only the translations go to
+    stdout, one line per input line, in order; progress and timings go to stderr."""
+    from lmforge import pipeline
+
+    pipeline.translate(bundle, input, beam_size=beam_size, length_penalty=length_penalty,
+                       max_new_tokens=max_new_tokens)
 
 
 # --- compression and export: `lmforge export`, `lmforge compress` (the work is in lmforge.optimize)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lmforge.check as preflight
 from lmforge import provenance, render, tracking, tuning
 from lmforge.bundle import copy_bundle, load, locate_bundle, read_meta, save_bundle
 from lmforge.config import Config, GenerateConfig, dump_config, load_config
@@ -142,6 +143,20 @@ def _finish(recipe: TaskRecipe, run: Any, model: Any, run_dir: Path) -> dict | N
     write_html_report(run_dir, recipe.report_kind)
     console.print(f"run written to {run_dir}; bundle at {run_dir / 'model'}")
     return tested.report if tested is not None else None
+
+
+def check(
+    config: str | Path | dict[str, Any] | Config,
+    overrides: list[str] | None = None,
+    gpu_memory: str | None = None,
+    show: bool = True,
+) -> dict[str, Any]:
+    """`lmforge check`: a config's pre-flight report (lmforge.check), training nothing; a bad
+    config or bad data raises the LmforgeError training would."""
+    report = preflight.check(config, overrides, gpu_memory)
+    if show:
+        preflight.render_check(report, render.console())
+    return report
 
 
 def tune(
@@ -283,6 +298,36 @@ def generate(
     return texts
 
 
+def translate(
+    bundle: str | Path,
+    input: str | Path,
+    beam_size: int | None = None,
+    length_penalty: float | None = None,
+    max_new_tokens: int | None = None,
+    chunk: int = 256,
+) -> list[str]:
+    """Translate each line of `input` ('-' for stdin) with a translation bundle: the
+    translations go to stdout as they are done, one plain line per input line in order (line
+    breaks inside escaped as `generate` does; a blank line stays blank); progress and timings
+    to stderr. Unset settings are the bundle's (its run's `translation` section)."""
+    translator = load(_bundle_for(bundle, "translate"))
+    lines, _ = _read_lines(input, "sentence")
+    started, texts, tokens = time.perf_counter(), [], 0
+    for start in range(0, len(lines), chunk):
+        done = translator.translate(lines[start:start + chunk], beam_size=beam_size,
+                                    length_penalty=length_penalty, max_new_tokens=max_new_tokens)
+        sys.stdout.write("".join(render.one_line(t.text) + "\n" for t in done))
+        sys.stdout.flush()
+        texts += [t.text for t in done]
+        tokens += sum(t.output_tokens for t in done)
+        if len(lines) > chunk:
+            print(f"{len(texts)}/{len(lines)} lines translated", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    print(f"{len(lines)} line(s), {tokens} tokens out in {seconds:.2f} s "
+          f"({len(lines) / max(seconds, 1e-9):.1f} lines/s)", file=sys.stderr)
+    return texts
+
+
 def _bundle_for(target: str | Path, verb: str) -> Path:
     """The bundle of `target`, if `verb` is the one that runs its task's models."""
     bundle_dir = locate_bundle(target).bundle_dir
@@ -293,21 +338,27 @@ def _bundle_for(target: str | Path, verb: str) -> Path:
     return bundle_dir
 
 
-def _read_prompts(input: str | Path) -> list[str]:
-    """One prompt per line of a file ('-': stdin); a blank line is an error naming it."""
+def _read_lines(input: str | Path, what: str) -> tuple[list[str], str]:
+    """The lines of a file ('-': stdin) and where they came from; no lines is an error."""
     if str(input) == "-":
         lines, where = sys.stdin.read().splitlines(), "stdin"
     else:
         path = Path(input)
         if not path.is_file():
-            raise LmforgeError(f"prompt file not found: {input}")
+            raise LmforgeError(f"{what} file not found: {input}")
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise LmforgeError(f"{input} is not UTF-8 text") from None
         where = str(input)
     if not lines:
-        raise LmforgeError(f"{where} holds no prompts")
+        raise LmforgeError(f"{where} holds no {what}s")
+    return lines, where
+
+
+def _read_prompts(input: str | Path) -> list[str]:
+    """One prompt per line of a file ('-': stdin); a blank line is an error naming it."""
+    lines, where = _read_lines(input, "prompt")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise LmforgeError(f"{where} line {number}: empty prompt")

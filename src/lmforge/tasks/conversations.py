@@ -182,7 +182,7 @@ def prepare_chat(cfg: Config, run_dir: Path, resume: bool, log: Log, kind: str) 
     training conversations rendered with lmforge's template); every split encoded."""
     data = prepare_conversations(cfg.data, kind)
     log(f"{render.data_summary(data.report, 'conversations')} ({kind} data)")
-    plain = ChatTemplate(DEFAULT_CHAT_TEMPLATE, {"bos_token": "", "eos_token": ""})
+    plain = ChatTemplate(DEFAULT_CHAT_TEMPLATE, {})
     rendered = [plain.render(load_conversation(text)) for text in data.train.texts]
     tokenizer = runs.tokenizer_for_run(cfg, rendered, data.data_hash, run_dir, resume, log)
     if tokenizer.eos_id is None:

@@ -150,6 +150,8 @@ class GenerationTask:
     report_kind = "generation"  # report.html's views (evaluation.html_report.SECTIONS)
 
     def starter_config(self, data: str) -> Config:
+        if conversation_kind(data) is not None:  # chat or instruction rows: no text column
+            return Config(task=self.name, data=DataConfig(path=data, format="jsonl"))
         return Config(task=self.name, data=DataConfig(path=data, **detect_text_column(data)))
 
     def quickstart_config(self, fast: bool) -> Config:
