@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
 
+if TYPE_CHECKING:
+    from lmforge.config import AdapterConfig
+
 
 class PretrainedClassifier(nn.Module):
-    """AutoModelForSequenceClassification behind `forward(input_ids, attention_mask) -> logits`."""
+    """AutoModelForSequenceClassification behind `forward(input_ids, attention_mask) -> logits`.
+    `new_modules`: the modules the checkpoint lacked (a fresh head), which an adapter trains."""
 
-    def __init__(self, hf_model: nn.Module) -> None:
+    def __init__(self, hf_model: nn.Module, new_modules: list[str] | None = None) -> None:
         super().__init__()
         self.hf = hf_model
+        self.new_modules = new_modules or []
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -29,14 +35,20 @@ def load_pretrained_classifier(
     labels: list[str],
     revision: str | None = None,
     trust_remote_code: bool = False,
+    adapter: AdapterConfig | None = None,
+    four_bit: bool = False,
 ) -> PretrainedClassifier:
-    """A hub id or local folder, with a fresh classification head sized to `labels`."""
+    """A hub id or local folder, with a fresh classification head sized to `labels`; with
+    `adapter`, LoRA/QLoRA adapters over its frozen weights (models.adapters). `four_bit` (or a
+    QLoRA adapter) loads the weights in 4-bit NF4."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    from lmforge.models.adapters import add_adapter, quantization_settings
+
     hf_logging.set_verbosity_error()  # "some weights are newly initialized" is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             name,
             revision=revision,
             trust_remote_code=trust_remote_code,
@@ -44,12 +56,18 @@ def load_pretrained_classifier(
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
             ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **quantization_settings(four_bit or _is_qlora(adapter)),
         )
     except (OSError, ValueError) as error:
         raise LmforgeError(
             f"cannot load pretrained model '{name}': {str(error).splitlines()[0]}"
         ) from None
-    return PretrainedClassifier(model)
+    fresh = {key.rpartition(".")[0] for key in info["missing_keys"]}
+    fresh |= {(key if isinstance(key, str) else key[0]).rpartition(".")[0]
+              for key in info["mismatched_keys"]}  # (name, shapes) in transformers 4.x
+    classifier = PretrainedClassifier(model, sorted(fresh))
+    return add_adapter(classifier, adapter) if adapter is not None else classifier
 
 
 class PretrainedCache:
@@ -110,13 +128,20 @@ def load_pretrained_causal_lm(
     revision: str | None = None,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
+    adapter: AdapterConfig | None = None,
+    four_bit: bool = False,
 ) -> PretrainedCausalLM:
-    """A hub id or local folder through AutoModelForCausalLM."""
+    """A hub id or local folder through AutoModelForCausalLM; with `adapter`, LoRA/QLoRA
+    adapters over its frozen weights (models.adapters). `four_bit` (or a QLoRA adapter) loads
+    the weights in 4-bit NF4."""
     from transformers import AutoModelForCausalLM
+
+    from lmforge.models.adapters import add_adapter, quantization_settings
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code
+            name, revision=revision, trust_remote_code=trust_remote_code,
+            **quantization_settings(four_bit or _is_qlora(adapter)),
         )
     except (OSError, ValueError) as error:
         raise LmforgeError(
@@ -126,4 +151,9 @@ def load_pretrained_causal_lm(
         enable = getattr(model, "activation_checkpointing_enable", None)
         (enable or model.gradient_checkpointing_enable)()
         model.config.use_cache = False  # the cache is useless, and warned about, in training
-    return PretrainedCausalLM(model)
+    causal_lm = PretrainedCausalLM(model)
+    return add_adapter(causal_lm, adapter) if adapter is not None else causal_lm
+
+
+def _is_qlora(adapter: AdapterConfig | None) -> bool:
+    return adapter is not None and adapter.kind == "qlora"

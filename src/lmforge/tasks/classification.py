@@ -110,7 +110,7 @@ def make_collate(
 def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -> nn.Module:
     if cfg.arch == "pretrained":
         return load_pretrained_classifier(
-            cfg.pretrained, labels, cfg.revision, cfg.trust_remote_code
+            cfg.pretrained, labels, cfg.revision, cfg.trust_remote_code, cfg.adapter
         )
     return EncoderClassifier(architecture(cfg, tokenizer, labels))
 
