@@ -121,6 +121,10 @@ def test_sasrec_learns_a_deterministic_next_item_far_beyond_the_baselines(sasrec
     assert report["baselines"]["popularity"]["ndcg@10"] < report["ndcg@10"] - 0.5
     data_report = json.loads((sasrec_run.run_dir / "data_report.json").read_text())
     assert data_report["users_tested"] == 40 and data_report["split_sizes"]["train"] == 240
+    again = lmforge.evaluate(sasrec_run.run_dir, show=False)  # the bundle on the run's split
+    assert again["ndcg@10"] == report["ndcg@10"] and again["data_check"]["users"] == 40
+    with pytest.raises(LmforgeError, match="evaluate --data is not available"):
+        lmforge.evaluate(sasrec_run.run_dir, data=sasrec_run.run_dir / "config.yaml")
 
 
 @pytest.mark.timeout(120)
