@@ -112,8 +112,12 @@ def test_only_the_adapters_train_and_the_bundle_holds_them_in_peft_layout(runs):
 @pytest.mark.timeout(300)
 def test_the_progress_line_shows_trainable_and_total_parameters(runs, capsys):
     root, base, _, _ = runs
-    lmforge.train(lora_config(root, base, max_steps=2, eval_every=2), out=root / "shown")
+    cfg = lora_config(root, base, max_steps=2, eval_every=2)
+    cfg["model"]["gradient_checkpointing"] = True  # the frozen inputs still pass gradients
+    result = lmforge.train(cfg, out=root / "shown")
     assert "trainable of" in capsys.readouterr().err
+    with safe_open(str(result.bundle_dir / "adapter_model.safetensors"), framework="pt") as f:
+        assert any(f.get_tensor(key).abs().sum() > 0 for key in f.keys() if "lora_B" in key)
 
 
 @pytest.mark.timeout(300)
@@ -263,8 +267,17 @@ def test_a_classifier_adapter_trains_with_its_head_and_merges_into_the_same_pred
 
 
 @pytest.mark.timeout(300)
-def test_compressing_an_adapter_bundle_says_to_merge_it_first(minilm_run, tmp_path):
+def test_an_adapter_teaches_a_student_and_int8_or_onnx_say_to_merge_first(minilm_run, tmp_path):
     with pytest.raises(LmforgeError, match="--merge"):
         lmforge.compress(minilm_run.bundle_dir, quantize="int8", out=tmp_path / "q")
     with pytest.raises(LmforgeError, match="--merge"):
         lmforge.export(minilm_run.bundle_dir, out=tmp_path / "onnx")
+    student = tmp_path / "student.yaml"
+    student.write_text(json.dumps({
+        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32},
+        "train": {"max_steps": 4, "batch_size": 16, "eval_every": 4}}))
+    report = lmforge.compress(minilm_run.bundle_dir, distill=student, out=tmp_path / "s",
+                              show_progress=False)
+    assert report["result"]["params"] < report["original"]["params"]
+    row = lmforge.load(tmp_path / "s").predict(["great item"])[0]  # a bundle of its own
+    assert set(row["probs"]) == {"neg", "pos"}

@@ -132,7 +132,8 @@ def _unused_settings_note(raw: dict[str, Any], max_length: int) -> list[str]:
 
 
 def _student_meta(source: Source, cfg: Config, student: nn.Module) -> dict[str, Any]:
-    meta = {k: v for k, v in source.meta.items() if k not in ("architecture", "pretrained")}
+    meta = {k: v for k, v in source.meta.items()
+            if k not in ("architecture", "pretrained", "adapter")}  # the teacher's model
     meta["arch"] = cfg.model.arch
     if cfg.model.arch == "transformer":
         meta["architecture"] = student.config.to_dict()
