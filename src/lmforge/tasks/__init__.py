@@ -19,6 +19,7 @@ from lmforge.tasks import (
     classification,
     generation,
     images,
+    preference,
     recommendation,
     tabular,
     translation,
@@ -32,11 +33,14 @@ TASKS: dict[str, TaskRecipe] = {
     "recommendation": recommendation.RECIPE,
     "translation": translation.RECIPE,
     "regression": tabular.REGRESSION,  # feature tables (text regression is not available)
+    "preference": preference.RECIPE,
 }
 INPUT_RECIPES: dict[tuple[str, str], TaskRecipe] = {}
 INPUT_RECIPES[("classification", "table")] = tabular.CLASSIFICATION
 INPUT_RECIPES[("regression", "table")] = tabular.REGRESSION
 INPUT_RECIPES[("classification", "image")] = images.RECIPE
+# a generation model tuned on preference pairs: its bundle loads and evaluates through them
+INPUT_RECIPES[("generation", preference.INPUTS)] = preference.RECIPE
 # kind -> whether a config (data.inputs: auto) holds that kind of data; asked in this order.
 INPUT_DETECTORS: dict[str, Callable[[Any], bool]] = {}
 INPUT_DETECTORS["image"] = looks_like_images  # before "table": a table of image paths is images
