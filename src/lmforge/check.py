@@ -210,7 +210,7 @@ def _pretrained_skeleton(cfg: Config, run: Prepared) -> nn.Module:
 
 def token_lengths(run: Prepared, context: int) -> dict[str, Any] | None:
     """Quantiles of the training texts' lengths in tokens, and how many exceed the context."""
-    if "length_tokens" in run.data_report:  # chat: whole conversations, every split
+    if "chat" in run.parts:  # whole conversations, every split, as prepare measured them
         return run.data_report["length_tokens"]
     texts = run.split_texts.get("train") or []
     if run.tokenizer is None or not texts or not all(isinstance(t, str) for t in texts[:1]):
@@ -262,6 +262,8 @@ def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | Non
     estimate = estimate_memory(model, shape_of(model, cfg, vocab), cfg.train.batch_size,
                                cfg.model.max_length, precision,
                                four_bit=adapter is not None and adapter.kind == "qlora")
+    if cfg.model.arch not in ("gpt", "pretrained"):  # only these checkpoint (gradient_
+        estimate.activations_checkpointed = None     # checkpointing is theirs alone)
     budget = parse_size(gpu_memory) if gpu_memory else _visible_gpu()
     memory: dict[str, Any] = {
         "precision": precision, "adapter": adapter.kind if adapter is not None else None,
