@@ -180,3 +180,21 @@ def test_a_bad_chat_prompt_is_a_clear_error():
         generator.generate([[{"role": "bot", "content": "hi"}]], chat=True)
     with pytest.raises(LmforgeError, match="non-empty list"):
         generator.generate([[]], chat=True)
+
+
+def test_evaluate_scores_the_assistant_tokens_again_and_on_a_file(trained, tmp_path):
+    run = trained.run_dir
+    again = pipeline.evaluate(run, show=False)
+    first = json.loads((run / "eval.json").read_text())
+    assert again["test_loss"] == pytest.approx(first["test_loss"], rel=1e-5)
+    assert again["n_tokens"] == first["n_tokens"]
+    seen = [{"messages": m} for m in sums(40)[:5]]  # trained on (or validated on) these
+    rows = seen + [{"messages": [{"role": "user", "content": "add 2 and 2"},
+                                 {"role": "assistant", "content": "4"}]}]
+    report = pipeline.evaluate(run, data=write_jsonl(tmp_path / "more.jsonl", rows),
+                               show=False)
+    kept = 6 - report["data_check"]["dropped_seen_in_training"]
+    assert 1 <= kept < 6 and report["n_tokens"] > 0
+    with pytest.raises(LmforgeError, match="conversations"):
+        pipeline.evaluate(run, data=write_jsonl(tmp_path / "plain.jsonl", [{"text": "hi"}]),
+                          show=False)

@@ -133,3 +133,16 @@ def prepare_conversations(cfg: DataConfig, kind: str) -> PreparedDocuments:
     }
     return PreparedDocuments(DocumentSplit(train), DocumentSplit(val), DocumentSplit(test),
                              "conversation", report, records.data_hash)
+
+
+def read_eval_conversations(path: str, clean: CleanConfig) -> list[str]:
+    """The conversations of a chat or instruction JSONL file to evaluate on: read and cleaned as
+    training data is, not split."""
+    kind = conversation_kind(path)
+    if kind is None:
+        raise LmforgeError(f"{path}: a chat model is evaluated on conversations: a JSONL file of "
+                           "rows with 'messages', or with 'instruction' and 'output'")
+    cleaned = clean_rows(read_conversations(path, kind), clean, clean_conversation)
+    if not cleaned.texts:
+        raise LmforgeError(f"{path}: no conversations left after cleaning")
+    return cleaned.texts

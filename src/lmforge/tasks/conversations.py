@@ -28,8 +28,12 @@ from lmforge.chat import (
     encode_conversation,
     fit_context,
 )
-from lmforge.config import Config
-from lmforge.data.conversations import load_conversation, prepare_conversations
+from lmforge.config import Config, load_config, read_config_file
+from lmforge.data.conversations import (
+    load_conversation,
+    prepare_conversations,
+    read_eval_conversations,
+)
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.language_model import perplexity
 from lmforge.tasks.recipe import Log, Prepared, TrainingPlan, metric_mode
@@ -235,3 +239,52 @@ def chat_test(run: Prepared, model: nn.Module) -> dict[str, Any]:
         else None
     return chat_report(model, {"val": chat["val"], "test": chat["test"]}, tokenizer.pad_id,
                        counts)
+
+
+def chat_evaluate(
+    generator: Any, run_dir: Path | None, data: str | None
+) -> dict[str, Any]:
+    """`lmforge evaluate` of a chat model: the assistant tokens' loss and perplexity on the run's
+    own val and test conversations (wherever they are in its data now), or on the conversations
+    of `data`, never on one the model trained on (report["data_check"])."""
+    tokenizer, template, context = generator.tokenizer, generator.chat_template, \
+        generator.max_length
+    record = runs.read_split_record(run_dir)
+    splits: dict[str, list[str]] = {}
+    check: dict[str, Any] = {}
+    train: list[str] = []
+    if run_dir is not None:
+        cfg = load_config(read_config_file(run_dir / "config.yaml"))
+        every = read_eval_conversations(cfg.data.path, cfg.data.clean)
+        if record is None:
+            raise LmforgeError(f"run {run_dir} has no splits.json; evaluate with --data FILE")
+        located = {name: record.locate(name, every) for name in ("train", "val", "test")}
+        train = [every[i] for i in located["train"][0]]
+        if data is None:
+            splits = {name: [every[i] for i in located[name][0]] for name in ("val", "test")}
+            check = {"source": cfg.data.path, "split_record": True,
+                     "test_texts": len(record.keys["test"]),
+                     "test_texts_missing": located["test"][1]}
+            if located["test"][1]:
+                raise LmforgeError(f"{cfg.data.path}: {located['test'][1]} of the run's "
+                                   f"{len(record.keys['test'])} test conversations are missing; "
+                                   "evaluate with --data FILE")
+    if data is not None:
+        texts = read_eval_conversations(data, generator.clean)
+        check = {"source": data, "split_record": record is not None}
+        if record is not None:
+            unseen, check = runs.leak_check(texts, record, data, run_dir)
+            texts = [texts[i] for i in unseen]
+        splits = {"test": texts}
+    elif run_dir is None:
+        raise LmforgeError("this chat bundle has no run directory; pass --data FILE with "
+                           "conversations")
+    encoded = {name: encode_split(tokenizer, template, texts, context).examples
+               for name, texts in splits.items()}
+    counts = None
+    if train:
+        counts = assistant_counts(encode_split(tokenizer, template, train, context).examples,
+                                  tokenizer.vocab_size)
+    report = chat_report(generator.model, encoded, tokenizer.pad_id, counts)
+    report["data_check"] = check
+    return report

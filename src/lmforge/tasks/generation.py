@@ -39,7 +39,7 @@ from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.language_model import lm_report, render_lm_table, token_counts, token_nll
 from lmforge.models import GPT, GPTConfig, load_pretrained_causal_lm
-from lmforge.tasks.conversations import chat_test, chat_training, prepare_chat
+from lmforge.tasks.conversations import chat_evaluate, chat_test, chat_training, prepare_chat
 from lmforge.tasks.recipe import (
     Evaluated,
     Log,
@@ -256,6 +256,8 @@ class GenerationTask:
         self, generator: Generator, bundle_dir: Path, run_dir: Path | None, data: str | None
     ) -> dict[str, Any]:
         """Loss and perplexity on the run's val/test splits, or on the documents of `data`."""
+        if generator.meta.get("chat_data"):  # conversations: their assistant tokens
+            return chat_evaluate(generator, run_dir, data)
         meta, tokenizer = generator.meta, generator.tokenizer
         record = runs.read_split_record(run_dir)
         run_tokens, counts, check = None, None, {}
