@@ -412,7 +412,7 @@ class RecommendationTask:
 
     def quickstart_config(self, fast: bool) -> Config:
         """MovieLens-100K (from the installed recbole) at the task's defaults."""
-        train = {"epochs": 30} if fast else {}
+        train = {"epochs": 8} if fast else {}
         return load_config({"task": self.name, "data": {"path": "builtin:ml-100k"},
                             "train": train})
 
