@@ -2,7 +2,7 @@
 
 A name is looked up here and nowhere else: a request's "model" never becomes a path. Each task
 has a loader (TASK_LOADERS) that turns a bundle into the engine its routes call (engines/): a
-ClassificationEngine or a GenerationEngine.
+ClassificationEngine, a GenerationEngine or an AssistantEngine.
 """
 
 from __future__ import annotations
@@ -11,11 +11,23 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lmforge.bundle import Generator, check_bundle, load, locate_bundle, read_meta
+from lmforge.bundle import (
+    Generator,
+    check_bundle,
+    load,
+    locate_bundle,
+    open_model_bundle,
+    read_meta,
+)
 from lmforge.errors import LmforgeError
+from lmforge.models.adapters import SharedBases
+from lmforge.serve.engines.assistant import AssistantEngine
 from lmforge.serve.engines.classification import ClassificationEngine
 from lmforge.serve.engines.generation import GenerationEngine
+from lmforge.serve.engines.recommendation import RecommendationEngine
+from lmforge.serve.engines.translation import TranslationEngine
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.settings import ServeSettings
@@ -24,13 +36,24 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 ENDPOINT_OF_TASK = {
     "classification": "POST /v1/classify",
     "generation": "POST /v1/completions or POST /v1/chat/completions",
+    "assistant": "POST /v1/chat/completions",
+    "recommendation": "POST /v1/recommend",
+    "translation": "POST /v1/translations",
 }
 
 
+def open_served(bundle_dir: Path, settings: ServeSettings, bases: SharedBases | None) -> Any:
+    """The bundle's predictor; adapter bundles over the same base share one copy of it."""
+    if bases is not None and "adapter" in read_meta(bundle_dir):
+        return open_model_bundle(bundle_dir, settings.device, bases)
+    return load(bundle_dir, device=settings.device)
+
+
 def load_classifier(
-    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
 ) -> ClassificationEngine:
-    predictor = load(bundle_dir, device=settings.device)
+    predictor = open_served(bundle_dir, settings, bases)
     return ClassificationEngine(
         name,
         predictor,
@@ -42,19 +65,56 @@ def load_classifier(
 
 
 def load_generation_engine(
-    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
 ) -> GenerationEngine:
-    generator = load(bundle_dir, device=settings.device)
+    generator = open_served(bundle_dir, settings, bases)
     assert isinstance(generator, Generator)  # the registry checked the bundle's task
     return GenerationEngine(
         name, generator, settings.max_queue, settings.max_batch_size, metrics
     )
 
 
-Engine = ClassificationEngine | GenerationEngine
+def load_assistant_engine(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
+) -> AssistantEngine:
+    assistant = load(bundle_dir, device=settings.device)
+    return AssistantEngine(
+        name,
+        assistant,
+        settings.max_batch_size,
+        settings.max_wait_ms / 1000,
+        settings.max_queue,
+        metrics,
+    )
+
+
+def load_recommendation_engine(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
+) -> RecommendationEngine:
+    recommender = load(bundle_dir, device=settings.device)
+    return RecommendationEngine(name, recommender, settings.max_queue, metrics)
+
+
+def load_translation_engine(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
+) -> TranslationEngine:
+    translator = load(bundle_dir, device=settings.device)
+    return TranslationEngine(name, translator, settings.max_batch_size, settings.max_queue,
+                             metrics)
+
+
+Engine = (ClassificationEngine | GenerationEngine | AssistantEngine | RecommendationEngine
+          | TranslationEngine)
 TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "classification": load_classifier,
     "generation": load_generation_engine,
+    "assistant": load_assistant_engine,
+    "recommendation": load_recommendation_engine,
+    "translation": load_translation_engine,
 }
 
 
@@ -106,11 +166,13 @@ class ModelRegistry:
         return iter(self._models.values())
 
     def load_all(self, settings: ServeSettings, metrics: ServeMetrics) -> None:
-        """Load every model (slow: runs in a thread at startup). Engines start afterwards."""
+        """Load every model (slow: runs in a thread at startup). Engines start afterwards.
+        Adapter bundles over one base share that base's weights (one copy in memory)."""
+        bases = SharedBases()
         for model in self:
             try:
                 model.engine = TASK_LOADERS[model.task](
-                    model.name, model.bundle_dir, settings, metrics
+                    model.name, model.bundle_dir, settings, metrics, bases
                 )
             except LmforgeError as error:  # reported by /readyz; the other models still serve
                 model.load_error = str(error)
