@@ -163,6 +163,9 @@ def test_an_adapter_run_resumes_from_its_checkpoint(runs):
     resumed = lmforge.train(load_config(run / "config.yaml"), out=run, resume=True,
                             overrides=["train.max_steps=30"], show_progress=False)
     assert resumed.resumed_from == 20 and resumed.steps == 30
+    # checkpoints hold what trains, not the frozen base
+    with safe_open(str(run / "checkpoints" / "last" / "model.safetensors"), "pt") as f:
+        assert list(f.keys()) and all("lora_" in key for key in f.keys())  # noqa: SIM118
     assert (resumed.bundle_dir / "adapter_model.safetensors").is_file()
 
 

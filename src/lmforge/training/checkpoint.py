@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from lmforge.errors import LmforgeError
@@ -124,8 +125,25 @@ def save_checkpoint(
     """Write `directory` atomically: weights, trainer state (optionally), then meta.json with
     `step` and `meta` as the mark that the copy is complete, then the renames."""
     tmp = _stage(directory)
-    save_model(model, str(tmp / WEIGHTS))
+    _save_weights(model, tmp / WEIGHTS)
     _complete(directory, tmp, step, meta, state)
+
+
+def _frozen(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters(remove_duplicate=False)
+            if not p.requires_grad}
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    """Every weight; or, for a model with frozen weights (adapters over a pretrained base), the
+    ones that train: the frozen ones never change, and a 7B base is 14 GB per checkpoint."""
+    frozen = _frozen(model)
+    if not frozen:
+        save_model(model, str(path))
+        return
+    trained = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
+               if name not in frozen}
+    save_file(trained, str(path), metadata={"frozen_left_out": "true"})
 
 
 def save_sharded_checkpoint(
@@ -182,6 +200,9 @@ def _read(
         sharding.load_state(model, optimizer if with_state else None, directory / SHARDS)
     else:
         missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
+        with safe_open(str(directory / WEIGHTS), framework="pt") as weights:
+            if (weights.metadata() or {}).get("frozen_left_out"):  # they are the model's own
+                missing = sorted(set(missing) - _frozen(model))
         if missing or unexpected:
             raise ValueError(f"weights do not match the model (missing {missing[:3]})")
     state = torch.load(directory / STATE, weights_only=True) if with_state else None
