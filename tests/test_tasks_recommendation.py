@@ -141,6 +141,10 @@ def test_predict_takes_users_and_histories_and_falls_back_for_strangers(sasrec_r
     assert "unknown user 'nobody'" in rows[2]["fallback"] and rows[3]["unknown_items"] == ["i99"]
     assert len(rows[2]["items"]) == 10
     assert "2 by popularity" in capsys.readouterr().err
+    from lmforge.tasks.recommendation import RECIPE
+
+    notes = RECIPE.quickstart_notes(lmforge.load(sasrec_run.bundle_dir), sasrec_run.bundle_dir)
+    assert notes[0].startswith("user u") and "/v1/recommend" in notes[1]
 
 
 @pytest.mark.timeout(120)
