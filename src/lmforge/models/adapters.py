@@ -10,6 +10,7 @@ identity; the base's weights stay where they were.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable
@@ -114,13 +115,20 @@ def base_folder(name: str, revision: str | None) -> Path:
 
 
 def weights_hash(folder: Path) -> str:
-    """sha256 over the base's weight files (their names and bytes, in name order)."""
+    """sha256 over the base's weight files (their names and bytes, in name order). Reading a
+    7B base takes seconds, so a hash is kept while the files' sizes and times stay the same."""
     files = sorted(path for pattern in WEIGHT_PATTERNS for path in folder.glob(pattern)
                    if path.name not in ADAPTER_FILES)
     if not files:
         raise LmforgeError(f"{folder}: no weight files ({', '.join(WEIGHT_PATTERNS)})")
+    stamps = tuple((path, path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    return _files_hash(stamps)
+
+
+@functools.lru_cache(maxsize=32)
+def _files_hash(stamps: tuple[tuple[Path, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in files:
+    for path, _, _ in stamps:
         digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as handle:
             while chunk := handle.read(HASH_CHUNK):
@@ -151,13 +159,6 @@ class SharedBases:
 
     def __init__(self) -> None:
         self._models: dict[tuple, nn.Module] = {}
-        self._hashes: dict[tuple, str] = {}
-
-    def weights_hash(self, name: str, revision: str | None) -> str:
-        key = (name, revision)
-        if key not in self._hashes:
-            self._hashes[key] = weights_hash(base_folder(name, revision))
-        return self._hashes[key]
 
     def model(self, key: tuple, build: Callable[[], nn.Module]) -> nn.Module:
         if key not in self._models:
@@ -192,7 +193,7 @@ def load_adapter_model(
     adapter, bases = meta["adapter"], bases or SharedBases()
     base = adapter["base"]
     name, revision = base["name"], base.get("revision")
-    found = bases.weights_hash(name, revision)
+    found = weights_hash(base_folder(name, revision))
     if found != base["sha256"]:
         raise LmforgeError(
             f"{directory}: its adapter was trained over the base {name} whose weights hash "
