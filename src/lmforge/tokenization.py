@@ -6,6 +6,7 @@ own), so training, evaluation and serving share one encode path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -13,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,16 +328,28 @@ class TokenFiles:
         chunk: int = 10_000,
     ) -> dict[str, np.ndarray]:
         """Tokenize each split's documents, `chunk` at a time, into the cache; then load it."""
-        dtype = self.dtype(tokenizer.vocab_size)
+        pieces = ((name, ids) for name, documents in splits.items()
+                  for ids in document_stream(tokenizer, documents, chunk))
+        return self.save_pieces(key, pieces, list(splits), tokenizer.vocab_size)
+
+    def save_pieces(
+        self, key: str, pieces: Iterable[tuple[str, np.ndarray]], names: list[str],
+        vocab_size: int,
+    ) -> dict[str, np.ndarray]:
+        """Write (split, token ids) pieces, in any order of splits, each appended to its split's
+        file, into the cache; then load it. Only the current piece is held in memory."""
+        dtype = self.dtype(vocab_size)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.root, suffix=".tmp"))
-        for name, documents in splits.items():
-            with open(tmp / f"{name}.bin", "wb") as handle:
-                for ids in document_stream(tokenizer, documents, chunk):
-                    handle.write(ids.astype(dtype).tobytes())
+        with contextlib.ExitStack() as files:
+            handles = {name: files.enter_context(open(tmp / f"{name}.bin", "wb"))
+                       for name in names}
+            for name, ids in pieces:
+                handles[name].write(ids.astype(dtype).tobytes())
+            for handle in handles.values():
                 handle.flush()
                 os.fsync(handle.fileno())
-        info = {"dtype": dtype.name, "splits": list(splits), "vocab_size": tokenizer.vocab_size}
+        info = {"dtype": dtype.name, "splits": names, "vocab_size": vocab_size}
         write_json_atomic(tmp / "info.json", info)
         try:
             os.replace(tmp, self.root / key)

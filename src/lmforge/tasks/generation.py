@@ -36,6 +36,7 @@ from lmforge.data import detect_text_column
 from lmforge.data.conversations import conversation_kind
 from lmforge.data.documents import PreparedDocuments, prepare_documents, read_eval_documents
 from lmforge.data.split import SplitRecord
+from lmforge.data.stream import streams
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.language_model import lm_report, render_lm_table, token_counts, token_nll
 from lmforge.models import GPT, GPTConfig, load_pretrained_causal_lm
@@ -48,6 +49,7 @@ from lmforge.tasks.recipe import (
     bundle_meta,
     open_lmforge_bundle,
 )
+from lmforge.tasks.streamed_corpus import prepare_streamed, streamed_run_tokens
 from lmforge.tokenization import TextTokenizer, TokenCache, TokenFiles, document_stream
 from lmforge.training import distributed, seed_everything
 
@@ -173,6 +175,8 @@ class GenerationTask:
         kind = conversation_kind(cfg.data.path, cfg.data.format)
         if kind is not None:
             return prepare_chat(cfg, run_dir, resume, log, kind)
+        if streams(cfg.data):  # bigger than memory, or asked to: one pass, straight to tokens
+            return prepare_streamed(cfg, run_dir, resume, log)
         data = prepare_documents(cfg.data)
         log(f"{render.data_summary(data.report, 'documents')} (split by {data.split_by})")
         tokenizer = runs.tokenizer_for_run(cfg, data.train.texts, data.data_hash, run_dir,
@@ -234,6 +238,9 @@ class GenerationTask:
         if "chat" in run.parts:
             raise LmforgeError("cross-validation (--cv) takes plain text; chat and instruction "
                                "data train without it")
+        if run.parts.get("streamed"):
+            raise LmforgeError("cross-validation (--cv) folds documents held in memory; a "
+                               "corpus read as a stream (data.stream) trains without it")
         documents = run.split_texts["train"] + run.split_texts["val"]
         texts = {"test": run.split_texts["test"],
                  **{name: [documents[i] for i in parts[name]] for name in parts}}
@@ -329,6 +336,8 @@ def _run_tokens(
     """Token ids of a run's splits as at training time, and the data check: with splits.json,
     the documents each split held, wherever they are in the data now; without it (older runs),
     the data split again."""
+    if streams(cfg.data):
+        return streamed_run_tokens(cfg, tokenizer, record.data_hash if record else None)
     data = prepare_documents(cfg.data)
     if record is None:
         return (_token_files(cfg, data, tokenizer, lambda _: None),
