@@ -377,10 +377,15 @@ def mean_batch_size(url: str) -> float:
     return float(total.group(1)) / max(float(count.group(1)), 1.0) if total and count else 0.0
 
 
-def run_mode(args: argparse.Namespace, bundle: Path, db: str, key: str, batch: int) -> dict:
+def run_mode(
+    args: argparse.Namespace, bundle: Path, db: str, key: str, batch: int,
+    requests: tuple[str, list[bytes]] | None = None,
+) -> dict:  # fmt: skip
+    """One server at max batch `batch`, driven closed-loop; `requests` is (path, bodies), by
+    default request_bodies(args)."""
     server, url = start_server(bundle, db, batch, args.max_wait_ms)
     try:
-        path, bodies = request_bodies(args)
+        path, bodies = requests or request_bodies(args)
         port = int(url.rsplit(":", 1)[1])
         asyncio.run(drive(port, key, args.clients, args.warmup, path, bodies))  # not counted
         result = asyncio.run(drive(port, key, args.clients, args.seconds, path, bodies))

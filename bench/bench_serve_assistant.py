@@ -18,18 +18,15 @@ out of scope (asked to rephrase; after an earlier unsure turn, handed off and qu
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import random
-import signal
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import drive, lmforge_cli, mean_batch_size, start_server  # noqa: E402
+from bench_serve import lmforge_cli, run_mode  # noqa: E402
 
 THINGS_ZH = ["银行卡", "信用卡", "存折", "网银", "手机银行", "定期存款", "贷款", "理财产品",
              "积分", "优惠券", "订单", "快递", "发票", "会员", "密码", "账户", "转账", "退款",
@@ -106,26 +103,6 @@ def request_bodies(groups: list[tuple[str, list[str]]]) -> list[bytes]:
     return bodies
 
 
-def run_mode(args: argparse.Namespace, bundle: Path, db: str, key: str, batch: int,
-             bodies: list[bytes]) -> dict:
-    server, url = start_server(bundle, db, batch, args.max_wait_ms)
-    path = "/v1/chat/completions"
-    try:
-        port = int(url.rsplit(":", 1)[1])
-        asyncio.run(drive(port, key, args.clients, args.warmup, path, bodies))  # not counted
-        result = asyncio.run(drive(port, key, args.clients, args.seconds, path, bodies))
-        result["mean_batch"] = mean_batch_size(url)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
-    lat = sorted(result["latencies"])
-    n = len(lat)
-    return {"max_batch_size": batch, "requests": n, "rps": n / result["elapsed"],
-            "p50_ms": 1000 * statistics.median(lat) if n else float("nan"),
-            "p99_ms": 1000 * lat[min(n - 1, int(0.99 * n))] if n else float("nan"),
-            "errors": result["errors"], "mean_batch": result["mean_batch"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
@@ -142,8 +119,9 @@ def main() -> None:
         bundle, groups = build_bundle(tmp_dir, args.answers)
         key = lmforge_cli("keys", "create", "bench", db=db)
         bodies = request_bodies(groups)
-        rows = [run_mode(args, bundle, db, key, args.max_batch_size, bodies),
-                run_mode(args, bundle, db, key, 1, bodies)]
+        requests = ("/v1/chat/completions", bodies)
+        rows = [run_mode(args, bundle, db, key, args.max_batch_size, requests),
+                run_mode(args, bundle, db, key, 1, requests)]
         (usage,) = json.loads(lmforge_cli("usage", "--json", db=db))
         queued = json.loads(lmforge_cli("handoffs", "--json", db=db))
 
