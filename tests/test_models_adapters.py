@@ -6,6 +6,8 @@ shipped in a pip package (MiniLM-L6)."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +126,10 @@ def test_the_progress_line_shows_trainable_and_total_parameters(runs, capsys):
 def test_a_merged_export_is_a_plain_transformers_bundle_with_the_same_outputs(runs, tmp_path):
     _, _, result, _ = runs
     out = tmp_path / "merged"
-    lmforge.export(result.bundle_dir, merge=True, out=out)
+    command = [sys.executable, "-m", "lmforge", "export", str(result.bundle_dir), "--merge",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
     assert not (out / "adapter_config.json").exists()
     assert "adapter" not in json.loads((out / "lmforge.json").read_text())
 
@@ -175,6 +180,9 @@ def test_qlora_without_cuda_and_an_adapter_without_a_pretrained_model_are_config
     root, base, _, _ = runs
     with pytest.raises(LmforgeError, match="model.adapter trains over a pretrained"):
         load_config({"model": {"adapter": {"kind": "lora"}}})
+    resolved = load_config({"model": {"arch": "pretrained", "pretrained": str(base)}}).to_dict()
+    assert resolved["model"]["adapter"] is None  # as config.yaml has it: --set still reaches it
+    assert load_config(resolved, ["model.adapter.r=8"]).model.adapter.r == 8
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     cfg = lora_config(root, base)
