@@ -21,12 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import lmforge
-from lmforge.config import load_config
+from lmforge.config import AdapterConfig, load_config
 from lmforge.errors import LmforgeError
+from lmforge.models import load_pretrained_causal_lm
 from lmforge.models.adapters import weights_hash
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import UsageRecord, open_database
+from lmforge.tasks import generation
 from lmforge.tokenization import END_OF_TEXT, train_tokenizer
+from lmforge.training import fit
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -172,6 +175,46 @@ def test_an_adapter_run_resumes_from_its_checkpoint(runs):
     with safe_open(str(run / "checkpoints" / "last" / "model.safetensors"), "pt") as f:
         assert list(f.keys()) and all("lora_" in key for key in f.keys())  # noqa: SIM118
     assert (resumed.bundle_dir / "adapter_model.safetensors").is_file()
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.timeout(300)
+def test_interrupted_then_resumed_adapter_training_equals_straight_through(runs, tmp_path):
+    """The checkpoints hold only what trains; resuming over the base gives the same weights."""
+    _, base, _, _ = runs
+    tokens = np.random.default_rng(0).integers(0, 200, 2000).astype(np.uint16)
+    cfg = load_config({"task": "generation", "train": {
+        "max_steps": 12, "batch_size": 4, "eval_every": 4, "lr": 1e-2}}).train
+
+    def run(out, crash_after=None):
+        torch.manual_seed(0)
+        model = load_pretrained_causal_lm(str(base), adapter=AdapterConfig(
+            r=4, alpha=8, dropout=0.1))
+        calls = {"n": 0}
+
+        def loss_fn(m, batch):
+            calls["n"] += 1
+            if crash_after is not None and calls["n"] > crash_after:
+                raise Crash()
+            return generation.lm_loss(m, batch)
+
+        fit(model, generation.TokenWindows(tokens, 16), generation.make_collate(tokens, 16),
+            loss_fn, generation.make_val_metrics(tokens[:200], 16, None), cfg, out,
+            resume=crash_after is None and (out / "checkpoints").exists(),
+            metric_mode="min", show_progress=False)
+        return model.state_dict()
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(Crash):  # dies after step 6, between the checkpoints of steps 4 and 8
+        run(tmp_path / "b", crash_after=6)
+    resumed = run(tmp_path / "b")
+    trained = [key for key in straight if "lora_" in key]
+    assert trained and any(straight[key].abs().sum() > 0 for key in trained if "lora_B" in key)
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
 
 
 def test_qlora_without_cuda_and_an_adapter_without_a_pretrained_model_are_config_errors(
