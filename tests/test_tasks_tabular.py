@@ -140,3 +140,27 @@ def test_regression_of_a_text_column_is_refused_clearly():
     with pytest.raises(LmforgeError, match="regression of a text column is not available"):
         lmforge.train({"task": "regression", "model": {"arch": "transformer"}},
                       show_progress=False)
+
+
+@pytest.mark.timeout(120)
+def test_onnx_export_matches_pytorch_and_int8_keeps_the_labels(tmp_path):
+    data = class_table(tmp_path / "c.csv", 200, seed=4)
+    result = lmforge.train({"task": "classification", "data": {"path": str(data)},
+                            "model": {"arch": "mlp"}, "train": {"max_steps": 60}},
+                           out=tmp_path / "run", show_progress=False)
+    report = pipeline.export(result.run_dir, out=tmp_path / "onnx")
+    assert report["fp32_check"]["max_abs_output_diff"] < 1e-4
+    rows = [{"a": a, "b": b, "colour": c} for a, b, c in
+            [(0.3, -1.2, "red"), (None, 2.0, "blue"), (1.0, 0.5, "mauve")]]
+    original = lmforge.load(result.bundle_dir).predict(rows)
+    exported = lmforge.load(tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "lmforge.json").read_text())["runtime"] == "onnx"
+    for mine, theirs in zip(original, exported.predict(rows), strict=True):
+        assert mine["label"] == theirs["label"]
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
+    int8 = pipeline.compress(result.run_dir, quantize="int8", out=tmp_path / "int8")
+    assert int8["int8_vs_pytorch"]["labels_differ"] <= 1
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < \
+        (tmp_path / "onnx" / "model.onnx").stat().st_size
+    with pytest.raises(LmforgeError, match="--quantize int8 only"):
+        pipeline.compress(result.run_dir, prune=0.5, out=tmp_path / "pruned")

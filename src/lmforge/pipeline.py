@@ -449,10 +449,23 @@ def export(
         meta = merge_bundle(where.bundle_dir, target)
         render.console().print(f"merged bundle written to {target}", markup=False)
         return meta
+    if read_meta(where.bundle_dir).get("inputs") == "table":  # an MLP over a feature table
+        return _export_table(where.bundle_dir, where.run_dir, target, opset, int8=False)
     refuse_adapter(where.bundle_dir, "ONNX export")
     source = optimize.load_source(where.bundle_dir, where.run_dir, data)
     report = optimize.export_bundle(source, target, opset or optimize.DEFAULT_OPSET)
     optimize.render_report(report, render.console())
+    return report
+
+
+def _export_table(bundle_dir: Path, run_dir: Path | None, target: Path, opset: int | None,
+                  int8: bool) -> dict[str, Any]:
+    """A feature table's MLP to ONNX (fp32 or int8), checked against PyTorch."""
+    from lmforge.optimize import DEFAULT_OPSET
+    from lmforge.optimize.tables import export_table_bundle, render_table_report
+
+    report = export_table_bundle(bundle_dir, run_dir, target, opset or DEFAULT_OPSET, int8)
+    render_table_report(report, render.console())
     return report
 
 
@@ -495,6 +508,10 @@ def compress(
         suffix = "distilled" if distill is not None else f"pruned{round(100 * prune)}"
     target = Path(out) if out else optimize.default_out(where.bundle_dir, suffix)
     optimize.check_out(target, where.bundle_dir, force)
+    if read_meta(where.bundle_dir).get("inputs") == "table":  # an MLP over a feature table
+        if not quantize:
+            raise LmforgeError("a feature table's bundle compresses with --quantize int8 only")
+        return _export_table(where.bundle_dir, where.run_dir, target, None, int8=True)
     if distill is None:  # a teacher may be an adapter; int8 and pruning need a whole model
         from lmforge.optimize.merge import refuse_adapter
 

@@ -419,14 +419,8 @@ class TableTask:
 
     def evaluate(self, predictor: TablePredictor, bundle_dir: Path, run_dir: Path | None,
                  data: str | None) -> dict[str, Any]:
-        cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else None
-        run = None
-        if cfg is not None and cfg.data.path in BUILTIN_TABLES or \
-                (cfg is not None and Path(cfg.data.path).exists()):
-            run = self.prepare(cfg, run_dir, False, lambda _note: None)
-            if run.data_hash != predictor.meta.get("run", {}).get("data_hash"):
-                raise LmforgeError(f"the data of run {run_dir} ({cfg.data.path}) changed "
-                                   "since the model was trained; pass --data FILE")
+        run = self._run(run_dir, predictor.meta) if run_dir is not None else None
+        cfg = run.cfg if run is not None else None
         if data is None:
             if run is None:
                 raise LmforgeError(f"{bundle_dir}: its run's data is gone; pass --data FILE")
@@ -447,6 +441,23 @@ class TableTask:
         report["data_check"] = {"source": data, "rows_read": read["rows_read"],
                                 "scored": len(rows.targets), "dropped": drops.counts()}
         return report
+
+    def _run(self, run_dir: Path, meta: dict[str, Any]) -> Prepared | None:
+        """The run's splits made again as training made them; None when its data is gone, an
+        error when the data changed since."""
+        cfg = load_config(read_config_file(run_dir / "config.yaml"))
+        if cfg.data.path not in BUILTIN_TABLES and not Path(cfg.data.path).exists():
+            return None
+        run = self.prepare(cfg, run_dir, False, lambda _note: None)
+        if run.data_hash != meta.get("run", {}).get("data_hash"):
+            raise LmforgeError(f"the data of run {run_dir} ({cfg.data.path}) changed since "
+                               "the model was trained; pass --data FILE")
+        return run
+
+    def evaluate_rows(self, run_dir: Path, meta: dict[str, Any]) -> FeatureRows | None:
+        """The test rows of the run a bundle came from (None when its data is gone)."""
+        run = self._run(run_dir, meta)
+        return run.parts["rows"]["test"] if run is not None else None
 
     def predict(self, predictor: TablePredictor, texts: list[Any]) -> tuple[list[dict], str]:
         rows = predictor.predict(texts)
