@@ -73,11 +73,13 @@ class MemoryEstimate:
     batch_size: int
     sequence: int
     activation_bytes: int  # per element: 2 under bf16/fp16 autocast, 4 in fp32
+    casts: int = 0  # autocast's 16-bit copies of float32 weights, kept for the backward pass
 
     @property
     def states(self) -> int:
-        """Weights, gradients and optimizer state: what does not grow with the batch."""
-        return self.weights + self.gradients + self.optimizer
+        """Weights (and their autocast copies), gradients and optimizer state: what does not
+        grow with the batch."""
+        return self.weights + self.casts + self.gradients + self.optimizer
 
     def peak(self, checkpointed: bool, batch_size: int | None = None) -> int | None:
         acts = self.activations_checkpointed if checkpointed else self.activations
@@ -116,20 +118,45 @@ def estimate_memory(
     optimizer = ADAM_MOMENTS * gradients + ADAM_STEP_BYTES * len(trainable)
     width = 4 if precision == "fp32" else 2
     full = checkpointed = None
+    stream = max((p.element_size() for p in params if p.is_floating_point()), default=4)
+    casts = 0
     if shape is not None:
         tokens = batch_size * sequence
-        per_layer = 6 * shape.hidden + 2 * shape.kv + (4 if shape.gated else 3) * shape.ff
-        layer_bytes = tokens * per_layer * width
-        # the logits in the autocast dtype, their float32 copy for the loss (log-softmax saved),
-        # and the float32 gradient that the backward pass starts from
+        layer_bytes = tokens * layer_bytes_per_token(shape, width, stream)
+        # the logits in their dtype, their float32 copy for the loss (log-softmax saved), and
+        # the float32 gradient the backward pass starts from; the final norm's input and output
         logits = tokens * shape.vocab * (width + 4 + 4)
-        embeddings = tokens * shape.hidden * 4
-        full = shape.layers * layer_bytes + logits + embeddings
-        # checkpointed: each layer's input (float32 residual stream), one layer recomputed
-        checkpointed = (shape.layers * tokens * shape.hidden * 4 + layer_bytes + logits
-                        + embeddings)
+        head = tokens * shape.hidden * (2 * width if width == stream else stream + width)
+        full = shape.layers * layer_bytes + logits + head
+        # checkpointed: each layer's input (the residual stream), one layer recomputed
+        checkpointed = shape.layers * tokens * shape.hidden * stream + layer_bytes + logits \
+            + head
+        if width < stream:
+            linear = {id(m.weight): m.weight for m in model.modules()
+                      if isinstance(m, nn.Linear)}
+            if shape.vocab and not any(w.shape[0] == shape.vocab for w in linear.values()):
+                # an output head tied to the embedding as F.linear (lmforge's GPT)
+                linear |= {id(m.weight): m.weight for m in model.modules()
+                           if isinstance(m, nn.Embedding) and m.num_embeddings == shape.vocab}
+            casts = sum(w.numel() for w in linear.values()) * width
     return MemoryEstimate(weights, gradients, optimizer, full, checkpointed, batch_size,
-                          sequence, width)
+                          sequence, width, casts)
+
+
+def layer_bytes_per_token(shape: Shape, width: int, stream: int) -> int:
+    """Bytes one Transformer layer keeps per token for the backward pass. Counted from what
+    autograd saves (bench/bench_check.py measures it): the norms' inputs (and an RMSNorm's
+    normalized value), the attention's queries, keys, values and output, and the MLP's inner
+    activations (a gated MLP's gate, its activation, the up projection and their product).
+    `width`: bytes of the compute dtype; `stream`: of the weights and the residual stream
+    (float32 weights under bf16 autocast keep the norms and rotary embeddings in float32)."""
+    h, kv, ff = shape.hidden, shape.kv, shape.ff
+    if width == stream:
+        elements = 8 * h + 2 * kv + 4 * ff if shape.gated else 6 * h + 2 * kv + 2 * ff
+        return elements * width
+    if shape.gated:
+        return 4 * stream * h + stream * (h + kv) + width * (4 * h + 2 * kv + 4 * ff)
+    return 2 * stream * h + width * (4 * h + 2 * kv + 2 * ff)
 
 
 def _quantized_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -325,8 +352,9 @@ def _memory_table(memory: dict[str, Any], console: Console) -> None:
     table.add_column("part")
     table.add_column("without checkpointing", justify="right")
     table.add_column("with checkpointing", justify="right")
-    for name in ("weights", "gradients", "optimizer"):
-        table.add_row(name, _gib(memory[name]), _gib(memory[name]))
+    for name in ("weights", "casts", "gradients", "optimizer"):
+        shown = "autocast copies" if name == "casts" else name
+        table.add_row(shown, _gib(memory[name]), _gib(memory[name]))
     table.add_row("activations", _gib(memory["activations"]),
                   _gib(memory["activations_checkpointed"]))
     table.add_row("peak", _gib(memory["peak"]), _gib(memory["peak_checkpointed"]))
