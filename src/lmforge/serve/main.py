@@ -27,7 +27,9 @@ from lmforge.serve.routers import (
     health,
     models,
     playground,
+    predict,
     recommend,
+    translations,
     usage,
 )
 from lmforge.serve.settings import ServeSettings
@@ -62,7 +64,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # sees every status but one:
     app.add_middleware(classify.RefuseWhenSaturated, state=state)  # outermost, counts its own
-    for router in (health, playground, models, classify, completions, recommend, usage):
+    for router in (health, playground, models, classify, completions, recommend, translations,
+                   predict, usage):
         app.include_router(router.router)
     return app
 

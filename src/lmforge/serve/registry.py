@@ -26,7 +26,9 @@ from lmforge.models.adapters import SharedBases
 from lmforge.serve.engines.assistant import AssistantEngine
 from lmforge.serve.engines.classification import ClassificationEngine
 from lmforge.serve.engines.generation import GenerationEngine
+from lmforge.serve.engines.grounded import BundleWriter, UpstreamWriter
 from lmforge.serve.engines.recommendation import RecommendationEngine
+from lmforge.serve.engines.table import TableEngine
 from lmforge.serve.engines.translation import TranslationEngine
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
@@ -39,6 +41,7 @@ ENDPOINT_OF_TASK = {
     "assistant": "POST /v1/chat/completions",
     "recommendation": "POST /v1/recommend",
     "translation": "POST /v1/translations",
+    "table": "POST /v1/predict",  # a feature table's classification or regression
 }
 
 
@@ -80,6 +83,16 @@ def load_assistant_engine(
     bases: SharedBases | None = None,
 ) -> AssistantEngine:
     assistant = load(bundle_dir, device=settings.device)
+    generator, writer = assistant.meta.get("generator"), None
+    if generator and "://" in generator:
+        writer = UpstreamWriter(generator, assistant.meta["generator_model"])
+    elif generator:  # a generation bundle, decoded in this process
+        generator_dir = locate_bundle(generator).bundle_dir
+        if read_meta(generator_dir)["task"] != "generation":
+            raise LmforgeError(f"assistant.generator {generator} is not a generation bundle")
+        writer = BundleWriter(
+            load_generation_engine(f"{name}:generator", generator_dir, settings, metrics)
+        )
     return AssistantEngine(
         name,
         assistant,
@@ -87,6 +100,7 @@ def load_assistant_engine(
         settings.max_wait_ms / 1000,
         settings.max_queue,
         metrics,
+        writer,
     )
 
 
@@ -107,14 +121,23 @@ def load_translation_engine(
                              metrics)
 
 
+def load_table_engine(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
+) -> TableEngine:
+    predictor = load(bundle_dir, device=settings.device)
+    return TableEngine(name, predictor, settings.max_queue, metrics)
+
+
 Engine = (ClassificationEngine | GenerationEngine | AssistantEngine | RecommendationEngine
-          | TranslationEngine)
+          | TranslationEngine | TableEngine)
 TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "classification": load_classifier,
     "generation": load_generation_engine,
     "assistant": load_assistant_engine,
     "recommendation": load_recommendation_engine,
     "translation": load_translation_engine,
+    "table": load_table_engine,
 }
 
 
@@ -152,7 +175,9 @@ class ModelRegistry:
                 raise LmforgeError(
                     f"two models are named '{name}'; name them apart with NAME=BUNDLE"
                 )
-            task = read_meta(bundle_dir)["task"]
+            meta = read_meta(bundle_dir)
+            # a feature table's model (classification or regression) reads rows: "table"
+            task = "table" if meta.get("inputs") == "table" else meta["task"]
             if task not in TASK_LOADERS:
                 raise LmforgeError(
                     f"{bundle_dir} holds a '{task}' model; lmforge serve runs "
