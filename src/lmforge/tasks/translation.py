@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from rich.console import Console
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from torch import nn
 
@@ -71,6 +71,7 @@ Batch = dict[str, torch.Tensor]
 IGNORE = -100  # target positions the loss skips (padding)
 VAL_SENTENCES = 400  # validation translates at most this many sentences each evaluation
 EXAMPLES = 5  # test sentences shown with reference and output in the report
+WEIGHTS = "model.safetensors"  # the bundle's weights (pipeline's save_bundle writes them)
 QUICKSTART_SOURCES = ["我每天早上喝一杯咖啡。", "他们明天去北京。", "这本书很有意思。"]
 
 
@@ -314,7 +315,7 @@ class TranslationTask:
         when fast."""
         config: dict[str, Any] = {"task": self.name, "data": {"path": BUILTIN_HSK}}
         if fast:
-            config["train"] = {"epochs": 8}
+            config["train"] = {"epochs": 6}
         return load_config(config)
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
@@ -394,6 +395,10 @@ class TranslationTask:
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Translator:
         return open_translation_bundle(Path(bundle_dir), meta, device)
 
+    def check_bundle(self, bundle_dir: Path, meta: dict[str, Any]) -> None:
+        """What `lmforge serve` checks before it starts (the model loads afterwards)."""
+        check_translation_bundle(Path(bundle_dir), meta)
+
     def evaluate(
         self, translator: Translator, bundle_dir: Path, run_dir: Path | None, data: str | None
     ) -> dict[str, Any]:
@@ -443,9 +448,12 @@ class TranslationTask:
                 f"more with: echo 我们明天见。 | lmforge translate {bundle_dir} --input -"]
 
 
-def open_translation_bundle(directory: Path, meta: dict[str, Any], device: str) -> Translator:
-    """A translation bundle's Translator; a damaged lmforge.json, tokenizer or weights file
-    raises LmforgeError naming it and what is wrong."""
+def check_translation_bundle(
+    directory: Path, meta: dict[str, Any]
+) -> tuple[Seq2SeqConfig, TextTokenizer]:
+    """The model's config and the tokenizer of a translation bundle, its weights file checked
+    (its header, not its tensors); a damaged lmforge.json, tokenizer or weights file raises
+    LmforgeError naming it and what is wrong."""
     where = directory / "lmforge.json"
     try:
         if meta.get("arch") != "transformer":
@@ -466,14 +474,26 @@ def open_translation_bundle(directory: Path, meta: dict[str, Any], device: str) 
                            f"trained with ({tokenizer.vocab_size} tokens, padding "
                            f"{tokenizer.pad_id}; the model knows {config.vocab_size}, padding "
                            f"{config.pad_id})")
-    model = EncoderDecoder(config)
-    weights = directory / "model.safetensors"
+    weights = directory / WEIGHTS
     try:
-        load_model(model, str(weights))
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (OSError, SafetensorError) as error:
+        raise LmforgeError(f"{weights}: not a readable safetensors file ({error})") from None
+    return config, tokenizer
+
+
+def open_translation_bundle(directory: Path, meta: dict[str, Any], device: str) -> Translator:
+    """A translation bundle's Translator (check_translation_bundle's errors, and one naming
+    the weights file when its tensors do not fit the architecture)."""
+    config, tokenizer = check_translation_bundle(directory, meta)
+    model = EncoderDecoder(config)
+    try:
+        load_model(model, str(directory / WEIGHTS))
     except (OSError, SafetensorError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise LmforgeError(f"{weights}: cannot be loaded into the architecture in {where} "
-                           f"({reason})") from None
+        raise LmforgeError(f"{directory / WEIGHTS}: its tensors do not fit the architecture in "
+                           f"{directory / 'lmforge.json'} ({reason})") from None
     return Translator(model.to(resolve_device(device)), tokenizer, meta)
 
 
