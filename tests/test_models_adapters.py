@@ -27,6 +27,7 @@ from lmforge.models import load_pretrained_causal_lm
 from lmforge.models.adapters import weights_hash
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import UsageRecord, open_database
+from lmforge.serve.main import create_app
 from lmforge.tasks import generation
 from lmforge.tokenization import END_OF_TEXT, train_tokenizer
 from lmforge.training import fit
@@ -162,6 +163,9 @@ def test_an_adapter_over_another_base_is_refused_naming_both(runs, tmp_path):
         lmforge.load(bundle)
     assert meta["adapter"]["base"]["sha256"][:16] in str(error.value)
     assert weights_hash(moved_base)[:16] in str(error.value)
+    shutil.rmtree(moved_base)  # gone: the server refuses to start, naming it
+    with pytest.raises(LmforgeError, match=f"base {moved_base} is not there"):
+        create_app(settings(bundle, f"sqlite:///{tmp_path / 'serve.db'}"))
 
 
 @pytest.mark.timeout(300)

@@ -45,7 +45,8 @@ from lmforge.models import (
     PretrainedClassifier,
     TransformerConfig,
 )
-from lmforge.models.adapters import SharedBases, load_adapter_model
+from lmforge.models.adapters import SharedBases, check_adapter, load_adapter_model
+from lmforge.models.classic import RNNClassifier, RNNConfig, TextCNNClassifier, TextCNNConfig
 from lmforge.tasks.classification import OTHER_ARCHS, predict_logits, softmax
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import resolve_device
@@ -59,6 +60,18 @@ OWN_MODELS: dict[str, tuple[str, type, type[nn.Module]]] = {
     "classification": ("transformer", TransformerConfig, EncoderClassifier),
     "generation": ("gpt", GPTConfig, GPT),
 }
+# Classification's other networks of lmforge's own over tokens: arch -> config, module.
+TEXT_ENCODERS: dict[str, tuple[type, type[nn.Module]]] = {
+    "rnn": (RNNConfig, RNNClassifier),
+    "textcnn": (TextCNNConfig, TextCNNClassifier),
+}
+
+
+def _own_model(meta: dict[str, Any]) -> tuple[str, type, type[nn.Module]]:
+    """The arch name, config and module of the bundle's own model (by its task and arch)."""
+    if meta["task"] == "classification" and meta.get("arch") in TEXT_ENCODERS:
+        return (meta["arch"], *TEXT_ENCODERS[meta["arch"]])
+    return OWN_MODELS[meta["task"]]
 
 
 @dataclass
@@ -252,7 +265,8 @@ def _shown(value: Any) -> str:
 def _meta_problem(meta: dict[str, Any]) -> str | None:
     task, arch, length = meta["task"], meta.get("arch"), meta.get("max_length")
     own_arch = OWN_MODELS[task][0]
-    archs = (own_arch, "pretrained", *(OTHER_ARCHS if task == "classification" else ()))
+    others = (*TEXT_ENCODERS, *OTHER_ARCHS) if task == "classification" else ()
+    archs = (own_arch, "pretrained", *others)
     if arch not in archs:
         return f"'arch' must be {' or '.join(map(repr, archs))} for {task} (got {_shown(arch)})"
     if type(length) is not int or length < 1:
@@ -290,7 +304,7 @@ def _settings_problem(meta: dict[str, Any]) -> str | None:
 def _architecture_problem(meta: dict[str, Any]) -> str | None:
     """The config of lmforge's own model: its fields, of the right kinds, and for a classifier
     as many outputs as labels."""
-    own_arch, config_class, _ = OWN_MODELS[meta["task"]]
+    own_arch, config_class, _ = _own_model(meta)
     if meta["arch"] != own_arch:
         return None
     architecture = meta.get("architecture")
@@ -367,6 +381,8 @@ def _open_bundle(directory: Path) -> tuple[dict[str, Any], TextTokenizer, nn.Mod
         weights = [directory / WEIGHTS_FILE]
     for path in weights:
         _check_weights_file(path)
+    if "adapter" in meta:  # peft's files, and a base that is where lmforge.json says
+        check_adapter(directory, meta)
     return meta, tokenizer, None
 
 
@@ -443,7 +459,7 @@ def _build_model(
         if meta["task"] == "generation":
             return PretrainedCausalLM(_from_pretrained(AutoModelForCausalLM, directory))
         return PretrainedClassifier(_from_pretrained(AutoModelForSequenceClassification, directory))
-    _, config_class, model_class = OWN_MODELS[meta["task"]]
+    _, config_class, model_class = _own_model(meta)
     try:
         model = model_class(config_class(**meta["architecture"]))
     except (ValueError, RuntimeError) as error:  # sizes that make no model: heads, dimensions

@@ -168,13 +168,22 @@ class SharedBases:
         return copy.deepcopy(base, memo={id(tensor): tensor for tensor in tensors})
 
 
-def _adapter_problem(meta: dict[str, Any]) -> str | None:
+def check_adapter(directory: Path, meta: dict[str, Any]) -> None:
+    """Raise LmforgeError unless an adapter bundle has peft's files and names a base that is
+    there (a local folder; a hub id is looked up when the bundle loads). Reads no weights."""
     adapter = meta.get("adapter")
     base = adapter.get("base") if isinstance(adapter, dict) else None
     if not isinstance(base, dict) or not all(isinstance(base.get(k), str)
                                              for k in ("name", "sha256")):
-        return "'adapter' must name its base ({'base': {'name', 'revision', 'sha256'}})"
-    return None
+        raise LmforgeError(f"{directory / 'lmforge.json'}: 'adapter' must name its base "
+                           "({'base': {'name', 'revision', 'sha256'}})")
+    if not (directory / "adapter_config.json").is_file():
+        raise LmforgeError(f"{directory / 'adapter_config.json'}: missing; an adapter bundle "
+                           "holds peft's adapter_config.json and adapter_model.safetensors")
+    name = base["name"]
+    if Path(name).is_absolute() and not Path(name).is_dir():
+        raise LmforgeError(f"{directory}: its adapter's base {name} is not there (lmforge.json "
+                           "adapter.base.name); put the base model back at that path")
 
 
 def load_adapter_model(
@@ -187,9 +196,7 @@ def load_adapter_model(
     from peft import PeftModel
     from transformers.utils import logging as hf_logging
 
-    problem = _adapter_problem(meta)
-    if problem:
-        raise LmforgeError(f"{directory / 'lmforge.json'}: {problem}")
+    check_adapter(directory, meta)
     adapter, bases = meta["adapter"], bases or SharedBases()
     base = adapter["base"]
     name, revision = base["name"], base.get("revision")
