@@ -29,6 +29,7 @@ from lmforge.config import Config, load_config
 from lmforge.errors import LmforgeError
 from lmforge.tasks import inputs_of, recipe_for
 from lmforge.tasks.recipe import Prepared
+from lmforge.tokenization import TextTokenizer
 from lmforge.training.loop import parameter_counts
 
 GIB = 1 << 30
@@ -170,8 +171,9 @@ def _quantized_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 def shape_of(model: nn.Module, cfg: Config, vocab_size: int) -> Shape | None:
-    """The Transformer shape of a pretrained model (its config) or of lmforge's own Transformer
-    models (the config's model section); None for other models (MLP, CNN, RNN, ...)."""
+    """The Transformer shape of a pretrained model (its config) or of lmforge's own GPT and
+    encoder classifier (the config's model section); None for other models (MLP, CNN, RNN,
+    an encoder–decoder, ...), whose activations are not estimated."""
     generating = cfg.task == "generation"
     hf = getattr(model, "hf", None)
     config = getattr(hf, "config", None)
@@ -187,7 +189,8 @@ def shape_of(model: nn.Module, cfg: Config, vocab_size: int) -> Shape | None:
         gated = any(name.endswith("gate_proj") for name, _ in model.named_modules())
         return Shape(hidden, layers, ff, hidden // heads * kv_heads,
                      getattr(config, "vocab_size", vocab_size) if generating else 0, gated)
-    if cfg.model.arch in ("gpt", "transformer", "auto"):
+    if (cfg.task, cfg.model.arch) in (("generation", "gpt"), ("classification", "transformer"),
+                                      ("classification", "auto")):
         m = cfg.model
         return Shape(m.d_model, m.n_layers, m.d_ff, m.d_model,
                      vocab_size if generating else 0, False)
@@ -240,8 +243,8 @@ def token_lengths(run: Prepared, context: int) -> dict[str, Any] | None:
     if "chat" in run.parts:  # whole conversations, every split, as prepare measured them
         return run.data_report["length_tokens"]
     texts = run.split_texts.get("train") or []
-    if run.tokenizer is None or not texts or not all(isinstance(t, str) for t in texts[:1]):
-        return None
+    if not isinstance(run.tokenizer, TextTokenizer) or not texts or not isinstance(texts[0], str):
+        return None  # no text tokenized (a feature table, images, interactions)
     from lmforge.tasks.conversations import token_quantiles
 
     lengths = [len(ids) for ids in run.tokenizer.encode_plain(texts[:20_000])]
@@ -285,7 +288,7 @@ def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | Non
         return report
     precision = cfg.train.precision if cfg.train.precision != "auto" else "bf16"
     adapter = getattr(cfg.model, "adapter", None)
-    vocab = run.tokenizer.vocab_size if run.tokenizer is not None else 0
+    vocab = run.tokenizer.vocab_size if isinstance(run.tokenizer, TextTokenizer) else 0
     estimate = estimate_memory(model, shape_of(model, cfg, vocab), cfg.train.batch_size,
                                cfg.model.max_length, precision,
                                four_bit=adapter is not None and adapter.kind == "qlora")
@@ -347,14 +350,18 @@ def render_check(report: dict[str, Any], console: Console) -> None:
 
 def _memory_table(memory: dict[str, Any], console: Console) -> None:
     adapter = memory["adapter"] or "full fine-tune"
+    batch = f"batch {memory['batch_size']}"
+    if memory["activations"] is not None:
+        batch += f" x {memory['sequence']} tokens"
     table = Table(title=f"Peak GPU memory per GPU (estimate): {memory['precision']}, {adapter}, "
-                        f"batch {memory['batch_size']} x {memory['sequence']} tokens")
+                        f"{batch}")
     table.add_column("part")
     table.add_column("without checkpointing", justify="right")
     table.add_column("with checkpointing", justify="right")
     for name in ("weights", "casts", "gradients", "optimizer"):
-        shown = "autocast copies" if name == "casts" else name
-        table.add_row(shown, _gib(memory[name]), _gib(memory[name]))
+        if name != "casts" or memory[name]:
+            shown = "autocast copies" if name == "casts" else name
+            table.add_row(shown, _gib(memory[name]), _gib(memory[name]))
     table.add_row("activations", _gib(memory["activations"]),
                   _gib(memory["activations_checkpointed"]))
     table.add_row("peak", _gib(memory["peak"]), _gib(memory["peak_checkpointed"]))
@@ -366,7 +373,8 @@ def _memory_table(memory: dict[str, Any], console: Console) -> None:
     console.print(f"this config trains {chosen} gradient checkpointing "
                   "(model.gradient_checkpointing)")
     if memory["activations"] is None:
-        console.print("activations are estimated for Transformer models only")
+        console.print("activations are estimated for Transformer models only (lmforge's GPT "
+                      "and encoder classifier, pretrained Hugging Face models)")
 
 
 def _batch(value: int | None) -> str:
