@@ -134,3 +134,15 @@ def test_a_bad_config_fails_as_training_does(chat_data, tmp_path, monkeypatch, c
     trained = run_cli(monkeypatch, capsys, "train", config, "--out", tmp_path / "run")
     assert_one_line_error(checked[0], checked[2], "model.arch 'transformer'")
     assert checked[2] == trained[2]
+
+
+def test_a_task_without_a_transformer_is_checked_too():
+    """A regression MLP on a built-in table: parameters as training builds them, and the
+    weights' memory, with no activation estimate (and exit 0)."""
+    recipe = TASKS["regression"]
+    cfg = recipe.quickstart_config(True)
+    report = pipeline.check(cfg, show=False, gpu_memory="24GiB")
+    real = recipe.build_model(recipe.prepare(cfg, None, False, lambda _: None), None, False,
+                              False, lambda _: None)
+    assert report["parameters"]["total"] == sum(p.numel() for p in real.parameters())
+    assert report["memory"]["activations"] is None and report["length_tokens"] is None

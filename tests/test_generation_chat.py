@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+import yaml
 from chat_support import CHATML, chat_config, sums, tiny_llama, write_jsonl
 
 import lmforge
 from lmforge import pipeline
 from lmforge.chat import DEFAULT_CHAT_TEMPLATE, chat_template, encode_conversation, fit_context
 from lmforge.cli import main
+from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.render import one_line
 from lmforge.tasks.conversations import IGNORE, make_chat_collate
@@ -198,3 +200,13 @@ def test_evaluate_scores_the_assistant_tokens_again_and_on_a_file(trained, tmp_p
     with pytest.raises(LmforgeError, match="conversations"):
         pipeline.evaluate(run, data=write_jsonl(tmp_path / "plain.jsonl", [{"text": "hi"}]),
                           show=False)
+
+
+def test_init_detects_chat_and_instruction_data(tmp_path):
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in sums(3)])
+    rows = [{"instruction": "add 1 and 2", "output": "3"}]
+    instructions = write_jsonl(tmp_path / "instructions.jsonl", rows)
+    for data in (chat, instructions):
+        config = pipeline.init_config("generation", data)
+        cfg = load_config(yaml.safe_load(config))
+        assert cfg.data.path == str(data) and cfg.data.format == "jsonl"
