@@ -88,17 +88,27 @@ def story_server(bundle: Path, db_url: str, key_name: str, max_tokens_cap: int) 
 @contextlib.contextmanager
 def running_server(serve_settings: ServeSettings) -> Iterator[str]:
     """The app under a real uvicorn on 127.0.0.1 (a free port), in a thread; yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(serve_settings)
+    with running_app(create_app(serve_settings)) as url:
+        wait_until_ready(url, 60)
+        yield url
+
+
+@contextlib.contextmanager
+def running_app(app: Any, port: int | None = None) -> Iterator[str]:
+    """Any ASGI app under a real uvicorn on 127.0.0.1 (`port`, else a free one), in a thread,
+    until the block ends; yields its URL once it listens."""
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(url, 60)
-        yield url
+        while not server.started:
+            assert thread.is_alive(), f"the server on port {port} did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)

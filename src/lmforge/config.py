@@ -364,7 +364,8 @@ class AssistantConfig(Section):
     )
     out_of_scope: str | None = Field(
         None, description="A file of questions the knowledge base cannot answer (one per line, "
-        "or a table): evaluation reports the share handed off.",
+        "or a table): evaluation reports the share handed off. A built-in knowledge base brings "
+        "its own.",
     )
     handoff_phrases: list[str] = Field(
         default_factory=lambda: ["人工", "转人工", "agent", "human"],
@@ -383,6 +384,22 @@ class AssistantConfig(Section):
         2, ge=1, description="Served chat: this many user turns in a row under the confidence "
         "threshold hand off (the turns before ask the user to rephrase); 1 hands off at once.",
     )
+    generator: str | None = Field(
+        None, description="Served chat: a generation bundle (folder) or an OpenAI-compatible "
+        "upstream (an http(s) URL ending in /v1) writes each answer from the passages retrieved, "
+        "citing them; null answers with the knowledge base's text as written.",
+    )
+    generator_model: str | None = Field(
+        None, description="The upstream's model name (needed when assistant.generator is a URL).",
+    )
+
+    @model_validator(mode="after")
+    def _check_generator(self) -> AssistantConfig:
+        upstream = (self.generator or "").startswith(("http://", "https://"))
+        if upstream and not self.generator_model:
+            raise ValueError("assistant.generator is a URL: set assistant.generator_model to the "
+                             "upstream's model name")
+        return self
 
 
 class PreferenceConfig(Section):
@@ -438,6 +455,15 @@ class TranslationConfig(Section):
     max_new_tokens: int = Field(
         128, ge=1, description="Tokens of a translation at most (also capped by "
         "model.max_length).",
+    )
+
+
+class RegressionConfig(Section):
+    """Knobs that only task regression reads."""
+
+    loss: Literal["mse", "huber"] = Field(
+        "mse", description="mse: squared error; huber: squared near the target and linear "
+        "beyond one standard deviation of the training targets (robust to outliers).",
     )
 
 
@@ -519,6 +545,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "assistant": "assistant",
     "recommendation": "recommendation",
     "translation": "translation",
+    "regression": "regression",
     "data.source_column": "translation",
     "data.target_column": "translation",
     "preference": "preference",
@@ -545,7 +572,7 @@ TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
 }
 # The CNN's schedule on images (model.arch cnn) where the config gives none: small image sets
 # need more passes and a higher rate than text (bench/RESULTS.md, "Images").
-IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "epochs": 15, "eval_every": 100}
+IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "epochs": 10, "eval_every": 100}
 # Recommendation's schedule where the config gives none: 20 short epochs over each user's
 # history windows (MovieLens-100K: 380 steps; validation NDCG@10 levels off by then, and the
 # test NDCG@10 is 1.7x popularity's: bench/RESULTS.md, "Recommendation").
@@ -631,6 +658,10 @@ class Config(Section):
         default_factory=TranslationConfig,
         description="Knobs only task translation reads: label smoothing, the pairs kept, "
         "beam search.",
+    )
+    regression: RegressionConfig = Field(
+        default_factory=RegressionConfig,
+        description="Knobs only task regression reads: the loss.",
     )
 
     @model_validator(mode="before")

@@ -18,6 +18,11 @@ when it and the user turns before it are under the confidence threshold
 `assistant.handoff_after_turns` times in a row (each earlier turn scored by the same rule,
 within the client's message list). A turn under the threshold before that asks the user to
 rephrase.
+
+Grounded generation (assistant.generator). When the last turn is answered, a generator may
+write the reply instead of the knowledge base's text: it is given the GROUNDING_PASSAGES best
+answers as numbered passages, an instruction to answer from them only and cite them as [1],
+[2], ..., and the conversation. Nothing is generated for a turn to rephrase or hand off.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 from lmforge.data.pii import redact_pii
 from lmforge.tasks.assistant import Assistant, asks_for_person, language_of
 
+GROUNDING_PASSAGES = 3  # best answers a generator is given
+GENERATED_MAX_TOKENS = 256  # the most a generated reply may hold
 CONTEXT_TURNS = 2  # earlier user turns that a turn's second candidate query carries at most
 DEFAULT_HANDOFF_AFTER_TURNS = 2  # for bundles written before the knob existed
 
@@ -118,7 +125,7 @@ def reply(assistant: Assistant, conversation: Conversation, rows: list[dict[str,
     language = language_of(conversation.last)
     out = {"content": chosen["answer"], "citations": chosen["citations"],
            "confidence": chosen["confidence"], "handoff": False, "handoff_reason": None,
-           "language": language}
+           "language": language, "answered": chosen["answer"] is not None}
     unsure = 0
     for row in reversed(best):
         if row["answer"] is not None:
@@ -136,7 +143,22 @@ def reply(assistant: Assistant, conversation: Conversation, rows: list[dict[str,
         out["content"] = REPLIES["rephrase"][language]
     if out["handoff"]:
         out["content"] = REPLIES["handoff"][language]
+    out["answered"] = out["answered"] and not out["handoff"]
     return out
+
+
+def grounded_messages(messages: list[dict[str, str]], passages: list[str]
+                      ) -> list[dict[str, str]]:
+    """The messages a generator answers: the passages, numbered, with the instruction to answer
+    from them only and cite them, then the client's conversation (its system messages out)."""
+    numbered = "\n".join(f"[{i}] {text}" for i, text in enumerate(passages, start=1))
+    instruction = ("You are a customer-service assistant. Answer the customer's last message "
+                   "using only the passages below, in the customer's language, and cite each "
+                   "passage you use by its number in square brackets, such as [1]. If the "
+                   "passages do not answer it, say that a member of the team will help.\n\n"
+                   f"Passages:\n{numbered}")
+    said = [m for m in messages if m["role"] in ("user", "assistant")]
+    return [{"role": "system", "content": instruction}, *said]
 
 
 def count_tokens(assistant: Assistant, texts: list[str]) -> list[int]:

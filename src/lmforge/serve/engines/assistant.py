@@ -5,6 +5,8 @@ within `max_wait_s`, and answers all their candidate queries with one call of th
 a thread (one encoder pass, one BM25 look-up each), then reads each conversation's reply from
 its rows (tasks/assistant_conversation.py). A conversation that breaks the batch is answered
 alone, so it fails only its own request. Past `max_queue` waiting requests a request gets 503.
+With a `writer` (assistant.generator, engines/grounded.py) an answered turn's reply is written
+from its best passages instead.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmforge.serve.engines.grounded import Writer
 from lmforge.serve.errors import APIError, retry_after
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.tasks.assistant import Assistant
-from lmforge.tasks.assistant_conversation import REPLIES, Conversation, count_tokens, reply
+from lmforge.tasks.assistant_conversation import (
+    GENERATED_MAX_TOKENS,
+    GROUNDING_PASSAGES,
+    REPLIES,
+    Conversation,
+    count_tokens,
+    grounded_messages,
+    reply,
+)
 
 log = logging.getLogger("lmforge.serve")
 
@@ -39,21 +50,28 @@ class _Job:
 
 class AssistantEngine:
     def __init__(self, name: str, assistant: Assistant, max_batch_size: int, max_wait_s: float,
-                 max_queue: int, metrics: ServeMetrics) -> None:
-        self.name, self.assistant = name, assistant
+                 max_queue: int, metrics: ServeMetrics, writer: Writer | None = None) -> None:
+        self.name, self.assistant, self.writer = name, assistant, writer
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self.metrics = metrics
         replies = [*assistant.kb.answers, *(t for kind in REPLIES.values() for t in kind.values())]
         # the longest reply, which a quota holds for a call before its reply is known
         self.max_reply_tokens = max(count_tokens(assistant, replies))
+        if writer is not None:
+            self.max_reply_tokens = max(self.max_reply_tokens, GENERATED_MAX_TOKENS)
+        self._passages = dict(zip(assistant.kb.answer_ids, assistant.kb.answers, strict=True))
         self._waiting: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
+        if self.writer is not None:
+            self.writer.start()
 
     async def stop(self) -> None:
+        if self.writer is not None:
+            await self.writer.stop()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,6 +109,19 @@ class AssistantEngine:
                         job.future.set_exception(result)
                     else:
                         job.future.set_result(result)
+
+    async def ground(self, messages: list[dict[str, str]], answered: Answered, seconds: float
+                     ) -> bool:
+        """With a writer, replace an answered turn's reply by one written from its best
+        passages (within `seconds`); whether it did. Raises the writer's 502/503."""
+        if self.writer is None or not answered.reply["answered"]:
+            return False
+        cited = answered.reply["citations"][:GROUNDING_PASSAGES]
+        passages = [self._passages[c] for c in cited if c in self._passages]
+        content = await self.writer.write(grounded_messages(messages, passages), seconds)
+        (answered.completion_tokens,) = count_tokens(self.assistant, [content])
+        answered.reply["content"] = content
+        return True
 
     def _texts_waiting(self) -> int:
         return sum(len(job.conversation.texts()) for job in self._waiting)

@@ -3,7 +3,10 @@ the request here when its model is an assistant.
 
 The reply has OpenAI's chat shape, its message content the knowledge base's answer verbatim (or
 the rephrase or handoff reply, in the user's language), and beside the message an extension
-object "assistant": {"citations", "confidence", "handoff", "handoff_reason"}. Streamed, the
+object "assistant": {"citations", "confidence", "handoff", "handoff_reason", "generated"}.
+With assistant.generator, an answered turn's content is written by the generator from the best
+passages (engines/grounded.py; an upstream down or slow is a 502 or 503 within the timeout,
+recorded like any call), and "generated" is true. Streamed, the
 whole reply comes as one chunk (the extension beside its delta), then the usage chunk, then
 `data: [DONE]`. Usage counts the tokens of the texts retrieved (prompt) and of the reply
 (completion), by the encoder's tokenizer. Sampling parameters are accepted and ignored: nothing
@@ -55,14 +58,18 @@ async def assistant_chat(body: ChatCompletionRequest, request: Request, caller: 
             prompt = await asyncio.to_thread(engine.prompt_tokens, conversation)
             await call.reserve(prompt + engine.max_reply_tokens)
         timeout_s = state.settings.timeout_s
+        end = time.monotonic() + timeout_s
         try:
             answered = await asyncio.wait_for(engine.answer(conversation), timeout_s)
         except TimeoutError:
             raise APIError(504, f"the request did not finish within the server's {timeout_s:g}s",
                            code="timeout") from None
         call.prompt_tokens = answered.prompt_tokens
+        # a generator gets what is left of the timeout, less a margin to answer its failure
+        generated = await engine.ground(messages, answered, max(end - time.monotonic() - 0.05,
+                                                                0.01))
         await _keep(state, caller, served.name, messages, answered)
-        reply = _Reply(served.name, answered)
+        reply = _Reply(served.name, answered, generated)
         if body.stream:
             call.streaming = True
             include_usage = body.stream_options is None or body.stream_options.include_usage
@@ -93,14 +100,14 @@ async def _keep(state: Any, caller: Caller, model: str, messages: list[dict[str,
 class _Reply:
     """The reply in OpenAI's chat shape, whole or as stream chunks."""
 
-    def __init__(self, model: str, answered: Answered) -> None:
-        self.model, self.answered = model, answered
+    def __init__(self, model: str, answered: Answered, generated: bool) -> None:
+        self.model, self.answered, self.generated = model, answered, generated
         self.id, self.created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
 
     def extension(self) -> dict[str, Any]:
         said = self.answered.reply
-        return {key: said[key] for key in ("citations", "confidence", "handoff",
-                                           "handoff_reason")}
+        return {**{key: said[key] for key in ("citations", "confidence", "handoff",
+                                              "handoff_reason")}, "generated": self.generated}
 
     def _envelope(self, kind: str, choices: list[dict], usage: dict | None) -> dict:
         out = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
