@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Engine
 
 from lmforge.serve.billing.access import Caller
 from lmforge.serve.billing.metered import MeteredCall
 from lmforge.serve.conversations import record_conversation, record_handoff
 from lmforge.serve.engines.assistant import Answered
 from lmforge.serve.errors import APIError
+from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.state import get_state
 from lmforge.tasks.assistant_conversation import ConversationError, masked, read_conversation
 
@@ -68,7 +70,10 @@ async def assistant_chat(body: ChatCompletionRequest, request: Request, caller: 
         # a generator gets what is left of the timeout, less a margin to answer its failure
         generated = await engine.ground(messages, answered, max(end - time.monotonic() - 0.05,
                                                                 0.01))
-        await _keep(state, caller, served.name, messages, answered)
+        log_all = state.settings.log_conversations
+        if answered.reply["handoff"] or log_all:
+            await asyncio.to_thread(_keep, state.db, log_all, caller.key_name, served.name,
+                                    messages, answered.reply)
         reply = _Reply(served.name, answered, generated)
         if body.stream:
             call.streaming = True
@@ -81,20 +86,15 @@ async def assistant_chat(body: ChatCompletionRequest, request: Request, caller: 
     return reply.whole(_usage(call))
 
 
-async def _keep(state: Any, caller: Caller, model: str, messages: list[dict[str, str]],
-                answered: Answered) -> None:
-    """The handoff queue's row, and the log's with --log-conversations: the conversation with
-    the reply after it, masked."""
-    said = answered.reply
-    if not (said["handoff"] or state.settings.log_conversations):
-        return
+def _keep(db: Engine, log_all: bool, key_name: str, model: str,
+          messages: list[dict[str, str]], said: dict[str, Any]) -> None:
+    """In a thread: the handoff queue's row, and with --log-conversations (`log_all`) the log's,
+    of the conversation with the reply after it, masked."""
     conversation = masked([*messages, {"role": "assistant", "content": said["content"]}])
     if said["handoff"]:
-        await asyncio.to_thread(record_handoff, state.db, caller.key_name, model,
-                                said["handoff_reason"], conversation)
-    if state.settings.log_conversations:
-        await asyncio.to_thread(record_conversation, state.db, caller.key_name, model,
-                                conversation, said)
+        record_handoff(db, key_name, model, said["handoff_reason"], conversation)
+    if log_all:
+        record_conversation(db, key_name, model, conversation, said)
 
 
 class _Reply:
@@ -139,12 +139,12 @@ def _usage(call: MeteredCall) -> dict:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _count_tokens(metrics: Any, call: MeteredCall) -> None:
+def _count_tokens(metrics: ServeMetrics, call: MeteredCall) -> None:
     metrics.tokens.labels(call.model, "in").inc(call.prompt_tokens)
     metrics.tokens.labels(call.model, "out").inc(call.completion_tokens)
 
 
-async def _stream(call: MeteredCall, reply: _Reply, include_usage: bool, metrics: Any
+async def _stream(call: MeteredCall, reply: _Reply, include_usage: bool, metrics: ServeMetrics
                   ) -> AsyncIterator[str]:
     """The reply's chunk; the call is recorded once it is out (billed for it), before the
     closing chunks, or as a 499 billed for the prompt if the client left first."""
