@@ -96,3 +96,11 @@ def test_preference_needs_a_pretrained_model(tmp_path):
     cfg = {"task": "preference", "data": {"path": str(data)}}
     with pytest.raises(LmforgeError, match="model.pretrained"):
         lmforge.train(cfg, out=tmp_path / "run", show_progress=False)
+
+
+def test_too_few_pairs_to_split_say_so(tmp_path):
+    model = tiny_llama(tmp_path / "base")
+    data = write_jsonl(tmp_path / "pairs.jsonl", sum_pairs(5))
+    with pytest.raises(LmforgeError, match="5 pairs are too few to split"):
+        lmforge.train(config(data, model, tmp_path / "cache"), out=tmp_path / "run",
+                      show_progress=False)

@@ -18,11 +18,10 @@ from lmforge.config import CleanConfig, DataConfig
 from lmforge.data.builtin import is_builtin
 from lmforge.data.clean import clean_rows
 from lmforge.data.documents import (
-    MIN_DOCUMENTS_TO_SPLIT,
     DocumentSplit,
     PreparedDocuments,
     clean_document,
-    split_documents,
+    split_whole,
 )
 from lmforge.data.prepare import rows_report
 from lmforge.data.records import Records
@@ -116,13 +115,7 @@ def prepare_conversations(cfg: DataConfig, kind: str) -> PreparedDocuments:
     if not n:
         raise LmforgeError(f"no conversations left after cleaning {cfg.path}: "
                            f"{records.rows_read} read, dropped: {records.drops.summary()}")
-    if (cfg.split.val or cfg.split.test) and n < MIN_DOCUMENTS_TO_SPLIT:
-        raise LmforgeError(
-            f"{cfg.path}: {n} conversations are too few to split into train/val/test (at least "
-            f"{MIN_DOCUMENTS_TO_SPLIT}); add conversations or set data.split.val and "
-            "data.split.test to 0"
-        )
-    train, val, test, _ = split_documents(cleaned.texts, cfg.split)
+    train, val, test = split_whole(cleaned.texts, cfg.split, cfg.path, "conversations")
     turns = [sum(m["role"] == "assistant" for m in load_conversation(t)) for t in cleaned.texts]
     report = rows_report(records, cleaned, unit="conversations") | {
         "kind": kind,

@@ -20,6 +20,7 @@ from lmforge.config import CleanConfig, DataConfig, SplitConfig
 from lmforge.data.clean import clean_text
 from lmforge.data.prepare import read_and_clean, rows_report
 from lmforge.data.report import length_quantiles
+from lmforge.errors import LmforgeError
 
 # Below this many documents, or when a split would get none, the split is by position.
 MIN_DOCUMENTS_TO_SPLIT = 10
@@ -63,6 +64,22 @@ def split_documents(
         test, val, train = take[:n_test], take[n_test : n_test + n_val], take[n_test + n_val :]
         return train, val, test, "document"
     return (*_split_by_position(documents, split), "position")
+
+
+def split_whole(
+    texts: list[str], split: SplitConfig, path: str, unit: str
+) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) of whole `unit`s (conversations, pairs: never cut by position); too
+    few of them to split is an error naming the file and the remedy."""
+    n = len(texts)
+    if (split.val or split.test) and n < MIN_DOCUMENTS_TO_SPLIT:
+        raise LmforgeError(
+            f"{path}: {n} {unit} are too few to split into train/val/test (at least "
+            f"{MIN_DOCUMENTS_TO_SPLIT}); add {unit} or set data.split.val and data.split.test "
+            "to 0"
+        )
+    train, val, test, _ = split_documents(texts, split)
+    return train, val, test
 
 
 def _split_by_position(

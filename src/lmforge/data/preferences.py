@@ -16,11 +16,10 @@ from lmforge.config import CleanConfig, DataConfig
 from lmforge.data.clean import clean_rows
 from lmforge.data.conversations import to_messages
 from lmforge.data.documents import (
-    MIN_DOCUMENTS_TO_SPLIT,
     DocumentSplit,
     PreparedDocuments,
     clean_document,
-    split_documents,
+    split_whole,
 )
 from lmforge.data.prepare import rows_report
 from lmforge.data.records import Records
@@ -127,12 +126,7 @@ def prepare_pairs(cfg: DataConfig) -> PreparedDocuments:
     if not n:
         raise LmforgeError(f"no preference pairs left after cleaning {cfg.path}: "
                            f"{records.rows_read} read, dropped: {records.drops.summary()}")
-    if (cfg.split.val or cfg.split.test) and n < MIN_DOCUMENTS_TO_SPLIT:
-        raise LmforgeError(
-            f"{cfg.path}: {n} pairs are too few to split into train/val/test (at least "
-            f"{MIN_DOCUMENTS_TO_SPLIT}); add pairs or set data.split.val and data.split.test "
-            "to 0")
-    train, val, test, _ = split_documents(cleaned.texts, cfg.split)
+    train, val, test = split_whole(cleaned.texts, cfg.split, cfg.path, "pairs")
     report = rows_report(records, cleaned, unit="pairs") | {
         "kind": "preference",
         "split_by": "pair",
