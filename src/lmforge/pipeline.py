@@ -451,6 +451,8 @@ def export(
         return meta
     if read_meta(where.bundle_dir).get("inputs") == "table":  # an MLP over a feature table
         return _export_table(where.bundle_dir, where.run_dir, target, opset, int8=False)
+    if read_meta(where.bundle_dir).get("inputs") == "image":  # a CNN over images
+        return _export_images(where.bundle_dir, where.run_dir, target, opset, data, int8=False)
     refuse_adapter(where.bundle_dir, "ONNX export")
     source = optimize.load_source(where.bundle_dir, where.run_dir, data)
     report = optimize.export_bundle(source, target, opset or optimize.DEFAULT_OPSET)
@@ -466,6 +468,18 @@ def _export_table(bundle_dir: Path, run_dir: Path | None, target: Path, opset: i
 
     report = export_table_bundle(bundle_dir, run_dir, target, opset or DEFAULT_OPSET, int8)
     render_table_report(report, render.console())
+    return report
+
+
+def _export_images(bundle_dir: Path, run_dir: Path | None, target: Path, opset: int | None,
+                   data: str | Path | None, int8: bool) -> dict[str, Any]:
+    """An image bundle's CNN to ONNX (fp32 or int8), checked against PyTorch and measured."""
+    from lmforge import optimize
+    from lmforge.optimize.images import export_image_bundle, quantize_image_bundle
+
+    run = quantize_image_bundle if int8 else export_image_bundle
+    report = run(bundle_dir, run_dir, target, opset or optimize.DEFAULT_OPSET, data)
+    optimize.render_report(report, render.console())
     return report
 
 
@@ -512,6 +526,10 @@ def compress(
         if not quantize:
             raise LmforgeError("a feature table's bundle compresses with --quantize int8 only")
         return _export_table(where.bundle_dir, where.run_dir, target, None, int8=True)
+    if read_meta(where.bundle_dir).get("inputs") == "image":  # a CNN over images
+        if not quantize:
+            raise LmforgeError("an image bundle compresses with --quantize int8 only")
+        return _export_images(where.bundle_dir, where.run_dir, target, None, data, int8=True)
     if distill is None:  # a teacher may be an adapter; int8 and pruning need a whole model
         from lmforge.optimize.merge import refuse_adapter
 

@@ -19,7 +19,7 @@ from lmforge.evaluation.metrics import (
     paired_bootstrap_difference,
 )
 
-BASELINES = ("majority", "tfidf_logreg")
+BASELINES = ("majority", "tfidf_logreg", "pixel_logreg")  # pixel_logreg: images'
 # The README section a result that does not beat its baseline points to.
 BASELINE_HELP = 'see "When the model does not beat its baseline" in README.md'
 

@@ -37,7 +37,9 @@ class MLPConfig:
 
 class MLP(nn.Module):
     """Rows of a table → logits (or a value): each category column through its embedding,
-    concatenated with the numbers, then Linear → LayerNorm → GELU → dropout per hidden layer.
+    concatenated with the numbers, then Linear → LayerNorm → GELU → dropout per hidden layer,
+    plus a linear map of the same inputs (wide and deep): a table that is nearly linear is
+    learnt as a linear model would, the hidden layers adding what is not.
     Input (B, n_numbers + n_categories) float: the numbers, then the category ids."""
 
     def __init__(self, cfg: MLPConfig) -> None:
@@ -54,13 +56,15 @@ class MLP(nn.Module):
             width = size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, cfg.n_outputs)
+        self.linear = nn.Linear(cfg.n_numbers + sum(cfg.embedding_sizes()), cfg.n_outputs)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n = self.config.n_numbers
         parts = [features[:, :n]]
         ids = features[:, n:].long()  # (B, n_categories)
         parts += [embed(ids[:, j]) for j, embed in enumerate(self.embeddings)]
-        return self.head(self.body(torch.cat(parts, dim=1)))  # (B, n_outputs)
+        x = torch.cat(parts, dim=1)  # (B, inputs)
+        return self.head(self.body(x)) + self.linear(x)  # (B, n_outputs)
 
 # --- CNN (images) --------------------------------------------------------------------------------
 

@@ -43,3 +43,11 @@ class OnnxClassifier(nn.Module):
         }
         (logits,) = self.session.run([ONNX_OUTPUT], feeds)  # (B, n_classes)
         return torch.from_numpy(logits)
+
+
+class OnnxImageClassifier(OnnxClassifier):
+    """The same for an image classifier: `forward(pixels) -> logits` (input "pixels")."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (logits,) = self.session.run([ONNX_OUTPUT], {"pixels": pixels.cpu().numpy()})
+        return torch.from_numpy(logits)

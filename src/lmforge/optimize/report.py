@@ -69,7 +69,7 @@ def latency_inputs(predictor: Predictor, texts: list[str], batch: int) -> dict[s
 
 def _timed(model: nn.Module) -> nn.Module:
     if isinstance(model, OnnxClassifier):  # a session with the same thread count as torch
-        return OnnxClassifier(model.path, threads=torch.get_num_threads())
+        return type(model)(model.path, threads=torch.get_num_threads())
     return model.eval()
 
 
@@ -86,16 +86,16 @@ def paired_latency_ms(
     falls on all of them alike; each block starts with an untimed call, which pays for the
     previous model's thread pool still spinning."""
     runners = [_timed(model) for model in models]
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    args = tuple(inputs.values())  # input_ids and attention_mask, or an image model's pixels
     times: list[list[float]] = [[] for _ in runners]
     with torch.inference_mode():
         started, rounds = time.perf_counter(), 0
         while rounds < min_rounds or (time.perf_counter() - started < budget_s and rounds < 40):
             for model, bucket in zip(runners, times, strict=True):
-                model(ids, mask)
+                model(*args)
                 for _ in range(block):
                     t0 = time.perf_counter()
-                    model(ids, mask)
+                    model(*args)
                     bucket.append(time.perf_counter() - t0)
             rounds += 1
     return [round(1000 * statistics.median(bucket), 3) for bucket in times]

@@ -38,6 +38,7 @@ from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
 from lmforge.evaluation.slices import render_slices, slice_report
 from lmforge.models import EncoderClassifier, TransformerConfig, load_pretrained_classifier
+from lmforge.models.classic import RNNClassifier, RNNConfig, TextCNNClassifier, TextCNNConfig
 from lmforge.models.transformer import EncoderForMaskedLM
 from lmforge.tasks.recipe import (
     Evaluated,
@@ -112,6 +113,13 @@ def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -
         return load_pretrained_classifier(
             cfg.pretrained, labels, cfg.revision, cfg.trust_remote_code, cfg.adapter
         )
+    if cfg.arch == "rnn":
+        return RNNClassifier(RNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
+                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id))
+    if cfg.arch == "textcnn":
+        return TextCNNClassifier(TextCNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
+                                               list(cfg.kernel_sizes), cfg.dropout,
+                                               tokenizer.pad_id))
     return EncoderClassifier(architecture(cfg, tokenizer, labels))
 
 
