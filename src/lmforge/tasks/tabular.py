@@ -275,8 +275,9 @@ class TableTask:
 
         def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             out = model(batch["features"]).float()
-            if self.regression:
-                return F.mse_loss(out[:, 0], batch["target"].float())
+            if self.regression:  # on targets standardized: huber's bend is at one sd
+                error = F.huber_loss if run.cfg.regression.loss == "huber" else F.mse_loss
+                return error(out[:, 0], batch["target"].float())
             w = weights.to(out.device) if weights is not None else None
             return F.cross_entropy(out, batch["target"].long(), weight=w)
 
