@@ -100,6 +100,17 @@ def test_evaluate_scores_the_runs_test_split_again(trained):
     assert report["data_check"]["split_record"] is True
 
 
+def test_evaluate_on_a_new_file_leaves_out_what_the_model_trained_on(trained, tmp_path):
+    tested = {json.loads(line)["source"]
+              for line in (trained.run_dir / "test_predictions.jsonl").read_text().splitlines()}
+    train_source = next(s for s, _ in reversed_language(400) if s not in tested)
+    fresh = [("ab ab ab ab ab", "ab ab ab ab ab"), ("kl ij kl ij ab", "ab ij kl ij kl")]
+    data = write_pairs(tmp_path / "new.csv", fresh + [(train_source, "whatever it was")])
+    report = lmforge.evaluate(trained.run_dir, data=data, show=False)
+    assert report["n"] == 2 and report["data_check"]["dropped_seen_in_training"] == 1
+    assert "copy_source" in report["baselines"] and "retrieval" in report["baselines"]
+
+
 # --- decoding -----------------------------------------------------------------------------------
 
 
