@@ -210,3 +210,28 @@ def test_init_detects_chat_and_instruction_data(tmp_path):
         config = pipeline.init_config("generation", data)
         cfg = load_config(yaml.safe_load(config))
         assert cfg.data.path == str(data) and cfg.data.format == "jsonl"
+
+
+def test_openai_weights_and_text_parts(llama):
+    """OpenAI's fine-tuning rows: an assistant message of weight 0 stays as context, untrained;
+    content given as text parts reads as their text; a weight elsewhere is a broken row."""
+    from lmforge.data.conversations import to_messages
+
+    tokenizer = load_pretrained_tokenizer(str(llama))
+    template = chat_template(tokenizer)
+    messages = sums(1)[0]
+    row = {"messages": [*messages[:2], {**messages[2], "weight": 0},
+                        {"role": "user", "content": [{"type": "text", "text": messages[3]
+                                                      ["content"]}]}, messages[4]]}
+    weighted = to_messages(row, "chat")
+    assert [m["content"] for m in weighted] == [m["content"] for m in messages]
+    plain = encode_conversation(tokenizer, template, messages)
+    encoded = encode_conversation(tokenizer, template, weighted)
+    assert encoded.ids.tolist() == plain.ids.tolist()
+    first_end = plain.turn_ends[0]
+    assert not encoded.trained[:first_end].any()
+    assert encoded.trained[first_end:].tolist() == plain.trained[first_end:].tolist()
+    assert to_messages({"messages": [{**messages[1], "weight": 0}, messages[2]]}, "chat") \
+        == "invalid_weight"
+    assert to_messages({"messages": [messages[1], {**messages[2], "weight": 0}]}, "chat") \
+        == "no_assistant_reply"

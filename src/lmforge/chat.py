@@ -113,8 +113,8 @@ def encode_conversation(
     text = template.render(messages)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue  # (OpenAI's weight 0: a reply kept as context, not trained on)
         start = len(template.render(messages[:i], add_generation_prompt=True))
         end = len(template.render(messages[: i + 1]))
         if not text.startswith(template.render(messages[: i + 1])):

@@ -65,12 +65,32 @@ def to_messages(row: dict[str, Any], kind: str) -> list[dict[str, str]] | str:
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             return "unknown_role"
-        if not isinstance(message.get("content"), str):
+        content = _text(message.get("content"))
+        if content is None:
             return "invalid_content"
-        out.append({"role": message["role"], "content": message["content"]})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+        kept = {"role": message["role"], "content": content}
+        if "weight" in message:  # OpenAI's: an assistant message of weight 0 is not trained on
+            if message["role"] != "assistant" or message["weight"] not in (0, 1):
+                return "invalid_weight"
+            kept["weight"] = int(message["weight"])
+        out.append(kept)
+    if not any(m["role"] == "assistant" and m["content"].strip() and m.get("weight", 1)
+               for m in out):
         return "no_assistant_reply"
     return out
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or OpenAI's list of {"type": "text", "text"} parts joined;
+    None for anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    return None
 
 
 def read_conversations(path: str, kind: str) -> Records:
@@ -99,7 +119,7 @@ def load_conversation(text: str) -> list[dict[str, str]]:
 def clean_conversation(text: str, clean: CleanConfig, pii: Counter[str] | None = None) -> str:
     """Each message's content cleaned as a document is; "" (counted as empty) when a message
     is left empty or no assistant reply is left."""
-    messages = [{"role": m["role"], "content": clean_document(m["content"], clean, pii)}
+    messages = [m | {"content": clean_document(m["content"], clean, pii)}
                 for m in load_conversation(text)]
     if any(not m["content"] for m in messages) or messages[-1]["role"] == "system":
         return ""
