@@ -3,15 +3,20 @@ server, the reply's citations, confidence and handoff, multi-turn rules, the han
 the conversation log (masked) in the serving database, and bad requests answered 4xx without
 touching the requests beside them."""
 
+import asyncio
 import json
 import shutil
+import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
 import pytest
-from serve_support import ARTEFACTS_DIR, auth, running_server, settings
+from fastapi import FastAPI
+from generation_support import random_bundle
+from serve_support import ARTEFACTS_DIR, auth, running_app, running_server, settings
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_tasks_assistant import GROUPS, write_faq
@@ -275,3 +280,100 @@ def test_playground_holds_a_conversation_with_citations_confidence_and_handoff(s
             assert page.locator("#conversation .turn").count() == 0
         finally:
             browser.close()
+
+
+WRITTEN = "Your order arrives in 3 to 5 business days [1]."
+
+
+def fake_upstream(delay_s: float = 0.0):
+    """An OpenAI-compatible upstream that answers WRITTEN after `delay_s` and keeps the bodies
+    it was sent."""
+    upstream, seen = FastAPI(), []
+
+    @upstream.post("/v1/chat/completions")
+    async def chat_completions(body: dict) -> dict:
+        seen.append(body)
+        await asyncio.sleep(delay_s)
+        message = {"role": "assistant", "content": WRITTEN}
+        return {"id": "up-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+    return upstream, seen
+
+
+def grounded_bundle(faq_bundle, directory, generator, *overrides):
+    config = directory / "grounded.yaml"
+    config.write_text(pipeline.init_config("assistant", write_faq(directory / "faq.csv")),
+                      encoding="utf-8")
+    return lmforge.train(config, out=directory / "run", show_progress=False,
+                         overrides=[f"assistant.generator={generator}", *overrides]).bundle_dir
+
+
+@pytest.mark.timeout(180)
+def test_an_upstream_writes_answers_from_the_passages_and_fails_fast_when_down_or_slow(
+        faq_bundle, tmp_path, sqlite_url):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bundle = grounded_bundle(faq_bundle, tmp_path, f"http://127.0.0.1:{port}/v1",
+                             "assistant.generator_model=upstream-llm")
+    secret = keys.create_key(open_database(sqlite_url), "grounded")
+    serve = settings(bundle, sqlite_url, timeout_s=1.5)
+    serve = serve.model_copy(update={"models": [f"faq={bundle}"]})
+    with running_server(serve) as url:
+        upstream, seen = fake_upstream()
+        with running_app(upstream, port):
+            written = chat(url, secret, user("When will my order arrive?")).json()["choices"][0]
+            unsure = chat(url, secret, user("what is the capital of peru")).json()["choices"][0]
+        assert written["message"]["content"] == WRITTEN and written["assistant"]["generated"]
+        assert written["assistant"]["citations"][0] == "ship"
+        assert unsure["message"]["content"] == REPLIES["rephrase"]["other"]
+        assert not unsure["assistant"]["generated"]
+        (sent,) = seen  # nothing is generated for a turn that is not answered
+        assert sent["model"] == "upstream-llm" and sent["temperature"] == 0
+        system, question = sent["messages"]
+        assert f"[1] {ANSWER['ship']}" in system["content"] and "cite" in system["content"]
+        assert question == {"role": "user", "content": "When will my order arrive?"}
+
+        down = chat(url, secret, user("When will my order arrive?"))
+        assert down.status_code == 502 and down.json()["error"]["code"] == "upstream_error"
+        slow_upstream, _ = fake_upstream(delay_s=4)
+        with running_app(slow_upstream, port):
+            started = time.monotonic()
+            slow = chat(url, secret, user("When will my order arrive?"))
+            waited = time.monotonic() - started
+        assert slow.status_code == 503 and slow.json()["error"]["code"] == "upstream_timeout"
+        assert waited < 3  # within the server's 1.5 s timeout, not the upstream's 4 s
+    with Session(open_database(sqlite_url)) as session:
+        rows = session.scalars(select(UsageRecord).where(UsageRecord.key_name == "grounded")).all()
+    assert [r.status for r in rows] == [200, 200, 502, 503]
+
+
+@pytest.mark.timeout(180)
+def test_a_generation_bundle_writes_the_answer_in_process(faq_bundle, tmp_path, sqlite_url):
+    generator = random_bundle(tmp_path / "writer", context=64)
+    bundle = grounded_bundle(faq_bundle, tmp_path, str(generator))
+    secret = keys.create_key(open_database(sqlite_url), "in-process")
+    serve = settings(bundle, sqlite_url).model_copy(update={"models": [f"faq={bundle}"]})
+    with running_server(serve) as url:
+        reply = chat(url, secret, user("How do I reset my password?"))
+        handed = chat(url, secret, user("我要转人工"))
+    choice = reply.json()["choices"][0]
+    assert reply.status_code == 200 and choice["assistant"]["generated"]
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["message"]["content"] != ANSWER["pw"]  # written, not the knowledge base's text
+    assert handed.json()["choices"][0]["message"]["content"] == REPLIES["handoff"]["zh"]
+
+
+def test_the_command_line_turns_logging_on_and_reads_the_queue_since_a_date(
+        monkeypatch, faq_bundle, sqlite_url):
+    started = []
+    monkeypatch.setattr("lmforge.serve.main.run", started.append)
+    for flags in (["--log-conversations"], []):
+        result = CliRunner().invoke(app, ["serve", f"faq={faq_bundle}", *flags])
+        assert result.exit_code == 0, result.output
+    assert [serve.log_conversations for serve in started] == [True, False]
+    later = CliRunner().invoke(app, ["handoffs", "--since", "2999-01-01", "--db", sqlite_url])
+    assert later.exit_code == 0 and "no handoffs (handoffs since 2999-01-01)" in later.output
+    wrong = CliRunner().invoke(app, ["handoffs", "--since", "yesterday", "--db", sqlite_url])
+    assert "--since 'yesterday' is not a date" in str(wrong.exception)
