@@ -146,3 +146,22 @@ def test_a_task_without_a_transformer_is_checked_too():
                               False, lambda _: None)
     assert report["parameters"]["total"] == sum(p.numel() for p in real.parameters())
     assert report["memory"]["activations"] is None and report["length_tokens"] is None
+
+
+def test_more_gpus_share_the_memory_as_train_strategy_does(chat_data):
+    tmp, llama, data = chat_data
+    raw = chat_config(data, llama, tmp / "cache")
+    one = pipeline.check(raw, show=False)["memory"]
+    raw["train"]["strategy"] = "fsdp"
+    fsdp = pipeline.check(raw, show=False, gpus=4)["memory"]
+    raw["train"]["strategy"] = "ddp"
+    ddp = pipeline.check(raw, show=False, gpus=4)["memory"]
+    assert (fsdp["strategy"], ddp["strategy"]) == ("fsdp", "ddp")
+    assert fsdp["optimizer"] == -(-one["optimizer"] // 4)  # sharded over the four
+    assert fsdp["gradients"] == -(-one["gradients"] // 4)
+    assert one["weights"] // 4 < fsdp["weights"] < one["weights"]  # + two blocks gathered
+    assert ddp["gradients"] == 2 * one["gradients"] and ddp["weights"] == one["weights"]
+    assert fsdp["activations"] == one["activations"]  # each GPU its own batch
+    raw["train"]["strategy"] = "auto"  # a whole copy that does not fit: auto shards
+    tight = pipeline.check(raw, show=False, gpus=2, gpu_memory=f"{one['weights']}B")
+    assert tight["memory"]["strategy"] == "fsdp"

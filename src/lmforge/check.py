@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from lmforge.errors import LmforgeError
 from lmforge.tasks import inputs_of, recipe_for
 from lmforge.tasks.recipe import Prepared
 from lmforge.tokenization import TextTokenizer
+from lmforge.training import sharding
 from lmforge.training.loop import parameter_counts
 
 GIB = 1 << 30
@@ -268,10 +269,13 @@ def chat_samples(run: Prepared, n: int = N_SAMPLES) -> list[list[dict[str, Any]]
     return samples
 
 
-def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | None = None
-          ) -> dict[str, Any]:
-    """The pre-flight report of a config (see the module's docstring). A bad config or bad
-    data raises the LmforgeError training would."""
+def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | None = None,
+          gpus: int = 1) -> dict[str, Any]:
+    """The pre-flight report of a config (see the module's docstring), its memory per GPU for
+    a run on `gpus` GPUs (train.strategy). A bad config or bad data raises the LmforgeError
+    training would."""
+    if gpus < 1:
+        raise LmforgeError(f"--gpus {gpus}: give 1 or more")
     cfg = load_config(config, overrides)
     recipe = recipe_for(cfg.task, inputs_of(cfg))
     notes: list[str] = []
@@ -295,7 +299,10 @@ def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | Non
     if cfg.model.arch not in ("gpt", "pretrained"):  # only these checkpoint (gradient_
         estimate.activations_checkpointed = None     # checkpointing is theirs alone)
     budget = parse_size(gpu_memory) if gpu_memory else _visible_gpu()
+    strategy = run_strategy(cfg, model, gpus, budget)
+    estimate = per_gpu(estimate, strategy, gpus, model)
     memory: dict[str, Any] = {
+        "strategy": strategy, "gpus": gpus,
         "precision": precision, "adapter": adapter.kind if adapter is not None else None,
         "gradient_checkpointing": cfg.model.gradient_checkpointing, **asdict(estimate),
         "peak": estimate.peak(False), "peak_checkpointed": estimate.peak(True),
@@ -306,6 +313,38 @@ def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | Non
         memory["largest_batch_checkpointed"] = estimate.largest_batch(budget, True)
     report["memory"] = memory
     return report
+
+
+def run_strategy(cfg: Config, model: nn.Module, gpus: int, budget: int | None) -> str | None:
+    """The strategy training would choose (training.sharding.choose): None on one GPU; with
+    train.strategy auto, ddp when a whole copy fits the budget's share, else fsdp."""
+    if gpus == 1:
+        return None
+    if cfg.train.strategy != "auto":
+        return cfg.train.strategy
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    needed = sharding.TRAINING_BYTES_PER_PARAMETER * trainable + 4 * frozen
+    return "ddp" if budget is None or needed <= sharding.FITS_SHARE * budget else "fsdp"
+
+
+def per_gpu(estimate: MemoryEstimate, strategy: str | None, gpus: int, model: nn.Module
+            ) -> MemoryEstimate:
+    """One GPU's share under `strategy`: DDP keeps a whole copy and a second copy of the
+    gradients (its communication buckets); FSDP shards weights, gradients and optimizer state
+    over the GPUs, and gathers two blocks' whole weights at a time (one computing, one
+    prefetched)."""
+    if strategy == "ddp":
+        return replace(estimate, gradients=2 * estimate.gradients)
+    if strategy != "fsdp":
+        return estimate
+    blocks = [sum(p.numel() * p.element_size() for p in block.parameters())
+              for module in model.modules() if isinstance(module, nn.ModuleList)
+              for block in module]
+    gathered = 2 * max(blocks, default=0)
+    return replace(estimate, weights=-(-estimate.weights // gpus) + gathered,
+                   casts=-(-estimate.casts // gpus), gradients=-(-estimate.gradients // gpus),
+                   optimizer=-(-estimate.optimizer // gpus))
 
 
 def _visible_gpu() -> int | None:
@@ -350,6 +389,8 @@ def render_check(report: dict[str, Any], console: Console) -> None:
 
 def _memory_table(memory: dict[str, Any], console: Console) -> None:
     adapter = memory["adapter"] or "full fine-tune"
+    if memory["strategy"] is not None:
+        adapter += f", {memory['strategy']} over {memory['gpus']} GPUs"
     batch = f"batch {memory['batch_size']}"
     if memory["activations"] is not None:
         batch += f" x {memory['sequence']} tokens"

@@ -96,13 +96,17 @@ def check(
         str | None, typer.Option(help="A GPU's memory (24GiB, 80GB): the largest batch that "
                                  "fits it (default: the visible GPU's, if any).")
     ] = None,
+    gpus: Annotated[
+        int, typer.Option(min=1, help="GPUs the run will use (--nproc): the memory of one, "
+                          "under train.strategy (DDP copies, FSDP shards).")
+    ] = 1,
 ) -> None:
     """Pre-flight CONFIG, training nothing: the data and what would be dropped, chat samples
     with their trained spans, token lengths against the context, parameters, and the peak GPU
     memory of training (weights, gradients, optimizer, activations)."""
     from lmforge import pipeline
 
-    pipeline.check(config, overrides=set_ or [], gpu_memory=gpu_memory)
+    pipeline.check(config, overrides=set_ or [], gpu_memory=gpu_memory, gpus=gpus)
 
 
 @app.command()

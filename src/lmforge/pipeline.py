@@ -150,10 +150,12 @@ def check(
     overrides: list[str] | None = None,
     gpu_memory: str | None = None,
     show: bool = True,
+    gpus: int = 1,
 ) -> dict[str, Any]:
-    """`lmforge check`: a config's pre-flight report (lmforge.check), training nothing; a bad
-    config or bad data raises the LmforgeError training would."""
-    report = preflight.check(config, overrides, gpu_memory)
+    """`lmforge check`: a config's pre-flight report (lmforge.check), training nothing, with
+    the memory of one of `gpus` GPUs; a bad config or bad data raises the LmforgeError training
+    would."""
+    report = preflight.check(config, overrides, gpu_memory, gpus)
     if show:
         preflight.render_check(report, render.console())
     return report
