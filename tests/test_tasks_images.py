@@ -147,3 +147,39 @@ def test_predict_on_a_bundle_names_an_unreadable_input(tmp_path):
         from lmforge.data.images import read_unlabelled_images
 
         read_unlabelled_images(str(tmp_path / "missing.png"))
+
+
+@pytest.mark.timeout(240)
+def test_classify_serves_images_as_base64_keyed_and_metered(tmp_path, sqlite_url):
+    import base64
+    import io
+
+    from serve_support import app_client, auth, settings
+
+    from lmforge.serve.billing import keys
+    from lmforge.serve.billing.database import open_database
+
+    root = write_shapes(tmp_path / "shapes", n_per_label=20)
+    bundle = lmforge.train(image_config(root, max_steps=40, eval_every=40), out=tmp_path / "run",
+                           show_progress=False).bundle_dir
+    secret = keys.create_key(open_database(sqlite_url), "images", quota_tokens=100)
+    png = io.BytesIO()
+    shape_image("cross", np.random.default_rng(5)).save(png, format="PNG")
+    image = base64.b64encode(png.getvalue()).decode()
+    with app_client(settings(bundle, sqlite_url)) as client:
+        def classify(**body):
+            return client.post("/v1/classify", headers=auth(secret), json={"model": "run", **body})
+
+        assert client.post("/v1/classify", json={"model": "run", "input": image}).status_code == 401
+        answer = classify(input=[image, f"data:image/png;base64,{image}"])
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["data"]
+        assert len(rows) == 2 and rows[0]["label"] == rows[1]["label"]
+        assert set(rows[0]["probs"]) == {"cross", "horizontal", "vertical"}
+        assert answer.json()["usage"]["prompt_tokens"] == 2
+        not_image = base64.b64encode(b"plain words, no picture").decode()
+        refused = classify(input=not_image)
+        assert refused.status_code == 422 and "not an image" in refused.json()["error"]["message"]
+        assert classify(input="%%% not base64").status_code == 422
+        usage = client.get("/v1/usage", headers=auth(secret)).json()
+        assert usage["prompt_tokens"] == 2 and usage["requests"] == 3

@@ -27,6 +27,7 @@ from lmforge.serve.engines.assistant import AssistantEngine
 from lmforge.serve.engines.classification import ClassificationEngine
 from lmforge.serve.engines.generation import GenerationEngine
 from lmforge.serve.engines.grounded import BundleWriter, UpstreamWriter
+from lmforge.serve.engines.images import ImageEngine
 from lmforge.serve.engines.recommendation import RecommendationEngine
 from lmforge.serve.engines.table import TableEngine
 from lmforge.serve.engines.translation import TranslationEngine
@@ -42,6 +43,7 @@ ENDPOINT_OF_TASK = {
     "recommendation": "POST /v1/recommend",
     "translation": "POST /v1/translations",
     "table": "POST /v1/predict",  # a feature table's classification or regression
+    "image": "POST /v1/classify",  # images' classification, images as base64
 }
 
 
@@ -129,8 +131,16 @@ def load_table_engine(
     return TableEngine(name, predictor, settings.max_queue, metrics)
 
 
+def load_image_engine(
+    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
+    bases: SharedBases | None = None,
+) -> ImageEngine:
+    return ImageEngine(name, load(bundle_dir, device=settings.device), settings.max_queue,
+                       metrics)
+
+
 Engine = (ClassificationEngine | GenerationEngine | AssistantEngine | RecommendationEngine
-          | TranslationEngine | TableEngine)
+          | TranslationEngine | TableEngine | ImageEngine)
 TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "classification": load_classifier,
     "generation": load_generation_engine,
@@ -138,6 +148,7 @@ TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "recommendation": load_recommendation_engine,
     "translation": load_translation_engine,
     "table": load_table_engine,
+    "image": load_image_engine,
 }
 
 
@@ -178,6 +189,7 @@ class ModelRegistry:
             meta = read_meta(bundle_dir)
             # a feature table's model (classification or regression) reads rows: "table"
             task = "table" if meta.get("inputs") == "table" else meta["task"]
+            task = "image" if meta.get("inputs") == "image" else task  # images: their engine
             if task not in TASK_LOADERS:
                 raise LmforgeError(
                     f"{bundle_dir} holds a '{task}' model; lmforge serve runs "

@@ -25,6 +25,7 @@ from lmforge.data.images import (
     BUILTIN_DIGITS,
     ImagePreprocess,
     ImageRows,
+    decode_image,
     read_image_rows,
     read_unlabelled_images,
 )
@@ -180,6 +181,18 @@ class ImageClassifier:
                                "probs": dict(zip(self.labels, map(float, p), strict=True))})
         return rows
 
+    def decode(self, blobs: list[bytes]) -> list[Any]:
+        """Images from their files' bytes (what the server receives); ValueError naming the
+        first that is no image."""
+        images = []
+        for index, blob in enumerate(blobs):
+            try:
+                images.append(decode_image(blob))
+            except ValueError as error:
+                raise ValueError(f"input[{index}] is not an image Pillow can read ({error})"
+                                 ) from None
+        return images
+
     def predict_files(self, path: str | Path) -> list[dict[str, Any]]:
         """Rows for an image file, a folder of images or a table of image paths."""
         rows = read_unlabelled_images(str(path), self.meta.get("image_column", "image"))
@@ -285,6 +298,14 @@ class ImageClassificationTask:
         return {**bundle_meta(run, model, run_dir), "arch": "cnn", "inputs": "image",
                 "labels": run.parts["label_names"], "label_column": cfg.data.label_column,
                 "image_column": cfg.data.image_column}
+
+    def check_bundle(self, bundle_dir: Path, meta: dict[str, Any]) -> None:
+        """`lmforge serve`'s check before it starts: the files of an image bundle."""
+        ImagePreprocess.load(bundle_dir)
+        onnx = meta.get("onnx") if meta.get("runtime") == "onnx" else None
+        model_file = bundle_dir / (onnx["file"] if isinstance(onnx, dict) else WEIGHTS_FILE)
+        if not model_file.is_file():
+            raise LmforgeError(f"{model_file}: missing; the bundle's model belongs there")
 
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> ImageClassifier:
         return load_image_bundle(Path(bundle_dir), meta, device)

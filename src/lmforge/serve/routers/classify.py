@@ -121,6 +121,8 @@ class RefuseWhenSaturated:
 @router.post("/classify")
 async def classify(body: ClassifyRequest, request: Request, caller: LimitedCaller) -> dict:
     state = get_state(request)
+    if any(model.name == body.model and model.task == "image" for model in state.models):
+        return await classify_images(body, state, caller)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts or len(texts) > MAX_INPUTS:
         raise APIError(
@@ -168,4 +170,25 @@ async def classify(body: ClassifyRequest, request: Request, caller: LimitedCalle
     ]
     usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0}
     usage["total_tokens"] = call.prompt_tokens
+    return {"object": "list", "model": served.name, "data": data, "usage": usage}
+
+
+async def classify_images(body: ClassifyRequest, state: ServerState, caller: LimitedCaller
+                          ) -> dict:
+    """An image model's /v1/classify: each input an image file, base64-encoded; billed one
+    token per image."""
+    if body.explain:
+        raise APIError(422, '"explain" attributes a text\'s tokens; an image model has none',
+                       code="invalid_request", param="explain")
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    async with state.metered(caller, "classify", body.model) as call:
+        served = state.models.require(body.model, "image")
+        blobs = served.engine.blobs(inputs)
+        await call.reserve(len(blobs))
+        rows = await served.engine.classify(blobs)
+        call.prompt_tokens = len(blobs)
+    state.metrics.tokens.labels(served.name, "in").inc(call.prompt_tokens)
+    data = [{"object": "classification", "index": i, **row} for i, row in enumerate(rows)]
+    usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0,
+             "total_tokens": call.prompt_tokens}
     return {"object": "list", "model": served.name, "data": data, "usage": usage}
