@@ -112,15 +112,18 @@ def estimate_memory(
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     weights = tensor_bytes(params)
-    if four_bit:  # the frozen base's linear layers at 4 bits; the rest as it is
-        quantized = _quantized_weights(model)
-        weights = (weights - sum(p.numel() * p.element_size() for p in quantized)
-                   + int(sum(p.numel() for p in quantized) * QLORA_BYTES))
+    quantized: dict[int, nn.Parameter] = {}
+    if four_bit:  # the frozen base's linear layers at 4 bits; peft's preparation for 4-bit
+        # training makes every other weight float32
+        quantized = {id(p): p for p in _quantized_weights(model)}
+        rest = sum(p.numel() for p in params if id(p) not in quantized)
+        weights = int(sum(p.numel() for p in quantized.values()) * QLORA_BYTES) + 4 * rest
     gradients = tensor_bytes(trainable)
     optimizer = ADAM_MOMENTS * gradients + ADAM_STEP_BYTES * len(trainable)
     width = 4 if precision == "fp32" else 2
     full = checkpointed = None
-    stream = max((p.element_size() for p in params if p.is_floating_point()), default=4)
+    stream = 4 if four_bit else max((p.element_size() for p in params if p.is_floating_point()),
+                                    default=4)
     casts = 0
     if shape is not None:
         tokens = batch_size * sequence
@@ -140,7 +143,7 @@ def estimate_memory(
                 # an output head tied to the embedding as F.linear (lmforge's GPT)
                 linear |= {id(m.weight): m.weight for m in model.modules()
                            if isinstance(m, nn.Embedding) and m.num_embeddings == shape.vocab}
-            casts = sum(w.numel() for w in linear.values()) * width
+            casts = sum(w.numel() for key, w in linear.items() if key not in quantized) * width
     return MemoryEstimate(weights, gradients, optimizer, full, checkpointed, batch_size,
                           sequence, width, casts)
 
@@ -296,6 +299,9 @@ def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | Non
     estimate = estimate_memory(model, shape_of(model, cfg, vocab), cfg.train.batch_size,
                                cfg.model.max_length, precision,
                                four_bit=adapter is not None and adapter.kind == "qlora")
+    if adapter is not None and adapter.kind == "qlora" and not torch.cuda.is_available():
+        notes.append("model.adapter.kind qlora loads the base in 4-bit on a CUDA GPU: this "
+                     "machine has none, so training here would stop; the estimate is for a GPU")
     if cfg.model.arch not in ("gpt", "pretrained"):  # only these checkpoint (gradient_
         estimate.activations_checkpointed = None     # checkpointing is theirs alone)
     budget = parse_size(gpu_memory) if gpu_memory else _visible_gpu()
