@@ -235,3 +235,26 @@ def test_openai_weights_and_text_parts(llama):
         == "invalid_weight"
     assert to_messages({"messages": [messages[1], {**messages[2], "weight": 0}]}, "chat") \
         == "no_assistant_reply"
+
+
+def test_served_chat_renders_with_the_models_template(trained, sqlite_url):
+    """/v1/chat/completions replies as Generator.generate(chat=True) does: the same template,
+    the same prompt tokens, the same reply."""
+    from serve_support import app_client, auth, settings
+
+    from lmforge.serve.billing import keys
+    from lmforge.serve.billing.database import open_database
+
+    bundle = trained.bundle_dir
+    messages = sums(1, seed=3)[0][:2]
+    (expected,) = lmforge.load(bundle).generate([messages], chat=True, temperature=0,
+                                                max_new_tokens=4)
+    key = keys.create_key(open_database(sqlite_url), "chat")
+    serve = settings(bundle, sqlite_url).model_copy(update={"models": [f"tutor={bundle}"]})
+    with app_client(serve) as client:
+        reply = client.post("/v1/chat/completions", headers=auth(key), json={
+            "model": "tutor", "messages": messages, "temperature": 0, "max_tokens": 4})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["choices"][0]["message"]["content"] == expected.text
+    assert body["usage"]["prompt_tokens"] == expected.prompt_tokens
