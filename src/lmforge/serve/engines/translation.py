@@ -59,6 +59,10 @@ class TranslationEngine:
         max_batch_size sentences, never splitting a request), until none wait."""
         try:
             while self._waiting:
+                # a request whose client left (or timed out) while it waited is not translated
+                self._waiting = [request for request in self._waiting if not request.done.done()]
+                if not self._waiting:
+                    break
                 first = self._waiting[0]
                 batch, size = [], 0
                 for request in list(self._waiting):
