@@ -76,5 +76,32 @@ def main() -> None:
     compare("lmforge GPT, GPT-2 124M width", gpt, Shape(768, 4, 3072, 768, 50257, gated=False))
 
 
+
+def lora_bench_estimate() -> None:
+    """What `lmforge check` estimates for bench/bench_lora.py's run (Qwen2.5-0.5B's shape, a bf16
+    base, LoRA r 16 on every projection, bf16, batch 8 x 1024 tokens), to set beside the peak
+    that script measures on a GPU."""
+    from lmforge.config import AdapterConfig
+    from lmforge.models.adapters import add_adapter
+
+    config = transformers.Qwen2Config(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        hf = transformers.Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model = add_adapter(PretrainedCausalLM(hf), AdapterConfig(kind="lora", r=16, alpha=32))
+    estimate = estimate_memory(model, Shape(896, 24, 4864, 128, 151936, gated=True), 8, 1024,
+                               "bf16")
+    states = (estimate.gradients + estimate.optimizer) / 2**30
+    for checkpointing in (False, True):
+        acts = estimate.activations_checkpointed if checkpointing else estimate.activations
+        print(f"bench_lora's run, gradient checkpointing {checkpointing}: estimated peak "
+              f"{estimate.peak(checkpointing) / 2**30:.2f} GiB (weights "
+              f"{estimate.weights / 2**30:.2f}, gradients + AdamW {states:.3f}, activations "
+              f"{acts / 2**30:.2f})")
+
 if __name__ == "__main__":
     main()
+    lora_bench_estimate()

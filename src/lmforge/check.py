@@ -122,8 +122,7 @@ def estimate_memory(
     optimizer = ADAM_MOMENTS * gradients + ADAM_STEP_BYTES * len(trainable)
     width = 4 if precision == "fp32" else 2
     full = checkpointed = None
-    stream = 4 if four_bit else max((p.element_size() for p in params if p.is_floating_point()),
-                                    default=4)
+    stream = 4 if four_bit else _main_width(params)
     casts = 0
     if shape is not None:
         tokens = batch_size * sequence
@@ -146,6 +145,16 @@ def estimate_memory(
             casts = sum(w.numel() for key, w in linear.items() if key not in quantized) * width
     return MemoryEstimate(weights, gradients, optimizer, full, checkpointed, batch_size,
                           sequence, width, casts)
+
+
+def _main_width(params: list[nn.Parameter]) -> int:
+    """Bytes per element of the dtype most weights have: the residual stream's (LoRA's float32
+    adapters over a bf16 base leave it bf16)."""
+    counts: dict[int, int] = {}
+    for p in params:
+        if p.is_floating_point():
+            counts[p.element_size()] = counts.get(p.element_size(), 0) + p.numel()
+    return max(counts, key=counts.__getitem__) if counts else 4
 
 
 def layer_bytes_per_token(shape: Shape, width: int, stream: int) -> int:
