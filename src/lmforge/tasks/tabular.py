@@ -23,7 +23,7 @@ from torch import nn
 import lmforge.render as render
 from lmforge.config import Config, DataConfig, load_config, read_config_file
 from lmforge.data.builtin import BUILTIN_TABLES
-from lmforge.data.detect import LABEL_NAMES
+from lmforge.data.detect import LABEL_NAMES, MAX_CLASSES
 from lmforge.data.features import (
     FeatureRows,
     FeatureSchema,
@@ -218,6 +218,12 @@ class TableTask:
         if len(rows.targets) < 3:
             raise LmforgeError(f"{cfg.data.path}: {len(rows.targets)} usable rows; a feature "
                                f"table needs at least 3 (dropped: {drops.summary()})")
+        labels = None if self.regression else order_labels(rows.targets)
+        if labels is not None and len(labels) > MAX_CLASSES and \
+                all(as_number(label) is not None for label in labels):
+            raise LmforgeError(f"{cfg.data.path}: the target column '{cfg.data.label_column}' "
+                               f"holds {len(labels)} distinct numbers, not classes; to predict "
+                               "a number use task regression (--task regression)")
         split_cfg = cfg.data.split
         if self.regression:
             split_cfg = split_cfg.model_copy(update={"stratify": False})
@@ -233,7 +239,6 @@ class TableTask:
         for name, split in splits.items():
             x[name] = schema.encode(split.cells)
             cells[name] = schema.take_counts()
-        labels = None if self.regression else order_labels(rows.targets)
         y, scale = _targets(splits, labels)
         report = {
             "source": cfg.data.path, "format": "table", "data_hash": read["data_hash"],
