@@ -25,9 +25,11 @@ from typer.testing import CliRunner
 import lmforge
 from lmforge import pipeline
 from lmforge.cli import app
+from lmforge.errors import LmforgeError
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import UsageRecord, open_database
 from lmforge.serve.conversations import ConversationLog
+from lmforge.serve.registry import ModelRegistry
 from lmforge.tasks.assistant_conversation import REPLIES, count_tokens, read_conversation
 
 openai = pytest.importorskip("openai")
@@ -377,3 +379,15 @@ def test_the_command_line_turns_logging_on_and_reads_the_queue_since_a_date(
     assert later.exit_code == 0 and "no handoffs (handoffs since 2999-01-01)" in later.output
     wrong = CliRunner().invoke(app, ["handoffs", "--since", "yesterday", "--db", sqlite_url])
     assert "--since 'yesterday' is not a date" in str(wrong.exception)
+
+
+def test_serve_refuses_an_assistant_bundle_with_damaged_files_before_it_starts(faq_bundle,
+                                                                                tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(faq_bundle, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(LmforgeError, match="model.safetensors: no question embeddings"):
+        ModelRegistry([f"faq={broken}"])
+    (broken / "knowledge_base.json").write_text("{", encoding="utf-8")
+    with pytest.raises(LmforgeError, match="knowledge_base.json: not a knowledge base"):
+        ModelRegistry([f"faq={broken}"])

@@ -451,6 +451,22 @@ class AssistantTask:
                 "run": {"dir": str(run_dir.resolve()), "data": cfg.data.path,
                         "data_hash": run.data_hash}}
 
+    def check_bundle(self, bundle_dir: Path, meta: dict[str, Any]) -> None:
+        """`lmforge serve`'s check before it starts: the knowledge base, and one embedding per
+        question (the weights file's header, not its data)."""
+        from safetensors import SafetensorError, safe_open
+
+        kb = KnowledgeBase.load(bundle_dir)
+        path = Path(bundle_dir) / "model.safetensors"
+        try:
+            with safe_open(str(path), framework="numpy") as weights:
+                rows = weights.get_slice("embeddings").get_shape()[0]
+        except (OSError, KeyError, SafetensorError) as error:
+            raise LmforgeError(f"{path}: no question embeddings ({error})") from None
+        if rows != len(kb.questions):
+            raise LmforgeError(f"{bundle_dir}: {rows} embeddings for {len(kb.questions)} "
+                               "questions")
+
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> Assistant:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
