@@ -258,3 +258,19 @@ def test_served_chat_renders_with_the_models_template(trained, sqlite_url):
     body = reply.json()
     assert body["choices"][0]["message"]["content"] == expected.text
     assert body["usage"]["prompt_tokens"] == expected.prompt_tokens
+
+
+def test_a_conversation_the_template_refuses_is_dropped_and_counted(llama):
+    from lmforge.chat import ChatTemplate
+    from lmforge.data.conversations import dump_conversation
+    from lmforge.tasks.conversations import encode_split
+
+    tokenizer = load_pretrained_tokenizer(str(llama))
+    strict = ChatTemplate("{% if messages[0]['role'] == 'system' %}"
+                          "{{ raise_exception('System role not supported') }}{% endif %}"
+                          + CHATML, {"eos_token": "<|im_end|>"})
+    conversations = [dump_conversation(m) for m in sums(3)]  # with a system message
+    conversations.append(dump_conversation(sums(1)[0][1:]))  # without
+    split = encode_split(tokenizer, strict, conversations, 64)
+    assert (split.unrenderable, len(split.examples)) == (3, 1)
+    assert "System role not supported" in split.reason

@@ -115,15 +115,15 @@ def encode_conversation(
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue  # (OpenAI's weight 0: a reply kept as context, not trained on)
-        start = len(template.render(messages[:i], add_generation_prompt=True))
-        end = len(template.render(messages[: i + 1]))
-        if not text.startswith(template.render(messages[: i + 1])):
+        prompt = template.render(messages[:i], add_generation_prompt=True)
+        upto = template.render(messages[: i + 1])
+        if not (text.startswith(upto) and upto.startswith(prompt)):
             raise LmforgeError(
                 "the chat template renders earlier turns differently once later ones follow, "
                 "so the assistant's tokens cannot be found; train on one reply per "
                 "conversation, or give the tokenizer another template"
             )
-        spans.append((start, end))
+        spans.append((len(prompt), len(upto)))
     ids, offsets = tokenizer.encode_offsets(text)
     starts = np.asarray([s for s, _ in offsets], dtype=np.int64)
     trained = np.zeros(len(ids), dtype=bool)

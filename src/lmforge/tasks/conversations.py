@@ -51,10 +51,12 @@ class ChatExamples:
     truncated: int  # cut after an earlier reply to fit the context
     too_long: int  # dropped: not even the first reply fits
     lengths: list[int]  # every conversation's full length in tokens, before any cut
+    unrenderable: int = 0  # dropped: the chat template refused it (a role it does not take)
+    reason: str = ""  # the template's first refusal, in its words
 
     def report(self) -> dict[str, Any]:
         return {"conversations": len(self.examples), "truncated": self.truncated,
-                "too_long": self.too_long,
+                "too_long": self.too_long, "unrenderable": self.unrenderable,
                 "assistant_tokens": int(sum(int(e.trained[1:].sum()) for e in self.examples))}
 
 
@@ -64,7 +66,12 @@ def encode_split(
     """Each conversation (canonical JSON) encoded and fitted to `context` tokens."""
     out = ChatExamples([], 0, 0, [])
     for text in conversations:
-        encoded = encode_conversation(tokenizer, template, load_conversation(text))
+        try:
+            encoded = encode_conversation(tokenizer, template, load_conversation(text))
+        except LmforgeError as error:
+            out.unrenderable += 1
+            out.reason = out.reason or str(error)
+            continue
         out.lengths.append(len(encoded.ids))
         fitted = fit_context(encoded, context)
         if fitted is None or not fitted.trained[1:].any():
@@ -198,6 +205,9 @@ def prepare_chat(cfg: Config, run_dir: Path, resume: bool, log: Log, kind: str) 
     texts = {"train": data.train.texts, "val": data.val.texts, "test": data.test.texts}
     encoded = {name: encode_split(tokenizer, template, split, context)
                for name, split in texts.items()}
+    if not encoded["train"].examples and encoded["train"].unrenderable:
+        raise LmforgeError(f"{cfg.data.path}: no training conversation could be rendered: "
+                           f"{encoded['train'].reason}")
     if not encoded["train"].examples:
         raise LmforgeError(f"{cfg.data.path}: no training conversation has an assistant reply "
                            f"within the context of {context} tokens (model.max_length); raise "
@@ -213,6 +223,10 @@ def prepare_chat(cfg: Config, run_dir: Path, resume: bool, log: Log, kind: str) 
     if dropped or cut:
         log(f"context of {context} tokens: {cut} conversations cut after an earlier reply, "
             f"{dropped} dropped (no reply fits)")
+    refused = sum(split.unrenderable for split in encoded.values())
+    if refused:
+        first = next(split.reason for split in encoded.values() if split.reason)
+        log(f"{refused} conversations dropped: the chat template refused them ({first})")
     parts = {"chat": {name: split.examples for name, split in encoded.items()},
              "chat_template": template.source}
     return Prepared(cfg, data.data_hash, tokenizer, texts, report, parts)
