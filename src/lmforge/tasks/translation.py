@@ -105,6 +105,13 @@ def encode_targets(tokenizer: TextTokenizer, texts: list[str], max_length: int) 
             for ids in tokenizer.encode_plain(texts)]
 
 
+def count_truncated(tokenizer: TextTokenizer, pairs: Pairs, max_length: int) -> int:
+    """Pairs with a side cut by encode_sources or encode_targets."""
+    sources, targets = tokenizer.encode_plain(pairs.sources), tokenizer.encode_plain(pairs.targets)
+    return sum(1 for s, t in zip(sources, targets, strict=True)
+               if len(s) > max_length or len(t) > max_length - 1)
+
+
 @dataclass
 class EncodedPairs(Sequence):
     """Token ids of each pair's source and target; item i is (source ids, target ids)."""
@@ -330,9 +337,8 @@ class TranslationTask:
         splits = {name: encode_pairs(tokenizer, getattr(data, name), cfg.model.max_length)
                   for name in ("train", "val", "test")}
         report = report | {"vocab_size": tokenizer.vocab_size, "truncated_to_max_length": {
-            name: sum(1 for x in split.sources if len(x) == cfg.model.max_length)
-            + sum(1 for y in split.targets if len(y) > cfg.model.max_length)
-            for name, split in splits.items()}}
+            name: count_truncated(tokenizer, getattr(data, name), cfg.model.max_length)
+            for name in splits}}
         texts = {name: getattr(data, name).sources for name in ("train", "val", "test")}
         return Prepared(cfg, data.data_hash, tokenizer, texts, report,
                         {"data": data, "splits": splits})
