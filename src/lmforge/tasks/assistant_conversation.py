@@ -77,7 +77,8 @@ def read_conversation(messages: list[dict[str, str]], assistant: Assistant) -> C
     last_index, last = turns[-1]
     if messages[-1]["role"] != "user":
         raise ConversationError(
-            f"the last message is the {messages[-1]['role']}'s; it must be the user's turn",
+            f"the last message is the {messages[-1]['role'][:32]!r} role's; it must be the "
+            "user's turn",
             f"messages[{len(messages) - 1}].role")
     if not last.strip():
         raise ConversationError("the user's last message is empty",
