@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from torch import nn
@@ -448,7 +449,7 @@ class TranslationTask:
 
     def quickstart_notes(self, translator: Translator, bundle_dir: Path) -> list[str]:
         outputs = translator.translate(QUICKSTART_SOURCES)
-        return ["samples:", *(f"  {source} → {output.text}"
+        return ["samples:", *(f"  {source} → {escape(output.text)}"  # printed as rich markup
                               for source, output in zip(QUICKSTART_SOURCES, outputs,
                                                         strict=True)),
                 f"more with: echo 我们明天见。 | lmforge translate {bundle_dir} --input -"]
