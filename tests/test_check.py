@@ -20,7 +20,7 @@ from lmforge.errors import LmforgeError
 from lmforge.tasks import TASKS
 from lmforge.training.loop import make_optimizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,6 @@ def one_step_bytes(raw: dict, run_dir) -> dict[str, int]:
     }
 
 
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["full", "lora", "own gpt"])
 def test_the_estimate_holds_the_bytes_of_one_training_step(chat_data, tmp_path, kind):
     tmp, llama, data = chat_data

@@ -23,7 +23,7 @@ from lmforge.render import one_line
 from lmforge.tasks.conversations import IGNORE, make_chat_collate
 from lmforge.tokenization import load_pretrained_tokenizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(180)]
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-0.1"
 
 
