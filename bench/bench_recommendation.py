@@ -24,11 +24,13 @@ def main() -> None:
     parser.add_argument("--arch", choices=["sasrec", "mf"], default="sasrec")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    config = quickstart_config(task="recommendation").to_dict()
-    overrides = [f"model.arch={args.arch}", *args.overrides]
+    # the quickstart's config (task and data only), with the model named
+    config = {"task": "recommendation", "data": {"path": "builtin:ml-100k"},
+              "model": {"arch": args.arch}}
+    assert quickstart_config(task="recommendation").data.path == config["data"]["path"]
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        result = lmforge.train(config, out=Path(tmp) / "run", overrides=overrides,
+        result = lmforge.train(config, out=Path(tmp) / "run", overrides=args.overrides,
                                show_progress=False)
         seconds = time.perf_counter() - started
     report = result.eval_report

@@ -573,11 +573,18 @@ TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
 # The CNN's schedule on images (model.arch cnn) where the config gives none: small image sets
 # need more passes and a higher rate than text (bench/RESULTS.md, "Images").
 IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "epochs": 10, "eval_every": 100}
-# Recommendation's schedule where the config gives none: 20 short epochs over each user's
-# history windows (MovieLens-100K: 380 steps; validation NDCG@10 levels off by then, and the
-# test NDCG@10 is 1.7x popularity's: bench/RESULTS.md, "Recommendation").
-RECOMMENDATION_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-3, "batch_size": 128, "epochs": 20, "eval_every": 100, "warmup_ratio": 0.02,
+IMAGE_KNOBS = ("image_column", "image_size", "image_mean", "image_std", "augment")  # data.*
+ARCH_KNOBS = {"channels": "cnn", "rnn_cell": "rnn", "kernel_sizes": "textcnn"}  # model.* -> arch
+# Recommendation's schedule per model.arch where the config gives none. SASRec: 20 short
+# epochs over each user's history windows (MovieLens-100K: 380 steps; validation NDCG@10 levels
+# off by then, and the test NDCG@10 is 1.7x popularity's). MF: an example is a whole user, so
+# more epochs at a higher rate (at SASRec's schedule it tests under popularity). Both in
+# bench/RESULTS.md, "Recommendation".
+RECOMMENDATION_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sasrec": {"lr": 1e-3, "batch_size": 128, "epochs": 20, "eval_every": 100,
+               "warmup_ratio": 0.02},
+    "mf": {"lr": 1e-2, "batch_size": 128, "epochs": 60, "eval_every": 100,
+           "warmup_ratio": 0.02},
 }
 # Translation's schedule where the config gives none: a model trained from scratch on a few
 # thousand pairs needs many epochs (bench/RESULTS.md, "Translation").
@@ -733,8 +740,9 @@ class Config(Section):
         if model.arch == "cnn":
             self._image_defaults()
             return
+        self._refuse_other_archs_knobs()
         if self.task == "recommendation":
-            for key, value in RECOMMENDATION_TRAIN_DEFAULTS.items():
+            for key, value in RECOMMENDATION_TRAIN_DEFAULTS[model.arch].items():
                 if key not in self.train.model_fields_set:
                     setattr(self.train, key, value)
             return
@@ -779,6 +787,23 @@ class Config(Section):
                              f"'{arch}'); regression of a text column is not available")
         for key in TABLE_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
             setattr(self.train, key, TABLE_TRAIN_DEFAULTS[key])
+
+    def _refuse_other_archs_knobs(self) -> None:
+        """A knob of a model (or input) the config does not use, set to other than its default
+        (a run's config.yaml lists every knob at its value), is an error naming it."""
+        arch, data, model = self.model.arch, self.data, self.model
+
+        def changed(section: BaseModel, name: str) -> bool:
+            default = type(section).model_fields[name].get_default(call_default_factory=True)
+            return name in section.model_fields_set and getattr(section, name) != default
+
+        given = [f"data.{name}" for name in IMAGE_KNOBS if changed(data, name)]
+        given += [f"model.{name}" for name, owner in ARCH_KNOBS.items()
+                  if owner != arch and changed(model, name)]
+        if given:
+            owner = ARCH_KNOBS.get(given[0].removeprefix("model."), "cnn")
+            raise ValueError(f"{given[0]} is read by model.arch {owner} only (this config "
+                             f"trains '{arch}'); remove it")
 
     def _image_defaults(self) -> None:
         """model.arch cnn reads images (task classification); its schedule
