@@ -215,9 +215,20 @@ def skeleton(cfg: Config, run: Prepared, recipe: Any, run_dir: Path) -> nn.Modul
     no memory. A pretrained model is made from its config alone (its weights are not read)."""
     if cfg.model.arch == "pretrained":
         return _pretrained_skeleton(cfg, run)
-    with torch.device("meta"):
-        model = recipe.build_model(run, run_dir, False, False, lambda _: None)
+    # pre-training before the fine-tune (classification.pretrain_steps) is training: left out
+    untrained = cfg.model_copy(update={"classification": cfg.classification.model_copy(
+        update={"pretrain_steps": 0})})
+    try:
+        with torch.device("meta"):
+            model = recipe.build_model(replace(run, cfg=untrained), run_dir, False, False,
+                                       lambda _: None)
+    except (NotImplementedError, RuntimeError) as error:  # a model that needs real tensors
+        raise SkeletonError(" ".join(str(error).split())[:200]) from None
     return model if isinstance(model, nn.Module) else None
+
+
+class SkeletonError(Exception):
+    """The task's model cannot be built without weights (on the meta device)."""
 
 
 def _pretrained_skeleton(cfg: Config, run: Prepared) -> nn.Module:
@@ -297,7 +308,12 @@ def check(config: Any, overrides: list[str] | None = None, gpu_memory: str | Non
         if "chat" in run.parts:
             report["samples"] = chat_samples(run)
         report["length_tokens"] = token_lengths(run, cfg.model.max_length)
-        model = skeleton(cfg, run, recipe, Path(tmp))
+        try:
+            model = skeleton(cfg, run, recipe, Path(tmp))
+        except SkeletonError as error:
+            notes.append(f"parameters and memory: not estimated (the model cannot be built "
+                         f"without its weights: {error})")
+            model = None
     report["parameters"] = parameter_counts(model) if model is not None else None
     if model is None:
         report["memory"] = None
