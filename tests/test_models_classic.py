@@ -62,3 +62,14 @@ def test_rnn_and_textcnn_train_resume_exactly_reload_and_export(arch, reviews_cs
     assert report["check"]["max_abs_logit_diff"] < 1e-4
     onnx_logits, _ = lmforge.load(tmp_path / "onnx").logits(texts)
     np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
+
+
+def test_a_knob_of_another_model_is_an_error_naming_it():
+    from lmforge.config import load_config
+    from lmforge.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match="model.kernel_sizes is read by model.arch textcnn"):
+        load_config({"model": {"arch": "rnn", "kernel_sizes": [2, 3]}})
+    with pytest.raises(LmforgeError, match="data.augment is read by model.arch cnn"):
+        load_config({"data": {"augment": "crop_flip"}})
+    assert load_config({"model": {"arch": "rnn", "rnn_cell": "gru"}}).model.rnn_cell == "gru"
