@@ -173,3 +173,17 @@ def test_the_regression_loss_is_a_knob_of_task_regression_only():
         == "huber"
     with pytest.raises(LmforgeError, match="regression.loss is not used by task 'classification'"):
         load_config({"task": "classification", "regression": {"loss": "huber"}})
+
+
+@pytest.mark.timeout(120)
+def test_a_table_without_a_text_column_trains_the_mlp_on_its_own_schedule(tmp_path):
+    from lmforge.config import TABLE_TRAIN_DEFAULTS, load_config, read_config_file
+
+    data = class_table(tmp_path / "c.csv", 80, seed=5)
+    result = lmforge.train({"task": "classification", "data": {"path": str(data)},
+                            "train": {"max_steps": 20}}, out=tmp_path / "run",
+                           show_progress=False)
+    written = load_config(read_config_file(result.run_dir / "config.yaml"))
+    assert written.model.arch == "mlp" and written.train.lr == TABLE_TRAIN_DEFAULTS["lr"]
+    assert written.train.max_steps == 20 and written.train.early_stopping_metric == "val_loss"
+    assert json.loads((result.bundle_dir / "lmforge.json").read_text())["inputs"] == "table"

@@ -167,6 +167,11 @@ def _with_mlp(cfg: Config) -> Config:
                            "column)")
     raw = cfg.model_dump(mode="json", exclude_unset=True)
     raw.setdefault("model", {})["arch"] = "mlp"
+    train = raw.get("train", {})
+    # f1_macro is text's default, filled in when the config was read; a table's is val_loss
+    # (a config that wants f1_macro for a table names model.arch mlp and it stays)
+    if train.get("early_stopping_metric") == "f1_macro":
+        del train["early_stopping_metric"]
     return load_config(raw)
 
 
