@@ -27,6 +27,7 @@ from torch import nn
 
 from lmforge.config import Config, load_config
 from lmforge.errors import LmforgeError
+from lmforge.models import GPT, EncoderClassifier
 from lmforge.tasks import inputs_of, recipe_for
 from lmforge.tasks.recipe import Prepared
 from lmforge.tokenization import TextTokenizer
@@ -202,8 +203,7 @@ def shape_of(model: nn.Module, cfg: Config, vocab_size: int) -> Shape | None:
         gated = any(name.endswith("gate_proj") for name, _ in model.named_modules())
         return Shape(hidden, layers, ff, hidden // heads * kv_heads,
                      getattr(config, "vocab_size", vocab_size) if generating else 0, gated)
-    if (cfg.task, cfg.model.arch) in (("generation", "gpt"), ("classification", "transformer"),
-                                      ("classification", "auto")):
+    if isinstance(model, (GPT, EncoderClassifier)):
         m = cfg.model
         return Shape(m.d_model, m.n_layers, m.d_ff, m.d_model,
                      vocab_size if generating else 0, False)
@@ -214,6 +214,8 @@ def skeleton(cfg: Config, run: Prepared, recipe: Any, run_dir: Path) -> nn.Modul
     """The model training would build, on the meta device: shapes and dtypes, no weights and
     no memory. A pretrained model is made from its config alone (its weights are not read)."""
     if cfg.model.arch == "pretrained":
+        if inputs_of(cfg) != "text":
+            raise SkeletonError(f"a pretrained model of {inputs_of(cfg)} inputs is not counted")
         return _pretrained_skeleton(cfg, run)
     # pre-training before the fine-tune (classification.pretrain_steps) is training: left out
     untrained = cfg.model_copy(update={"classification": cfg.classification.model_copy(
