@@ -25,6 +25,8 @@ BUILTIN_TABLES = {
     "builtin:wine": "load_wine",
     "builtin:diabetes": "load_diabetes",
 }
+# scikit-learn's 1,797 8x8 handwritten digits, read as labelled images (data/images.py).
+BUILTIN_DIGITS = "builtin:digits"
 
 
 def read_builtin_table(name: str) -> tuple[list[str], list[dict[str, Any]], str]:

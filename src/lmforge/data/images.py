@@ -19,12 +19,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lmforge.config import DataConfig
+from lmforge.data.builtin import BUILTIN_DIGITS
 from lmforge.data.report import DropLog, Tally
 from lmforge.data.sources import TABLE_FORMATS, read_records, resolve_format
 from lmforge.errors import LmforgeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-BUILTIN_DIGITS = "builtin:digits"
 PREPROCESS_FILE = "preprocess.json"
 KEEP_SIDE = 256  # decoded images are kept at most this large: enough for any default size
 MAX_DEFAULT_SIZE = 64  # data.image_size null: the median side, at most this
