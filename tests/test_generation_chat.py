@@ -274,3 +274,24 @@ def test_a_conversation_the_template_refuses_is_dropped_and_counted(llama):
     split = encode_split(tokenizer, strict, conversations, 64)
     assert (split.unrenderable, len(split.examples)) == (3, 1)
     assert "System role not supported" in split.reason
+
+
+def test_without_transformers_renderer_jinja_renders_the_same(monkeypatch):
+    """transformers before 4.48 lacks render_jinja_template: the same sandboxed Jinja renders
+    the templates identically."""
+    import types
+
+    from lmforge.chat import ChatTemplate
+
+    messages = sums(1)[0]
+    templates = [ChatTemplate(CHATML, {}), ChatTemplate(DEFAULT_CHAT_TEMPLATE,
+                                                        {"eos_token": "<|endoftext|>"})]
+    expected = [t.render(messages[:k], gen) for t in templates for k in (2, 5)
+                for gen in (False, True)]
+    monkeypatch.setitem(sys.modules, "transformers.utils.chat_template_utils",
+                        types.ModuleType("transformers.utils.chat_template_utils"))
+    assert [t.render(messages[:k], gen) for t in templates for k in (2, 5)
+            for gen in (False, True)] == expected
+    refusing = ChatTemplate("{{ raise_exception('no system role') }}", {})
+    with pytest.raises(LmforgeError, match="no system role"):
+        refusing.render(messages)

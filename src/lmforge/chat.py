@@ -51,18 +51,35 @@ class ChatTemplate:
             tail = self.legacy["generation_prompt"] if add_generation_prompt else ""
             start = self.special.get("bos_token") or self.special.get("eos_token", "")
             return start + "".join(lines) + tail
-        from transformers.utils.chat_template_utils import render_jinja_template
-
         try:
-            rendered, _ = render_jinja_template(
-                [messages], chat_template=self.source,
-                add_generation_prompt=add_generation_prompt, **self.special,
-            )
+            return _render_jinja(self.source, messages, add_generation_prompt, self.special)
         except Exception as error:  # jinja2's TemplateError, or raise_exception in a template
             reason = " ".join(str(error).split())
             raise LmforgeError(f"the chat template cannot render these messages: {reason}") \
                 from None
-        return rendered[0]
+
+
+def _render_jinja(
+    source: str, messages: Messages, add_generation_prompt: bool, special: dict[str, str]
+) -> str:
+    """transformers' own rendering (what apply_chat_template runs); before transformers 4.48,
+    which lacks it, the same sandboxed Jinja environment made here."""
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise TemplateError(message)
+
+        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        environment.globals["raise_exception"] = raise_exception
+        return environment.from_string(source).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special)
+    rendered, _ = render_jinja_template([messages], chat_template=source,
+                                        add_generation_prompt=add_generation_prompt, **special)
+    return rendered[0]
 
 
 def special_tokens(tokenizer: TextTokenizer) -> dict[str, str]:
