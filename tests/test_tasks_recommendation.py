@@ -147,6 +147,17 @@ def test_predict_takes_users_and_histories_and_falls_back_for_strangers(sasrec_r
     assert notes[0].startswith("user u") and "/v1/recommend" in notes[1]
 
 
+def test_a_history_scores_the_same_alone_or_padded_in_a_batch(sasrec_run):
+    from lmforge.tasks.recommendation import score_items
+
+    model = lmforge.load(sasrec_run.bundle_dir).model
+    histories = [[3, 4, 5, 6, 7], [9], [12, 13]]
+    together = score_items(model, histories)
+    for row, history in enumerate(histories):
+        alone = score_items(model, [history])[0]
+        assert abs(together[row][1:] - alone[1:]).max() < 1e-4
+
+
 @pytest.mark.timeout(120)
 def test_matrix_factorization_trains_and_ranks(cycles, tmp_path):
     run = lmforge.train(tiny(cycles, arch="mf", max_steps=60, lr=2e-2), out=tmp_path / "mf",
