@@ -154,7 +154,9 @@ def test_bad_input_gets_one_clear_error(run, tmp_path):
     meta["task"] = "generation"
     (orphan / "lmforge.json").write_text(json.dumps(meta))
     with pytest.raises(LmforgeError, match="'generation' model; export and compress handle"):
-        pipeline.export(orphan)
+        pipeline.compress(orphan, quantize="int8")
+    with pytest.raises(LmforgeError, match="generation model of arch 'transformer'"):
+        pipeline.export(orphan)  # lmforge's GPT exports (test_optimize_export_gpt.py); not this
 
 
 def test_cli_export_then_predict_with_the_onnx_bundle(run, tmp_path):

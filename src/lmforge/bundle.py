@@ -371,6 +371,10 @@ def _open_bundle(directory: Path) -> tuple[dict[str, Any], TextTokenizer, nn.Mod
         )
     check_meta(directory, meta)
     tokenizer = _load_tokenizer(directory, meta)
+    if meta.get("runtime") == "onnx" and meta["task"] == "generation":  # GPT with its KV cache
+        from lmforge.models.onnx_generation import OnnxGPT
+
+        return meta, tokenizer, OnnxGPT(directory / meta["onnx"]["file"], meta["architecture"])
     if meta.get("runtime") == "onnx":  # written by `lmforge export` / `compress --quantize`
         from lmforge.models.onnx_runtime import OnnxClassifier
 
@@ -399,12 +403,6 @@ def check_bundle(directory: str | Path) -> dict[str, Any]:
     own_check = getattr(recipe, "check_bundle", None)
     if own_check is not None:  # a recipe that checks its own bundles' files
         own_check(directory, meta)
-        return meta
-    if meta["task"] == "assistant":  # a knowledge base and its questions' embeddings
-        from lmforge.tasks.assistant import KnowledgeBase  # the recipes build on this module
-
-        KnowledgeBase.load(directory)
-        _check_weights_file(directory / WEIGHTS_FILE)
         return meta
     if meta.get("arch") in OTHER_ARCHS:
         from lmforge.tasks.classifiers import check_bundle_files  # they build on this module
@@ -440,6 +438,8 @@ def open_model_bundle(
     An adapter bundle's base is shared with the other adapters loaded through `bases`."""
     meta, tokenizer, onnx_model = _open_bundle(directory)
     if onnx_model is not None:
+        if meta["task"] == "generation":
+            return Generator(onnx_model, tokenizer, meta)
         return Predictor(onnx_model, tokenizer, meta)
     model = _build_model(directory, meta, bases).to(resolve_device(device))
     if meta["task"] == "generation":

@@ -20,6 +20,7 @@ from lmforge.bundle import copy_bundle, load, locate_bundle, read_meta, save_bun
 from lmforge.config import Config, GenerateConfig, dump_config, load_config
 from lmforge.cross_validation import cross_validate
 from lmforge.data import read_texts
+from lmforge.data.conversations import conversation_kind
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.html_report import write_html_report
 from lmforge.files import write_atomic, write_json_atomic
@@ -370,6 +371,9 @@ def _read_prompts(input: str | Path) -> list[str]:
 def init_config(task_name: str, data: str | Path) -> str:
     """A starter config (YAML) for `data`, with its columns detected: the knobs its task reads,
     at that task's defaults, each section under a comment."""
+    if task_name == "classification" and conversation_kind(str(data)) is not None:
+        raise LmforgeError(f"{data} holds chat or instruction conversations, which task "
+                           "generation trains on: pass --task generation")
     cfg = _recipe_for_data(task_name, str(data)).starter_config(str(data))
     return (f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n"
             + dump_config(cfg, comments=True))
@@ -434,10 +438,11 @@ def export(
     force: bool = False,
     merge: bool = False,
 ) -> dict[str, Any]:
-    """Export a classification bundle to ONNX (a bundle run by ONNX Runtime), checked against
-    PyTorch and measured beside it; returns compress_report.json's content. With `merge`, an
-    adapter bundle's adapter folded into its base instead (a bundle `transformers` loads as it
-    is); returns the merged bundle's lmforge.json."""
+    """Export a classification bundle, or lmforge's GPT with its KV cache as inputs and outputs,
+    to ONNX (a bundle run by ONNX Runtime), checked against PyTorch and measured beside it;
+    returns compress_report.json's content. With `merge`, an adapter bundle's adapter folded
+    into its base instead (a bundle `transformers` loads as it is); returns the merged bundle's
+    lmforge.json."""
     from lmforge import optimize
     from lmforge.optimize.merge import merge_bundle, refuse_adapter
 
@@ -455,6 +460,12 @@ def export(
         return _export_table(where.bundle_dir, where.run_dir, target, opset, int8=False)
     if read_meta(where.bundle_dir).get("inputs") == "image":  # a CNN over images
         return _export_images(where.bundle_dir, where.run_dir, target, opset, data, int8=False)
+    if read_meta(where.bundle_dir).get("task") == "generation":  # a GPT, its KV cache in and out
+        from lmforge.optimize.export_gpt import export_gpt_bundle, render_gpt_report
+
+        report = export_gpt_bundle(where.bundle_dir, target, opset or optimize.DEFAULT_OPSET)
+        render_gpt_report(report, render.console())
+        return report
     refuse_adapter(where.bundle_dir, "ONNX export")
     source = optimize.load_source(where.bundle_dir, where.run_dir, data)
     report = optimize.export_bundle(source, target, opset or optimize.DEFAULT_OPSET)
