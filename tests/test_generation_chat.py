@@ -210,6 +210,8 @@ def test_init_detects_chat_and_instruction_data(tmp_path):
         config = pipeline.init_config("generation", data)
         cfg = load_config(yaml.safe_load(config))
         assert cfg.data.path == str(data) and cfg.data.format == "jsonl"
+        with pytest.raises(LmforgeError, match="--task generation"):
+            pipeline.init_config("classification", data)  # the default task of `init`
 
 
 def test_openai_weights_and_text_parts(llama):
