@@ -183,3 +183,28 @@ def test_classify_serves_images_as_base64_keyed_and_metered(tmp_path, sqlite_url
         assert classify(input="%%% not base64").status_code == 422
         usage = client.get("/v1/usage", headers=auth(secret)).json()
         assert usage["prompt_tokens"] == 2 and usage["requests"] == 3
+
+
+@pytest.mark.timeout(240)
+def test_a_pretrained_image_model_is_fine_tuned_and_its_bundle_loads_in_transformers(tmp_path):
+    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    backbone = tmp_path / "tiny-vit"
+    ViTForImageClassification(ViTConfig(
+        image_size=12, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64)).save_pretrained(backbone)
+    root = write_shapes(tmp_path / "shapes", n_per_label=30)
+    cfg = image_config(root, max_steps=50, eval_every=50, lr=3e-3)
+    cfg["model"] = {"arch": "pretrained", "pretrained": str(backbone)}
+    cfg["data"]["augment"] = "none"
+    result = lmforge.train(cfg, out=tmp_path / "run", show_progress=False)
+
+    assert result.eval_report["accuracy"] > result.eval_report["baselines"]["majority"]["accuracy"]
+    meta = json.loads((result.bundle_dir / "lmforge.json").read_text())
+    assert meta["arch"] == "pretrained" and meta["inputs"] == "image"
+    hf = AutoModelForImageClassification.from_pretrained(result.bundle_dir)
+    assert hf.config.id2label == {0: "cross", 1: "horizontal", 2: "vertical"}
+    images = [shape_image("cross", np.random.default_rng(9)) for _ in range(2)]
+    rows = lmforge.load(result.bundle_dir).predict(images)  # grey images read as RGB
+    assert len(rows) == 2 and rows[0]["label"] in hf.config.id2label.values()

@@ -269,15 +269,21 @@ class ImagePreprocess:
     std: list[float]
 
     @classmethod
-    def fit(cls, rows: ImageRows, cfg: DataConfig) -> ImagePreprocess:
-        """From the training images and the config: size and statistics the config leaves null
-        come from the training split."""
-        channels = 1 if all(image.mode == "L" for image in rows.images) else 3
-        size = cfg.image_size or int(min(MAX_DEFAULT_SIZE, np.median(rows.sides)))
+    def fit(cls, rows: ImageRows, cfg: DataConfig, model: dict[str, Any] | None = None
+            ) -> ImagePreprocess:
+        """From the config, then `model` (what a pretrained model expects: channels, size,
+        mean, std), then the training images: the median side, the training split's
+        statistics."""
+        model = model or {}
+        grey = all(image.mode == "L" for image in rows.images)
+        channels = model.get("channels") or (1 if grey else 3)
+        size = (cfg.image_size or model.get("size")
+                or int(min(MAX_DEFAULT_SIZE, np.median(rows.sides))))
         sized = cls(size, channels, [0.0] * channels, [1.0] * channels)
         pixels = sized.arrays(rows.images).astype(np.float64) / 255  # (n, C, S, S)
-        mean = cfg.image_mean or pixels.mean(axis=(0, 2, 3)).tolist()
-        std = cfg.image_std or np.maximum(pixels.std(axis=(0, 2, 3)), 1e-3).tolist()
+        mean = cfg.image_mean or model.get("mean") or pixels.mean(axis=(0, 2, 3)).tolist()
+        std = (cfg.image_std or model.get("std")
+               or np.maximum(pixels.std(axis=(0, 2, 3)), 1e-3).tolist())
         for name, values in (("data.image_mean", mean), ("data.image_std", std)):
             if len(values) != channels:
                 raise LmforgeError(f"{name} has {len(values)} values; the images have "

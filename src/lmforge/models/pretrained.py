@@ -157,3 +157,31 @@ def load_pretrained_causal_lm(
 
 def _is_qlora(adapter: AdapterConfig | None) -> bool:
     return adapter is not None and adapter.kind == "qlora"
+
+
+class PretrainedImageClassifier(PretrainedClassifier):
+    """AutoModelForImageClassification (a ViT, a ResNet, ...) behind `forward(pixels) -> logits`;
+    saved as the classifier is (save_pretrained)."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.hf(pixel_values=pixels).logits
+
+
+def load_pretrained_image_classifier(
+    name: str, labels: list[str], revision: str | None = None, trust_remote_code: bool = False
+) -> PretrainedImageClassifier:
+    """A hub id or local folder of an image model, with a fresh head sized to `labels`."""
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code,
+            num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    except (OSError, ValueError) as error:
+        raise LmforgeError(
+            f"cannot load pretrained image model '{name}': {str(error).splitlines()[0]}"
+        ) from None
+    return PretrainedImageClassifier(model)

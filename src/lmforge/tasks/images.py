@@ -40,6 +40,10 @@ from lmforge.evaluation.metrics import (
     paired_bootstrap_difference,
 )
 from lmforge.models.classic import CNNClassifier, CNNConfig
+from lmforge.models.pretrained import (
+    PretrainedImageClassifier,
+    load_pretrained_image_classifier,
+)
 from lmforge.tasks.classification import softmax
 from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan, bundle_meta
 from lmforge.training import distributed, resolve_device, seed_everything
@@ -234,7 +238,7 @@ class ImageClassificationTask:
         splits = dict(zip(("train", "val", "test"),
                           (rows.take([int(i) for i in part.texts]) for part in parts),
                           strict=True))
-        preprocess = ImagePreprocess.fit(splits["train"], cfg.data)
+        preprocess = ImagePreprocess.fit(splits["train"], cfg.data, _backbone_inputs(cfg))
         log(f"{len(rows.names)} images ({rows.report()['dropped']['unreadable']} unreadable, "
             f"{rows.report()['dropped']['duplicate']} duplicates dropped) at "
             f"{preprocess.size}x{preprocess.size}x{preprocess.channels}; labels {label_names}")
@@ -256,11 +260,15 @@ class ImageClassificationTask:
 
     def build_model(self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool,
                     log: Log) -> nn.Module:
-        cfg, preprocess = run.cfg, run.tokenizer
+        cfg, preprocess, labels = run.cfg, run.tokenizer, run.parts["label_names"]
         seed_everything(cfg.train.seed)
-        model = CNNClassifier(CNNConfig(preprocess.channels, len(run.parts["label_names"]),
-                                        preprocess.size, list(cfg.model.channels),
-                                        cfg.model.dropout))
+        if cfg.model.arch == "pretrained":
+            model = load_pretrained_image_classifier(cfg.model.pretrained, labels,
+                                                     cfg.model.revision,
+                                                     cfg.model.trust_remote_code)
+        else:
+            model = CNNClassifier(CNNConfig(preprocess.channels, len(labels), preprocess.size,
+                                            list(cfg.model.channels), cfg.model.dropout))
         seed_everything(cfg.train.seed + distributed.rank())  # distinct dropout per rank
         return model
 
@@ -298,7 +306,7 @@ class ImageClassificationTask:
 
     def bundle_meta(self, run: Prepared, model: nn.Module, run_dir: Path | None) -> dict:
         cfg = run.cfg
-        return {**bundle_meta(run, model, run_dir), "arch": "cnn", "inputs": "image",
+        return {**bundle_meta(run, model, run_dir), "inputs": "image",
                 "labels": run.parts["label_names"], "label_column": cfg.data.label_column,
                 "image_column": cfg.data.image_column}
 
@@ -364,9 +372,34 @@ class ImageClassificationTask:
 
 
 def _check_arch(cfg: Config) -> None:
-    if cfg.model.arch != "cnn":
+    if cfg.model.arch not in ("cnn", "pretrained"):
         raise LmforgeError(f"model.arch '{cfg.model.arch}' does not read images; image "
-                           "classification uses model.arch cnn")
+                           "classification uses model.arch cnn or pretrained")
+
+
+def _backbone_inputs(cfg: Config) -> dict[str, Any]:
+    """What a pretrained image model (model.arch pretrained) reads: its channels and image
+    size (its config), and the normalisation of its image processor, where it has one."""
+    if cfg.model.arch != "pretrained":
+        return {}
+    from transformers import AutoConfig, AutoImageProcessor
+
+    name, revision = cfg.model.pretrained, cfg.model.revision
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision,
+                                            trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise LmforgeError(f"cannot load pretrained image model '{name}': "
+                           f"{str(error).splitlines()[0]}") from None
+    size = getattr(config, "image_size", None)
+    found = {"channels": getattr(config, "num_channels", 3),
+             "size": size if isinstance(size, int) else None}
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, revision=revision)
+        found |= {"mean": list(processor.image_mean), "std": list(processor.image_std)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no image processor: the training split's statistics
+    return found
 
 
 def _image_split(rows: ImageRows, preprocess: ImagePreprocess, labels: list[str]) -> ImageSplit:
@@ -463,6 +496,16 @@ def load_image_bundle(directory: Path, meta: dict[str, Any], device: str) -> Ima
         from lmforge.models.onnx_runtime import OnnxImageClassifier
 
         return ImageClassifier(OnnxImageClassifier(directory / meta["onnx"]["file"]),
+                               preprocess, meta)
+    if meta.get("arch") == "pretrained":  # save_pretrained's files: transformers loads them
+        from transformers import AutoModelForImageClassification
+
+        try:
+            hf = AutoModelForImageClassification.from_pretrained(directory)
+        except (OSError, ValueError) as error:
+            raise LmforgeError(f"{directory}: cannot load the pretrained image model "
+                               f"({str(error).splitlines()[0]})") from None
+        return ImageClassifier(PretrainedImageClassifier(hf).to(resolve_device(device)),
                                preprocess, meta)
     try:
         model = CNNClassifier(CNNConfig(**meta["architecture"]))
