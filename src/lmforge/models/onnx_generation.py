@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
+from lmforge.models.onnx_runtime import OnnxClassifier
 
 INPUT_IDS, ATTENTION_MASK, LOGITS = "input_ids", "attention_mask", "logits"
 
@@ -31,25 +32,6 @@ def present_names(n_layers: int) -> list[str]:
     return [f"present.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
 
 
-def open_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session of `path`; a missing or unreadable file is an LmforgeError
-    naming it."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise LmforgeError(f"{path}: missing; the bundle's ONNX model belongs there")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ONNX Runtime's own types (InvalidProtobuf, Fail, ...)
-        reason = " ".join(str(error).rpartition("failed:")[2].split()) or type(error).__name__
-        raise LmforgeError(f"{path}: not a valid ONNX model ({reason})") from None
-
-
 class OnnxKVCache:
     """The past keys and values as ONNX Runtime returned them, one (B, nh, P, hs) array per layer
     and kind in `past_names` order; each step's outputs replace them. `length`: P."""
@@ -59,13 +41,12 @@ class OnnxKVCache:
         self.length = 0
 
 
-class OnnxGPT(nn.Module):
-    """An exported GPT (see the module's docstring) that decodes like the PyTorch one."""
+class OnnxGPT(OnnxClassifier):
+    """An exported GPT (see the module's docstring) that decodes like the PyTorch one; the
+    session is opened (and a missing or damaged file named) as a classifier's is."""
 
     def __init__(self, path: Path, architecture: dict[str, Any], threads: int | None = None):
-        super().__init__()
-        self.path = Path(path)
-        self.session = open_session(self.path, threads)
+        super().__init__(path, threads)
         self.n_layers = int(architecture["n_layers"])
         self.n_heads = int(architecture["n_heads"])
         self.head_size = int(architecture["d_model"]) // self.n_heads
@@ -87,7 +68,7 @@ class OnnxGPT(nn.Module):
         empty = np.zeros((batch, self.n_heads, 0, self.head_size), dtype=np.float32)
         return OnnxKVCache([empty] * len(self.past_names))
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         input_ids: torch.Tensor,
         key_mask: torch.Tensor | None = None,

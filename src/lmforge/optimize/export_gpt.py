@@ -40,7 +40,7 @@ from lmforge.models.onnx_generation import (
 )
 from lmforge.optimize.bundles import REPORT_FILE, write_meta
 from lmforge.optimize.export import MIN_OPSET, ONNX_FILE
-from lmforge.optimize.report import bundle_size_mb, count_params, onnx_param_count
+from lmforge.optimize.report import bundle_size_mb, count_params
 
 MAX_ABS_DIFF = 1e-4  # fp32 logits, PyTorch vs ONNX Runtime
 CHECK_PROMPTS = 4  # random prompts of different lengths, left-padded into one batch
@@ -239,7 +239,8 @@ def export_gpt_bundle(bundle_dir: Path, out: Path, opset: int) -> dict[str, Any]
             "original": {"bundle": str(bundle_dir), "size_mb": round(bundle_size_mb(bundle_dir), 3),
                          "params": count_params(gpt), **speed[0]},
             "result": {"bundle": str(out), "size_mb": round(bundle_size_mb(tmp), 3),
-                       "params": onnx_param_count(path), **speed[1]},
+                       "params": count_params(OnnxGPT(path, meta["architecture"])),
+                       **speed[1]},
             "check": check,
             "threads": threads,
             "latency": (f"batch 1, greedy: a prompt of {len(timed_prompt)} tokens, then "
