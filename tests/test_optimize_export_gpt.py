@@ -16,7 +16,7 @@ from serve_support import story_server
 
 import lmforge
 from lmforge.cli import main
-from lmforge.decoding import left_padded
+from lmforge.decoding import DecodeBatch, Sampling, left_padded
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, GPTConfig
 from lmforge.models.onnx_generation import OnnxGPT
@@ -46,14 +46,20 @@ def bundles(tmp_path_factory):
     return original, exported, report
 
 
-@pytest.mark.timeout(120)
-def test_onnx_logits_match_pytorch_with_and_without_the_cache(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A random GPT (4 heads, 2 layers) and its ONNX graph run by ONNX Runtime."""
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=50, max_length=24, d_model=32, n_layers=2, n_heads=4,
                         d_ff=64)).eval()
-    path = tmp_path / "gpt.onnx"
+    path = tmp_path_factory.mktemp("gpt-graph") / "gpt.onnx"
     export_gpt(gpt, path, opset=17)
-    onnx = OnnxGPT(path, gpt.config.to_dict())
+    return gpt, OnnxGPT(path, gpt.config.to_dict())
+
+
+@pytest.mark.timeout(120)
+def test_onnx_logits_match_pytorch_with_and_without_the_cache(exported):
+    gpt, onnx = exported
     # left-padded prompts of other lengths than the traced ones, and a batch of one token
     ids, key_mask = left_padded([[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11], [12]], torch.device("cpu"))
     with torch.no_grad():
@@ -74,6 +80,30 @@ def test_onnx_logits_match_pytorch_with_and_without_the_cache(tmp_path):
     with torch.no_grad():
         plain = gpt(ids[:1])
     assert torch.allclose(onnx(ids[:1]), plain, atol=1e-5)
+
+
+def scripted_batch(model):
+    """Generations joining and leaving one DecodeBatch (as the server runs them): the tokens
+    drawn at every step."""
+    greedy, drawn = Sampling(temperature=0), []
+    batch = DecodeBatch(model, context=24, static_after=None)
+    batch.add("a", [[1, 2, 3, 4, 5, 6]], 9, greedy, torch.Generator())
+    for step in range(8):
+        if step == 2:  # joins mid-way, ragged; leaves first (4 tokens)
+            assert batch.can_take(2, max_rows=8)
+            batch.add("b", [[7, 8], [9, 10, 11, 12, 13, 14, 15, 16, 17]], 4, greedy,
+                      torch.Generator())
+        drawn.append([(key, tokens.tolist(), last) for key, tokens, last in batch.sample()])
+        batch.advance()
+    return drawn
+
+
+@pytest.mark.timeout(60)
+def test_generations_share_a_batch_as_with_pytorch(exported):
+    gpt, onnx = exported
+    steps = scripted_batch(onnx)
+    assert steps == scripted_batch(gpt)
+    assert [len(step) for step in steps] == [1, 1, 2, 2, 2, 2, 1, 1]  # b joined, then left
 
 
 @pytest.mark.timeout(180)

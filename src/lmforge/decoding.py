@@ -322,7 +322,9 @@ class DecodeBatch:
         group alone may have more)."""
         if not self.groups and not self.waiting:
             return True
-        return isinstance(self.model, GPT) and self.rows + rows <= max_rows
+        # lmforge's GPT, or a model whose cache has its layout (its ONNX export)
+        joins = isinstance(self.model, GPT) or getattr(self.model, "gpt_cache_layout", False)
+        return joins and self.rows + rows <= max_rows
 
     def add(
         self,

@@ -34,16 +34,53 @@ def present_names(n_layers: int) -> list[str]:
 
 class OnnxKVCache:
     """The past keys and values as ONNX Runtime returned them, one (B, nh, P, hs) array per layer
-    and kind in `past_names` order; each step's outputs replace them. `length`: P."""
+    and kind in `past_names` order; each step's outputs replace them. `length`: P.
 
-    def __init__(self, arrays: list[np.ndarray]) -> None:
-        self.arrays = arrays
+    `k` and `v` are the same as (layers, B, nh, P, hs) tensors, the layout of the PyTorch GPT's
+    cache: a decoder that merges or trims the rows of several generations (DecodeBatch) reads
+    them, and writes a new cache's (`length` columns, allocated when first asked for)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape  # (layers, B, nh, columns, hs)
+        self.arrays: list[np.ndarray] | None = None
         self.length = 0
+        self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.arrays is not None:
+            keys, values = self.arrays[0::2], self.arrays[1::2]
+            return torch.from_numpy(np.stack(keys)), torch.from_numpy(np.stack(values))
+        if self._kv is None:
+            self._kv = (torch.zeros(self.shape), torch.zeros(self.shape))
+        return self._kv
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self._tensors()[0]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self._tensors()[1]
+
+    def past(self) -> list[np.ndarray]:
+        """The arrays the graph takes as its past: each layer's first `length` columns."""
+        if self.arrays is None and self._kv is None:  # nothing written: an empty past
+            layers, rows, heads, _, size = self.shape
+            empty = np.zeros((rows, heads, 0, size), dtype=np.float32)
+            self.arrays = [empty] * (2 * layers)
+        elif self.arrays is None:
+            k, v = self._tensors()
+            self.arrays = [t[i, :, :, : self.length].contiguous().numpy()
+                           for i in range(len(k)) for t in (k, v)]
+            self._kv = None
+        return self.arrays
 
 
 class OnnxGPT(OnnxClassifier):
     """An exported GPT (see the module's docstring) that decodes like the PyTorch one; the
     session is opened (and a missing or damaged file named) as a classifier's is."""
+
+    gpt_cache_layout = True  # its cache's k and v are the PyTorch GPT's: generations share a batch
 
     def __init__(self, path: Path, architecture: dict[str, Any], threads: int | None = None):
         super().__init__(path, threads)
@@ -64,9 +101,9 @@ class OnnxGPT(OnnxClassifier):
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def new_cache(self, batch: int, length: int) -> OnnxKVCache:
-        """An empty cache of `batch` rows (it grows step by step; `length` is not needed)."""
-        empty = np.zeros((batch, self.n_heads, 0, self.head_size), dtype=np.float32)
-        return OnnxKVCache([empty] * len(self.past_names))
+        """An empty cache of `batch` rows: it grows step by step, and has room for `length`
+        columns only where a decoder writes its `k` and `v` (the graph needs no room)."""
+        return OnnxKVCache((self.n_layers, batch, self.n_heads, length, self.head_size))
 
     def forward(  # type: ignore[override]
         self,
@@ -86,7 +123,7 @@ class OnnxGPT(OnnxClassifier):
         else:
             mask = key_mask.cpu().numpy().astype(np.int64)
         feeds = {INPUT_IDS: input_ids.cpu().numpy().astype(np.int64), ATTENTION_MASK: mask}
-        feeds.update(zip(self.past_names, step.arrays, strict=True))
+        feeds.update(zip(self.past_names, step.past(), strict=True))
         logits, *presents = self.session.run(self.outputs, feeds)
         if cache is not None:
             cache.arrays, cache.length = presents, past + T
