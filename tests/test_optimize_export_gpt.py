@@ -6,6 +6,8 @@ is one clear error."""
 import json
 import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -137,16 +139,35 @@ def test_exported_bundle_generates_the_same_text_as_pytorch(bundles, monkeypatch
 
 
 @pytest.mark.timeout(120)
-def test_exported_bundle_serves_completions(bundles, sqlite_url):
+def test_exported_bundle_serves_concurrent_completions_together(
+    bundles, sqlite_url, monkeypatch
+):
     original, exported, _ = bundles
-    (expected,) = lmforge.load(original).generate([PROMPTS[0]], max_new_tokens=8, temperature=0)
+    calls = [{"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0},
+             {"prompt": PROMPTS[1], "max_tokens": 5, "temperature": 0.9, "seed": 4}]
+    generator = lmforge.load(original)
+    expected = [generator.generate(c["prompt"], max_new_tokens=c["max_tokens"],
+                                   **{k: c[k] for k in ("temperature", "seed") if k in c})[0].text
+                for c in calls]
+    together, sample = [], DecodeBatch.sample
+
+    def slow_sample(self):  # each request still decoding when the other arrives
+        time.sleep(0.05)
+        drawn = sample(self)
+        together.append(len(drawn))
+        return drawn
+
+    monkeypatch.setattr(DecodeBatch, "sample", slow_sample)
     with story_server(exported, sqlite_url, "writer", max_tokens_cap=16) as (url, secret):
-        response = httpx.post(url + "/v1/completions", timeout=60,
-                              headers={"Authorization": f"Bearer {secret}"},
-                              json={"model": "story", "prompt": PROMPTS[0], "max_tokens": 8,
-                                    "temperature": 0})
-    assert response.status_code == 200, response.text
-    assert response.json()["choices"][0]["text"] == expected.text
+        def complete(call):
+            return httpx.post(url + "/v1/completions", timeout=60, json={"model": "story", **call},
+                              headers={"Authorization": f"Bearer {secret}"})
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            responses = list(pool.map(complete, calls))
+    assert [r.status_code for r in responses] == [200, 200], responses[0].text
+    assert [r.json()["choices"][0]["text"] for r in responses] == expected
+    assert max(together) == 2  # decoded in one batch
 
 
 @pytest.mark.timeout(60)
