@@ -209,3 +209,15 @@ def test_what_cannot_be_exported_is_refused_and_nothing_is_written(
                                "--opset", 11)
     assert_one_line_error(code, err, "--opset 11 is too old")
     assert not any((tmp_path / name).exists() for name in "xyz")
+
+
+@pytest.mark.timeout(60)
+def test_an_export_that_disagrees_fails_with_the_difference_and_writes_nothing(
+    bundles, tmp_path, monkeypatch
+):
+    original, _, _ = bundles
+    run = OnnxGPT.forward
+    monkeypatch.setattr(OnnxGPT, "forward", lambda self, *a, **k: run(self, *a, **k) + 1e-3)
+    with pytest.raises(LmforgeError, match=r"max \|logit difference\| 1.00e-03 without the cache"):
+        lmforge.export(original, out=tmp_path / "off")
+    assert not (tmp_path / "off").exists()

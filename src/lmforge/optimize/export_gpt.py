@@ -42,7 +42,7 @@ from lmforge.optimize.bundles import REPORT_FILE, write_meta
 from lmforge.optimize.export import MIN_OPSET, ONNX_FILE
 from lmforge.optimize.report import bundle_size_mb, count_params
 
-MAX_ABS_DIFF = 1e-4  # fp32 logits, PyTorch vs ONNX Runtime
+MAX_ABS_DIFF = 1e-4  # fp32 logits, PyTorch vs ONNX Runtime, per unit of the largest |logit|
 CHECK_PROMPTS = 4  # random prompts of different lengths, left-padded into one batch
 GREEDY_TOKENS = 16  # new tokens per prompt compared token for token
 TIMED_PROMPT, TIMED_TOKENS = 32, 64  # the speed test: batch 1, a prompt, then greedy tokens
@@ -159,14 +159,17 @@ def compare(gpt: GPT, onnx: OnnxGPT, prompts: list[list[int]], context: int) -> 
     tokens = [torch.stack(list(decode_tokens(m, prompts, GREEDY_TOKENS, context, greedy,
                                              torch.Generator()))) for m in (gpt, onnx)]
     differ = int((tokens[0] != tokens[1]).any(0).sum())
+    # fp32 rounding grows with the logits: a model whose logits reach 100 may differ by 1e-2
+    allowed = MAX_ABS_DIFF * max(1.0, float(reference[key_mask.bool()].abs().max()))
     check = {"prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts],
              "max_abs_logit_diff": whole, "max_abs_logit_diff_cached": cached,
+             "allowed_abs_logit_diff": allowed,
              "greedy_tokens": int(tokens[0].numel()), "greedy_prompts_differ": differ}
-    if max(whole, cached) > MAX_ABS_DIFF or differ:
+    if max(whole, cached) > allowed or differ:
         raise LmforgeError(
             f"ONNX Runtime disagrees with PyTorch on {len(prompts)} random prompts: max |logit "
             f"difference| {whole:.2e} without the cache and {cached:.2e} with it (allowed "
-            f"{MAX_ABS_DIFF:.0e}); greedy continuations differ for {differ} of them; "
+            f"{allowed:.1e}); greedy continuations differ for {differ} of them; "
             "nothing was written"
         )
     return check
