@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def text_config(data, arch):
     cfg = tiny_config(data, max_steps=80, eval_every=40)
-    cfg["model"] = {"arch": arch, "d_model": 32, "n_layers": 2, "max_length": 24}
+    cfg["model"] = {"arch": arch, "d_model": 32, "n_layers": 1, "max_length": 24}
     return cfg
 
 

@@ -172,10 +172,15 @@ class RNNClassifier(nn.Module):
         x = self.dropout(self.tok_emb(input_ids))  # (B, T, d)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
                                                    enforce_sorted=False)
-        _, state = self.rnn(packed)
-        h_n = state[0] if isinstance(state, tuple) else state  # (layers * 2, B, d)
-        last = torch.cat([h_n[-2], h_n[-1]], dim=1)  # the top layer's two directions
-        return self.head(self.dropout(last))
+        out, _ = self.rnn(packed)
+        # The top layer's final states: the forward direction's at each text's last token, the
+        # backward one's at its first. (Read from the outputs rather than h_n: the same numbers,
+        # and PyTorch's ONNX exporter fails on a one-layer h_n over packed sequences.)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)  # (B, T', 2d)
+        d = self.config.d_model
+        at_last = (lengths - 1).view(-1, 1, 1).expand(-1, 1, 2 * d)
+        forward_last = out.gather(1, at_last).squeeze(1)[:, :d]
+        return self.head(self.dropout(torch.cat([forward_last, out[:, 0, d:]], dim=1)))
 
 
 @dataclass
