@@ -81,6 +81,22 @@ def _text_column(path: str, values: dict[str, list[str]]) -> str:
     return max(strings, key=lambda column: sum(map(len, strings[column])) / len(strings[column]))
 
 
+FREE_TEXT_CHARS = 20  # a column of strings this long on average holds text, not categories
+
+
+def free_text_column(path: str, fmt: str = "auto", label_column: str | None = None) -> str | None:
+    """A column of `path` holding free text (mostly non-numeric strings, named as text usually
+    is or FREE_TEXT_CHARS long on average), other than the label; None for a feature table."""
+    values, _ = _column_values(path, resolve_format(path, fmt))
+    for column, cells in values.items():
+        if column == label_column or not cells or sum(map(_is_number, cells)) >= len(cells) / 2:
+            continue
+        if (column.strip().lower() in TEXT_NAMES
+                or sum(map(len, cells)) / len(cells) >= FREE_TEXT_CHARS):
+            return column
+    return None
+
+
 def _label_column(values: dict[str, list[str]], text_column: str, n_rows: int) -> str | None:
     """A conventional label name, else the column with the fewest (2..50) distinct values."""
     others = {column: cells for column, cells in values.items() if column != text_column}

@@ -23,7 +23,7 @@ from torch import nn
 import lmforge.render as render
 from lmforge.config import Config, DataConfig, load_config, read_config_file
 from lmforge.data.builtin import BUILTIN_TABLES
-from lmforge.data.detect import LABEL_NAMES, MAX_CLASSES
+from lmforge.data.detect import LABEL_NAMES, MAX_CLASSES, free_text_column
 from lmforge.data.features import (
     FeatureRows,
     FeatureSchema,
@@ -65,7 +65,10 @@ def holds_table(cfg: Config) -> bool:
     columns = table_columns(data.path, data.format)
     if not columns:
         return False
-    return data.text_column not in columns and any(c != data.label_column for c in columns)
+    if data.text_column in columns or not any(c != data.label_column for c in columns):
+        return False
+    # a text table whose text column is named otherwise (a review, say) is still text
+    return free_text_column(data.path, data.format, data.label_column) is None
 
 
 class TableExamples:
