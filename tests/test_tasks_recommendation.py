@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 from serve_support import app_client, auth, settings
 
@@ -92,6 +93,15 @@ def test_a_missing_column_or_a_bad_knob_is_a_clear_error(tmp_path):
     path = write_csv(tmp_path / "log.csv", [("a", "x", 1)], header=("customer", "item", "ts"))
     with pytest.raises(LmforgeError, match="no column 'user'.*recommendation.user_column"):
         lmforge.train(tiny(path), out=tmp_path / "r", show_progress=False)
+    from lmforge import pipeline  # `lmforge init` finds the columns by their names
+
+    starter = load_config(yaml.safe_load(pipeline.init_config("recommendation", path)))
+    found = starter.recommendation
+    assert (found.user_column, found.item_column, found.timestamp_column) == ("customer", "item",
+                                                                             "ts")
+    odd = write_csv(tmp_path / "odd.csv", [("a", "x")], header=("who", "item"))
+    with pytest.raises(LmforgeError, match="no user column .*who, item"):
+        pipeline.init_config("recommendation", odd)
     with pytest.raises(LmforgeError, match="model.arch 'transformer' does not fit"):
         load_config({"task": "recommendation", "model": {"arch": "transformer"}})
     with pytest.raises(LmforgeError, match="model.arch 'sasrec' does not fit"):

@@ -624,8 +624,15 @@ def read_queries(path: str, user_column: str) -> list[str]:
     return queries
 
 
+USER_NAMES = ("user", "user_id", "userid", "uid", "customer", "customer_id", "用户")
+ITEM_NAMES = ("item", "item_id", "itemid", "iid", "product", "product_id", "movie", "movieid",
+              "物品", "商品")
+TIME_NAMES = ("timestamp", "time", "ts", "date", "datetime", "时间")  # optional
+
+
 def detect_interaction_columns(path: str) -> dict[str, str]:
-    """The user and item columns of an interactions table, by their names."""
+    """The user, item and (if any) timestamp columns of an interactions table, by their
+    names; a missing user or item column is an error naming the columns there are."""
     if path.startswith("builtin:"):
         return {}
     fmt = resolve_format(path)
@@ -634,14 +641,14 @@ def detect_interaction_columns(path: str) -> dict[str, str]:
     table = parse_table(path, fmt, read_bytes(path), Records(source=path, format=fmt))
     lowered = {column.strip().lower(): column for column in table.columns}
     found = {}
-    for key, names in (("user_column", ("user", "user_id", "userid", "customer", "用户")),
-                       ("item_column", ("item", "item_id", "itemid", "product", "movie",
-                                        "movieid", "物品", "商品"))):
+    for key, names in (("user_column", USER_NAMES), ("item_column", ITEM_NAMES),
+                       ("timestamp_column", TIME_NAMES)):
         column = next((lowered[n] for n in names if n in lowered), None)
-        if column is None:
+        if column is None and key != "timestamp_column":
             raise LmforgeError(f"{path}: no {key.split('_')[0]} column (columns: "
                                f"{', '.join(table.columns)}); set recommendation.{key}")
-        found[key] = column
+        if column is not None:
+            found[key] = column
     return found
 
 
