@@ -151,6 +151,12 @@ def test_predict_takes_users_and_histories_and_falls_back_for_strangers(sasrec_r
     assert "unknown user 'nobody'" in rows[2]["fallback"] and rows[3]["unknown_items"] == ["i99"]
     assert len(rows[2]["items"]) == 10
     assert "2 by popularity" in capsys.readouterr().err
+    queries_table = [("u1", ""), ("", "i3 i4 i5"), ("", '["i3", "i4"]')]
+    table = write_csv(tmp_path / "queries.csv", queries_table, header=("user", "history"))
+    lmforge.predict(sasrec_run.bundle_dir, table, out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row.get("user") for row in rows] == ["u1", None, None]
+    assert rows[1]["history"] == ["i3", "i4", "i5"] and rows[2]["history"] == ["i3", "i4"]
     from lmforge.tasks.recommendation import RECIPE
 
     notes = RECIPE.quickstart_notes(lmforge.load(sasrec_run.bundle_dir), sasrec_run.bundle_dir)

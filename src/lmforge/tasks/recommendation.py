@@ -613,6 +613,12 @@ def read_queries(path: str, user_column: str) -> list[str]:
     queries = []
     for row_id, cells in table.rows:
         history = cells.get("history")
+        if isinstance(history, str) and history.strip().startswith("["):
+            try:  # a JSON list written into a csv cell
+                history = json.loads(history)
+            except ValueError:
+                raise LmforgeError(f"{path} row {row_id}: the history {history!r} is not a "
+                                   "JSON list; write item ids separated by spaces") from None
         if isinstance(history, list):
             queries.append(HISTORY_PREFIX + " ".join(str(i) for i in history))
         elif cell_str(history) is not None and cell_str(history).strip():
