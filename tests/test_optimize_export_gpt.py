@@ -44,7 +44,9 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpt-onnx")
     original = random_bundle(root / "model", context=48)
     exported = root / "model-onnx"
-    report = lmforge.export(original, out=exported)
+    documents = root / "documents.txt"
+    documents.write_text("the cat sat on a mat\nthe dog ran under a big log\n", encoding="utf-8")
+    report = lmforge.export(original, out=exported, data=documents)
     return original, exported, report
 
 
@@ -116,6 +118,10 @@ def test_exported_bundle_generates_the_same_text_as_pytorch(bundles, monkeypatch
     written = json.loads((exported / "compress_report.json").read_text())
     for side in ("original", "result"):
         assert written[side]["tokens_per_s_b1"] > 0 and written[side]["first_token_ms_b1"] > 0
+    held_out = written["eval"]  # the documents given as --data, scored by both runtimes
+    assert held_out["n_tokens"] > 10
+    assert held_out["result"]["test_loss"] == pytest.approx(held_out["original"]["test_loss"],
+                                                            abs=1e-5)
     meta = json.loads((exported / "lmforge.json").read_text())
     assert meta["runtime"] == "onnx" and not (exported / "model.safetensors").exists()
 

@@ -463,7 +463,8 @@ def export(
     if read_meta(where.bundle_dir).get("task") == "generation":  # a GPT, its KV cache in and out
         from lmforge.optimize.export_gpt import export_gpt_bundle, render_gpt_report
 
-        report = export_gpt_bundle(where.bundle_dir, target, opset or optimize.DEFAULT_OPSET)
+        report = export_gpt_bundle(where.bundle_dir, where.run_dir, target,
+                                   opset or optimize.DEFAULT_OPSET, data)
         render_gpt_report(report, render.console())
         return report
     refuse_adapter(where.bundle_dir, "ONNX export")

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from lmforge.bundle import load, read_meta
+from lmforge.bundle import Generator, load, read_meta
 from lmforge.decoding import Sampling, decode_tokens, left_padded
 from lmforge.errors import LmforgeError
 from lmforge.files import staged_dir, write_json_atomic
@@ -41,6 +41,7 @@ from lmforge.models.onnx_generation import (
 from lmforge.optimize.bundles import REPORT_FILE, write_meta
 from lmforge.optimize.export import MIN_OPSET, ONNX_FILE
 from lmforge.optimize.report import bundle_size_mb, count_params
+from lmforge.tasks import recipe_of
 
 MAX_ABS_DIFF = 1e-4  # fp32 logits, PyTorch vs ONNX Runtime, per unit of the largest |logit|
 CHECK_PROMPTS = 4  # random prompts of different lengths, left-padded into one batch
@@ -211,9 +212,32 @@ def refuse(meta: dict[str, Any], bundle_dir: Path) -> None:
                            f"'{meta.get('arch')}' to ONNX")
 
 
-def export_gpt_bundle(bundle_dir: Path, out: Path, opset: int) -> dict[str, Any]:
+def held_out_loss(bundle_dir: Path, run_dir: Path | None, data: str | Path | None,
+                  generators: list[Generator]) -> dict[str, Any] | None:
+    """Test loss and perplexity of each generator on the run's test split (or `data`'s
+    documents), as `lmforge evaluate` computes them; None with neither."""
+    if run_dir is None and data is None:
+        return None
+    recipe = recipe_of(generators[0].meta)
+    where = f"test split of {run_dir}" if data is None else str(data)
+    figures, data = [], None if data is None else str(data)
+    for generator in generators:
+        try:
+            report = recipe.evaluate(generator, bundle_dir, run_dir, data)
+        except LmforgeError as error:  # the run's data gone, say: the export stands without it
+            if data is not None:
+                raise
+            return {"data": where, "not_measured": str(error)}
+        figures.append({key: report[key] for key in ("test_loss", "perplexity")})
+    return {"data": where, "n_tokens": report["n_tokens"], "original": figures[0],
+            "result": figures[1]}
+
+
+def export_gpt_bundle(bundle_dir: Path, run_dir: Path | None, out: Path, opset: int,
+                      data: str | Path | None = None) -> dict[str, Any]:
     """`lmforge export --format onnx` of a generation bundle: the GPT checked against PyTorch,
-    written as a bundle beside compress_report.json."""
+    written as a bundle beside compress_report.json (speed, and with a run or `data`, the test
+    loss of both)."""
     meta = read_meta(bundle_dir)
     if meta.get("runtime") == "onnx":
         raise LmforgeError(f"{bundle_dir} is already an ONNX bundle")
@@ -249,6 +273,7 @@ def export_gpt_bundle(bundle_dir: Path, out: Path, opset: int) -> dict[str, Any]
             "latency": (f"batch 1, greedy: a prompt of {len(timed_prompt)} tokens, then "
                         f"{new_tokens} new tokens through the KV cache; median of paired runs"),
         }
+        report["eval"] = held_out_loss(bundle_dir, run_dir, data, [generator, load(tmp)])
         write_json_atomic(tmp / REPORT_FILE, report)
     return report
 
@@ -271,4 +296,11 @@ def render_gpt_report(report: dict[str, Any], console: Console) -> None:
         f"{check['max_abs_logit_diff_cached']:.1e} with it; greedy continuations "
         f"({check['greedy_tokens']} tokens) differ for {check['greedy_prompts_differ']} prompts",
         markup=False)
+    held_out = report.get("eval")
+    if held_out and "not_measured" in held_out:
+        console.print(f"test loss not measured: {held_out['not_measured']}", markup=False)
+    elif held_out:
+        console.print(f"{held_out['data']} ({held_out['n_tokens']} tokens): test loss "
+                      f"{held_out['original']['test_loss']:.4f} (PyTorch), "
+                      f"{held_out['result']['test_loss']:.4f} (ONNX Runtime)", markup=False)
     console.print(f"bundle written to {result['bundle']}", markup=False)
