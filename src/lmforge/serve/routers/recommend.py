@@ -50,6 +50,7 @@ async def recommend(body: RecommendRequest, request: Request, caller: LimitedCal
         result = await served.engine.recommend(user, history, body.k, body.exclude_seen)
         call.prompt_tokens, call.completion_tokens = read, len(result["items"])
     state.metrics.tokens.labels(served.name, "in").inc(call.prompt_tokens)
+    state.metrics.tokens.labels(served.name, "out").inc(call.completion_tokens)
     usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
              "total_tokens": call.prompt_tokens + call.completion_tokens}
     return {"object": "recommendation", "model": served.name, **result, "usage": usage}
