@@ -94,9 +94,10 @@ def build_recommender(arch: str, model_cfg: Any, n_items: int, n_users: int) -> 
                          dropout=model_cfg.dropout))
 
 
-def _left_padded(histories: list[list[int]], width: int) -> torch.Tensor:
-    """The last `width` items of each history, padded on the left with 0: (B, T)."""
-    length = max(1, min(width, max((len(h) for h in histories), default=1)))
+def _left_padded(histories: list[list[int]], width: int | None = None) -> torch.Tensor:
+    """The last `width` items (None: all) of each history, padded on the left with 0: (B, T)."""
+    longest = max((len(h) for h in histories), default=1)
+    length = max(1, longest if width is None else min(width, longest))
     out = torch.zeros((len(histories), length), dtype=torch.long)
     for row, history in enumerate(histories):
         kept = history[-length:]
@@ -118,7 +119,7 @@ def score_items(model: nn.Module, histories: list[list[int]],
     for start in range(0, len(histories), SCORE_BATCH):
         chunk = histories[start:start + SCORE_BATCH]
         if isinstance(model, MatrixFactorization):
-            ids = _left_padded(chunk, max((len(h) for h in chunk), default=1)).to(device)
+            ids = _left_padded(chunk).to(device)
             vectors = model.fold_in(ids)
             known = users[start:start + SCORE_BATCH] if users is not None else [None] * len(chunk)
             for row, user in enumerate(known):
@@ -196,7 +197,7 @@ class UserItems(Sequence):
 
 
 def collate_users(rows: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
-    items = _left_padded([list(items) for _, items in rows], 10**9)
+    items = _left_padded([list(items) for _, items in rows])
     return {"users": torch.tensor([user for user, _ in rows], dtype=torch.long), "items": items}
 
 
