@@ -95,6 +95,12 @@ def test_bad_rows_are_counted_not_fatal_and_categories_unseen_map_to_unknown(tmp
     assert tested["accuracy"] > 0.8 and tested["accuracy"] > tested["baselines"]["majority"][
         "accuracy"]
 
+    other = class_table(tmp_path / "other.csv", 40, seed=9)
+    other.write_text(other.read_text() + "1.0,2.0\n0.3,0.1,blue,\n")
+    scored = lmforge.evaluate(result.run_dir, data=other, show=False)
+    assert scored["n"] == 40 and scored["accuracy"] > 0.7
+    assert scored["data_check"]["dropped"] == {"wrong_field_count": 1, "missing_label": 1}
+
     predictor = lmforge.load(result.bundle_dir)
     (unseen,) = predictor.predict([{"a": 1.0, "b": 1.0, "colour": "purple"}])
     assert unseen["label"] == "yes"  # an unseen colour is "unknown", not red
