@@ -62,11 +62,11 @@ class HashSet:
             i = (i + 1) & mask
 
     def _grow(self) -> None:
-        old = [value for value in self.slots if value]
-        self.slots = array("Q", bytes(16 * len(self.slots)))
+        old, self.slots = self.slots, array("Q", bytes(16 * len(self.slots)))
         self.size = 0
-        for value in old:
-            self.add(value)
+        for value in old:  # straight from the old array: no list of every hash in between
+            if value:
+                self.add(value)
 
 
 def streams(cfg: DataConfig) -> bool:
