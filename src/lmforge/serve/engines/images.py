@@ -5,13 +5,12 @@ gets 503; an input that is no base64, too large, or no image is a 422 naming it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import threading
 from typing import Any
 
-from lmforge.serve.errors import APIError, retry_after
+from lmforge.serve.engines.threaded import ThreadedEngine
+from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.tasks.images import ImageClassifier
 
@@ -19,19 +18,11 @@ MAX_IMAGE_BYTES = 4_000_000  # one image's file, decoded from base64
 MAX_IMAGES = 64  # images per request
 
 
-class ImageEngine:
+class ImageEngine(ThreadedEngine):
     def __init__(self, name: str, predictor: ImageClassifier, max_queue: int,
                  metrics: ServeMetrics) -> None:
-        self.name, self.predictor = name, predictor
-        self.max_queue, self.metrics = max_queue, metrics
-        self._lock = threading.Lock()
-        self._waiting = 0
-
-    def start(self) -> None:
-        """Nothing runs between requests."""
-
-    async def stop(self) -> None:
-        """Requests in flight finish in their threads."""
+        super().__init__(name, max_queue, metrics)
+        self.predictor = predictor
 
     @staticmethod
     def blobs(inputs: list[str]) -> list[bytes]:
@@ -54,20 +45,10 @@ class ImageEngine:
         return out
 
     async def classify(self, blobs: list[bytes]) -> list[dict[str, Any]]:
-        if self._waiting >= self.max_queue:
-            raise APIError(503, f"model '{self.name}' has {self.max_queue} requests waiting; "
-                           "retry later", code="overloaded", headers=retry_after(1))
-        self._waiting += 1
-        self.metrics.queue_depth.labels(self.name).set(self._waiting)
         try:
-            return await asyncio.to_thread(self._run, blobs)
+            return await self.run(self._classify, blobs)
         except ValueError as error:  # an input that is no image
             raise APIError(422, str(error), code="invalid_request", param="input") from None
-        finally:
-            self._waiting -= 1
-            self.metrics.queue_depth.labels(self.name).set(self._waiting)
 
-    def _run(self, blobs: list[bytes]) -> list[dict[str, Any]]:
-        images = self.predictor.decode(blobs)
-        with self._lock:
-            return self.predictor.predict(images)
+    def _classify(self, blobs: list[bytes]) -> list[dict[str, Any]]:
+        return self.predictor.predict(self.predictor.decode(blobs))
