@@ -30,6 +30,7 @@ from lmforge.serve.engines.grounded import BundleWriter, UpstreamWriter
 from lmforge.serve.engines.images import ImageEngine
 from lmforge.serve.engines.recommendation import RecommendationEngine
 from lmforge.serve.engines.table import TableEngine
+from lmforge.serve.engines.threaded import ThreadedEngine
 from lmforge.serve.engines.translation import TranslationEngine
 from lmforge.serve.errors import APIError
 from lmforge.serve.metrics import ServeMetrics
@@ -106,12 +107,16 @@ def load_assistant_engine(
     )
 
 
-def load_recommendation_engine(
-    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
-    bases: SharedBases | None = None,
-) -> RecommendationEngine:
-    recommender = load(bundle_dir, device=settings.device)
-    return RecommendationEngine(name, recommender, settings.max_queue, metrics)
+def threaded_loader(engine: type[ThreadedEngine]) -> Callable[..., ThreadedEngine]:
+    """The loader of a model that answers one request at a time in a worker thread (a table's
+    MLP, an image CNN, a recommender): its bundle's predictor inside `engine`."""
+
+    def load_engine(name: str, bundle_dir: Path, settings: ServeSettings,
+                    metrics: ServeMetrics, bases: SharedBases | None = None) -> ThreadedEngine:
+        return engine(name, load(bundle_dir, device=settings.device), settings.max_queue,
+                      metrics)
+
+    return load_engine
 
 
 def load_translation_engine(
@@ -123,20 +128,6 @@ def load_translation_engine(
                              metrics)
 
 
-def load_table_engine(
-    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
-    bases: SharedBases | None = None,
-) -> TableEngine:
-    predictor = load(bundle_dir, device=settings.device)
-    return TableEngine(name, predictor, settings.max_queue, metrics)
-
-
-def load_image_engine(
-    name: str, bundle_dir: Path, settings: ServeSettings, metrics: ServeMetrics,
-    bases: SharedBases | None = None,
-) -> ImageEngine:
-    return ImageEngine(name, load(bundle_dir, device=settings.device), settings.max_queue,
-                       metrics)
 
 
 Engine = (ClassificationEngine | GenerationEngine | AssistantEngine | RecommendationEngine
@@ -145,10 +136,10 @@ TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "classification": load_classifier,
     "generation": load_generation_engine,
     "assistant": load_assistant_engine,
-    "recommendation": load_recommendation_engine,
+    "recommendation": threaded_loader(RecommendationEngine),
     "translation": load_translation_engine,
-    "table": load_table_engine,
-    "image": load_image_engine,
+    "table": threaded_loader(TableEngine),
+    "image": threaded_loader(ImageEngine),
 }
 
 
