@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from generation_support import corpus_lines, tiny_generation_config, write_corpus
+from resume_support import straight_and_resumed
 
 import lmforge
 from lmforge.bundle import Generator
@@ -159,37 +160,22 @@ def test_a_corpus_too_small_to_train_is_a_clear_error(tmp_path, content, message
         lmforge.train(cfg, out=tmp_path / "run", show_progress=False)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_interrupted_then_resumed_training_equals_straight_through(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 50, 2000).astype(np.uint16)
     cfg = load_config({"task": "generation", "train": {
         "max_steps": 12, "batch_size": 4, "eval_every": 4, "lr": 3e-3}}).train
 
-    def run(out, crash_after=None):
+    def run(out, wrap_loss, resume):
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=50, max_length=16, d_model=32, n_layers=1, n_heads=2,
                               d_ff=64, dropout=0.1))
-        calls = {"n": 0}
-
-        def loss_fn(m, batch):
-            calls["n"] += 1
-            if crash_after is not None and calls["n"] > crash_after:
-                raise Crash()
-            return generation.lm_loss(m, batch)
-
         fit(model, generation.TokenWindows(tokens, 16), generation.make_collate(tokens, 16),
-            loss_fn, generation.make_val_metrics(tokens[:200], 16, None), cfg, out,
-            resume=crash_after is None and (out / "checkpoints").exists(),
-            metric_mode="min", show_progress=False)
+            wrap_loss(generation.lm_loss), generation.make_val_metrics(tokens[:200], 16, None),
+            cfg, out, resume=resume, metric_mode="min", show_progress=False)
         return model.state_dict()
 
-    straight = run(tmp_path / "a")
-    with pytest.raises(Crash):  # dies after step 6, between the checkpoints of steps 4 and 8
-        run(tmp_path / "b", crash_after=6)
-    resumed = run(tmp_path / "b")
+    # dies after step 6, between the checkpoints of steps 4 and 8
+    straight, resumed = straight_and_resumed(run, tmp_path)
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from generation_support import corpus_lines, tiny_generation_config, write_corpus
+from resume_support import straight_and_resumed
 from safetensors import safe_open
 from serve_support import app_client, auth, settings
 from sqlalchemy import select
@@ -181,10 +182,6 @@ def test_an_adapter_run_resumes_from_its_checkpoint(runs):
     assert (resumed.bundle_dir / "adapter_model.safetensors").is_file()
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.timeout(300)
 def test_interrupted_then_resumed_adapter_training_equals_straight_through(runs, tmp_path):
     """The checkpoints hold only what trains; resuming over the base gives the same weights."""
@@ -193,28 +190,17 @@ def test_interrupted_then_resumed_adapter_training_equals_straight_through(runs,
     cfg = load_config({"task": "generation", "train": {
         "max_steps": 12, "batch_size": 4, "eval_every": 4, "lr": 1e-2}}).train
 
-    def run(out, crash_after=None):
+    def run(out, wrap_loss, resume):
         torch.manual_seed(0)
         model = load_pretrained_causal_lm(str(base), adapter=AdapterConfig(
             r=4, alpha=8, dropout=0.1))
-        calls = {"n": 0}
-
-        def loss_fn(m, batch):
-            calls["n"] += 1
-            if crash_after is not None and calls["n"] > crash_after:
-                raise Crash()
-            return generation.lm_loss(m, batch)
-
         fit(model, generation.TokenWindows(tokens, 16), generation.make_collate(tokens, 16),
-            loss_fn, generation.make_val_metrics(tokens[:200], 16, None), cfg, out,
-            resume=crash_after is None and (out / "checkpoints").exists(),
-            metric_mode="min", show_progress=False)
+            wrap_loss(generation.lm_loss), generation.make_val_metrics(tokens[:200], 16, None),
+            cfg, out, resume=resume, metric_mode="min", show_progress=False)
         return model.state_dict()
 
-    straight = run(tmp_path / "a")
-    with pytest.raises(Crash):  # dies after step 6, between the checkpoints of steps 4 and 8
-        run(tmp_path / "b", crash_after=6)
-    resumed = run(tmp_path / "b")
+    # dies after step 6, between the checkpoints of steps 4 and 8
+    straight, resumed = straight_and_resumed(run, tmp_path)
     trained = [key for key in straight if "lora_" in key]
     assert trained and any(straight[key].abs().sum() > 0 for key in trained if "lora_B" in key)
     for key, value in straight.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from resume_support import straight_and_resumed
 
 import lmforge
 import lmforge.pipeline as pipeline
@@ -275,10 +276,6 @@ def test_retrieval_returns_the_target_of_the_most_similar_training_source():
 # --- resume -------------------------------------------------------------------------------------
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.timeout(120)
 def test_interrupted_then_resumed_training_equals_straight_through(tmp_path):
     data = write_pairs(tmp_path / "pairs.csv", reversed_language(80))
@@ -286,26 +283,16 @@ def test_interrupted_then_resumed_training_equals_straight_through(tmp_path):
                       | {"train": {"max_steps": 12, "eval_every": 4, "batch_size": 8}})
     recipe = translation.RECIPE
 
-    def run(out: Path, crash_after: int | None = None) -> dict:
+    def run(out: Path, wrap_loss, resume: bool) -> dict:
         prepared = recipe.prepare(cfg, out, False, lambda _: None)
         model = recipe.build_model(prepared, out, False, False, lambda _: None)
         plan = recipe.training(prepared, model)
-        calls = {"n": 0}
-
-        def loss_fn(m, batch):
-            calls["n"] += 1
-            if crash_after is not None and calls["n"] > crash_after:
-                raise Crash()
-            return plan.loss(m, batch)
-
-        fit(model, plan.examples, plan.collate, loss_fn, plan.val_metrics, cfg.train, out,
-            resume=crash_after is None and (out / "checkpoints").exists(),
-            metric_mode=plan.metric_mode, show_progress=False, lengths=plan.lengths)
+        fit(model, plan.examples, plan.collate, wrap_loss(plan.loss), plan.val_metrics,
+            cfg.train, out, resume=resume, metric_mode=plan.metric_mode, show_progress=False,
+            lengths=plan.lengths)
         return model.state_dict()
 
-    straight = run(tmp_path / "a")
-    with pytest.raises(Crash):  # dies after step 6, between the checkpoints of steps 4 and 8
-        run(tmp_path / "b", crash_after=6)
-    resumed = run(tmp_path / "b")
+    # dies after step 6, between the checkpoints of steps 4 and 8
+    straight, resumed = straight_and_resumed(run, tmp_path)
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
