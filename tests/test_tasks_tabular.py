@@ -183,7 +183,8 @@ def test_the_regression_loss_is_a_knob_of_task_regression_only():
 
 @pytest.mark.timeout(120)
 def test_a_table_without_a_text_column_trains_the_mlp_on_its_own_schedule(tmp_path):
-    from lmforge.config import TABLE_TRAIN_DEFAULTS, load_config, read_config_file
+    from lmforge.config import load_config, read_config_file
+    from lmforge.tasks.tabular import TABLE_TRAIN_DEFAULTS
 
     data = class_table(tmp_path / "c.csv", 80, seed=5)
     result = lmforge.train({"task": "classification", "data": {"path": str(data)},

@@ -569,34 +569,8 @@ TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                     "dropout": 0.3},
 }
 RECOMMENDERS = ("sasrec", "mf")  # task recommendation's models, and no other task's
-# A feature table's schedule (model.arch mlp) where the config gives none: tables are small, so
-# many epochs, the best checkpoint on validation shipped (bench/RESULTS.md, "Feature tables").
-TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-3, "batch_size": 64, "epochs": 100, "eval_every": 50, "warmup_ratio": 0.05,
-    "weight_decay": 1e-4,
-}
-# The CNN's schedule on images (model.arch cnn) where the config gives none: small image sets
-# need more passes and a higher rate than text (bench/RESULTS.md, "Images").
-IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "epochs": 10, "eval_every": 100}
 IMAGE_KNOBS = ("image_column", "image_size", "image_mean", "image_std", "augment")  # data.*
 ARCH_KNOBS = {"channels": "cnn", "rnn_cell": "rnn", "kernel_sizes": "textcnn"}  # model.* -> arch
-# Recommendation's schedule per model.arch where the config gives none. SASRec: 20 short
-# epochs over each user's history windows (MovieLens-100K: 380 steps; validation NDCG@10 levels
-# off by then, and the test NDCG@10 is 1.7x popularity's). MF: an example is a whole user, so
-# more epochs at a higher rate (at SASRec's schedule it tests under popularity). Both in
-# bench/RESULTS.md, "Recommendation".
-RECOMMENDATION_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sasrec": {"lr": 1e-3, "batch_size": 128, "epochs": 20, "eval_every": 100,
-               "warmup_ratio": 0.02},
-    "mf": {"lr": 1e-2, "batch_size": 128, "epochs": 60, "eval_every": 100,
-           "warmup_ratio": 0.02},
-}
-# Translation's schedule where the config gives none: a model trained from scratch on a few
-# thousand pairs needs many epochs (bench/RESULTS.md, "Translation").
-TRANSLATION_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 2e-3, "batch_size": 64, "epochs": 40, "eval_every": 250, "warmup_ratio": 0.05,
-}
-TRANSLATION_VOCAB_SIZE = 2000  # one vocabulary for both sides of a few thousand pairs
 
 
 def _recipes() -> dict[str, Any]:
@@ -607,12 +581,18 @@ def _recipes() -> dict[str, Any]:
     return TASKS
 
 
-def _inputs_of(cfg: Config) -> str:
-    """The kind of input a config's data holds (lmforge.tasks.inputs_of), looked up as
-    _recipes is."""
-    from lmforge.tasks import inputs_of
+def _recipe_of(cfg: Config) -> Any:
+    """The recipe a config trains with (its task's, for the kind of input its data holds),
+    looked up as _recipes is."""
+    from lmforge.tasks import inputs_of, recipe_for
 
-    return inputs_of(cfg)
+    return recipe_for(cfg.task, inputs_of(cfg))
+
+
+def fill_train_defaults(train: TrainConfig, defaults: dict[str, Any]) -> None:
+    """Set each field of `defaults` the config did not give: a task's own schedule."""
+    for key in defaults.keys() - train.model_fields_set:
+        setattr(train, key, defaults[key])
 
 
 class Config(Section):
@@ -707,7 +687,7 @@ class Config(Section):
                 raise ValueError(f"{key} is not used by task '{self.task}' (it applies to "
                                  f"{TASK_ONLY_KNOBS[path]}); remove it")
         # The choices are the val metrics the task's evaluation reports (its recipe says).
-        metric, choices = self.train.early_stopping_metric, _recipes()[self.task].val_metrics
+        metric, choices = self.train.early_stopping_metric, _recipe_of(self).val_metrics
         if metric not in choices:
             raise ValueError(f"train.early_stopping_metric '{metric}' is not a val metric of "
                              f"task '{self.task}'; choose one of: {', '.join(choices)}"
@@ -716,82 +696,27 @@ class Config(Section):
 
     def _task_defaults(self) -> None:
         """Fill what depends on the task (a field the user set is never changed), and refuse
-        a model or tokenizer the task cannot use."""
+        a model or tokenizer the task cannot use: the rules every task shares here, each
+        task's own in its recipe's `configure` (lmforge.tasks; the recipe of the kind of input
+        the data holds)."""
         model, tokenizer = self.model, self.tokenizer
         preset_vocab = (model.preset or "").startswith("gpt2-")
         if preset_vocab and "vocab_size" not in tokenizer.model_fields_set:
             tokenizer.vocab_size = GPT2_VOCAB_SIZE
-        if "arch" not in model.model_fields_set and (self.task == "regression" or (
-                self.task == "classification" and (self.data.features
-                                                   or self.data.inputs == "table"))):
-            model.arch = "mlp"
+        if (model.arch in RECOMMENDERS) != (self.task == "recommendation"):
+            raise ValueError(f"model.arch '{model.arch}' does not fit task '{self.task}'; task "
+                             f"recommendation uses {' or '.join(RECOMMENDERS)}, and only it")
+        recipe = _recipe_of(self)
+        configure = getattr(recipe, "configure", None)
+        if configure is not None:
+            configure(self)
         if "early_stopping_metric" not in self.train.model_fields_set:
-            # a table's val split is small: its loss picks the best step, where accuracy ties
-            self.train.early_stopping_metric = "val_loss" if model.arch == "mlp" else \
-                _recipes()[self.task].val_metrics[0]
+            self.train.early_stopping_metric = recipe.val_metrics[0]
         if self.train.lr_schedule == "auto":
             # linear for a fine-tune: cosine's higher rate in the first half cost MiniLM-L6 3
             # points at lr 5e-4 (bench/RESULTS.md, "Parity with Hugging Face Trainer")
             self.train.lr_schedule = "linear" if model.arch == "pretrained" else "cosine"
-        if (model.arch in RECOMMENDERS) != (self.task == "recommendation"):
-            raise ValueError(f"model.arch '{model.arch}' does not fit task '{self.task}'; task "
-                             f"recommendation uses {' or '.join(RECOMMENDERS)}, and only it")
-        if model.arch == "mlp" or self.task == "regression":
-            self._table_defaults()
-            return
-        if "arch" not in model.model_fields_set and self.task == "classification" and (
-                _inputs_of(self) == "image"):
-            model.arch = "cnn"  # the default for images
-        if model.arch == "cnn":
-            self._image_defaults()
-            return
         self._refuse_other_archs_knobs()
-        if self.task == "recommendation":
-            for key, value in RECOMMENDATION_TRAIN_DEFAULTS[model.arch].items():
-                if key not in self.train.model_fields_set:
-                    setattr(self.train, key, value)
-            return
-        if self.task == "classification":
-            if model.arch == "gpt":
-                raise ValueError("model.arch 'gpt' is a decoder for task generation; "
-                                 "classification uses 'transformer' or 'pretrained'")
-            if tokenizer.kind == "byte_bpe":
-                raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; "
-                                 "classification uses bpe, wordpiece or char")
-            if model.arch == "auto" and self.data.split.val == 0:
-                raise ValueError("model.arch 'auto' picks its model on the validation split; "
-                                 "set data.split.val above 0")
-            return
-        if self.task == "translation":
-            self._translation_defaults()
-        if self.task != "generation":
-            return
-        if "arch" not in model.model_fields_set:
-            model.arch = "gpt"
-        if model.arch == "auto":
-            raise ValueError("model.arch 'auto' is for task classification; task generation "
-                             "uses 'gpt' or 'pretrained'")
-        if model.arch == "transformer":
-            raise ValueError("model.arch 'transformer' is an encoder and cannot generate; "
-                             "task generation uses 'gpt' or 'pretrained'")
-        if tokenizer.kind == "auto" and model.arch == "gpt" and not tokenizer.pretrained:
-            tokenizer.kind = "byte_bpe"
-        if tokenizer.kind in ("bpe", "wordpiece", "char"):
-            raise ValueError(f"tokenizer.kind '{tokenizer.kind}' drops spaces, so generated text "
-                             "would not read back; use byte_bpe (the default for generation)")
-
-    def _table_defaults(self) -> None:
-        """model.arch mlp reads a feature table (classification or regression); its schedule
-        (TABLE_TRAIN_DEFAULTS) where none given."""
-        arch = self.model.arch
-        if self.task not in ("classification", "regression"):
-            raise ValueError(f"model.arch 'mlp' reads feature tables for task classification "
-                             f"or regression, not '{self.task}'")
-        if arch != "mlp":
-            raise ValueError(f"task regression trains model.arch 'mlp' on a feature table (got "
-                             f"'{arch}'); regression of a text column is not available")
-        for key in TABLE_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
-            setattr(self.train, key, TABLE_TRAIN_DEFAULTS[key])
 
     def _refuse_other_archs_knobs(self) -> None:
         """A knob of a model (or input) the config does not use, set to other than its default
@@ -802,7 +727,7 @@ class Config(Section):
             default = type(section).model_fields[name].get_default(call_default_factory=True)
             return name in section.model_fields_set and getattr(section, name) != default
 
-        image_model = arch == "pretrained"  # a pretrained model may read images
+        image_model = arch in ("cnn", "pretrained")  # the models that may read images
         given = [f"data.{name}" for name in IMAGE_KNOBS if changed(data, name) and not image_model]
         given += [f"model.{name}" for name, owner in ARCH_KNOBS.items()
                   if owner != arch and changed(model, name)]
@@ -810,35 +735,6 @@ class Config(Section):
             owner = ARCH_KNOBS.get(given[0].removeprefix("model."), "cnn")
             raise ValueError(f"{given[0]} is read by model.arch {owner} only (this config "
                              f"trains '{arch}'); remove it")
-
-    def _image_defaults(self) -> None:
-        """model.arch cnn reads images (task classification); its schedule
-        (IMAGE_TRAIN_DEFAULTS) where none given."""
-        if self.task != "classification" or self.data.inputs in ("text", "table"):
-            raise ValueError("model.arch 'cnn' reads images for task classification (got task "
-                             f"'{self.task}', data.inputs '{self.data.inputs}')")
-        for key in IMAGE_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
-            setattr(self.train, key, IMAGE_TRAIN_DEFAULTS[key])
-
-    def _translation_defaults(self) -> None:
-        """lmforge's encoder–decoder (model.arch transformer) on byte-level BPE, which reads
-        back exactly (spaces kept); its schedule (TRANSLATION_TRAIN_DEFAULTS) where none given."""
-        model, tokenizer = self.model, self.tokenizer
-        if model.arch != "transformer":
-            raise ValueError(f"model.arch '{model.arch}' does not translate; task translation "
-                             "uses 'transformer' (lmforge's encoder–decoder)")
-        if tokenizer.pretrained:
-            raise ValueError("tokenizer.pretrained is for pretrained models; task translation "
-                             "trains its own byte_bpe tokenizer")
-        if tokenizer.kind == "auto":
-            tokenizer.kind = "byte_bpe"
-        if "vocab_size" not in tokenizer.model_fields_set:
-            tokenizer.vocab_size = TRANSLATION_VOCAB_SIZE
-        if tokenizer.kind != "byte_bpe":
-            raise ValueError(f"tokenizer.kind '{tokenizer.kind}' does not read back exactly "
-                             "(spaces are lost); task translation uses byte_bpe")
-        for key in TRANSLATION_TRAIN_DEFAULTS.keys() - self.train.model_fields_set:
-            setattr(self.train, key, TRANSLATION_TRAIN_DEFAULTS[key])
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data, less the knobs of other tasks (so that it loads again)."""

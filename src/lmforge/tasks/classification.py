@@ -216,6 +216,23 @@ class ClassificationTask:
     quickstart_run = "quickstart"  # runs/<this>: where `lmforge quickstart` writes
     report_kind = "classification"  # report.html's views (evaluation.html_report.SECTIONS)
 
+    def configure(self, cfg: Config) -> None:
+        """Refuse a model or tokenizer that cannot classify text."""
+        model, tokenizer = cfg.model, cfg.tokenizer
+        if model.arch == "gpt":
+            raise ValueError("model.arch 'gpt' is a decoder for task generation; "
+                             "classification uses 'transformer' or 'pretrained'")
+        if model.arch in ("mlp", "cnn"):
+            reads = "feature tables" if model.arch == "mlp" else "images"
+            raise ValueError(f"model.arch '{model.arch}' reads {reads}, and this config's data "
+                             f"is text (data.inputs '{cfg.data.inputs}')")
+        if tokenizer.kind == "byte_bpe":
+            raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; "
+                             "classification uses bpe, wordpiece or char")
+        if model.arch == "auto" and cfg.data.split.val == 0:
+            raise ValueError("model.arch 'auto' picks its model on the validation split; "
+                             "set data.split.val above 0")
+
     def starter_config(self, data: str) -> Config:
         """Its columns detected, and model.arch auto: the best on validation of lmforge's
         encoder, TF-IDF + logistic regression and their fusion."""

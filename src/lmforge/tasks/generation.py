@@ -151,6 +151,27 @@ class GenerationTask:
     quickstart_run = "quickstart-generation"  # runs/<this>: where `lmforge quickstart` writes
     report_kind = "generation"  # report.html's views (evaluation.html_report.SECTIONS)
 
+    def configure(self, cfg: Config) -> None:
+        """lmforge's GPT unless a pretrained model is named, and a tokenizer that reads back
+        exactly (byte-level BPE keeps spaces)."""
+        model, tokenizer = cfg.model, cfg.tokenizer
+        if "arch" not in model.model_fields_set:
+            model.arch = "gpt"
+        if model.arch == "auto":
+            raise ValueError("model.arch 'auto' is for task classification; task generation "
+                             "uses 'gpt' or 'pretrained'")
+        if model.arch == "transformer":
+            raise ValueError("model.arch 'transformer' is an encoder and cannot generate; "
+                             "task generation uses 'gpt' or 'pretrained'")
+        if model.arch not in ("gpt", "pretrained"):
+            raise ValueError(f"model.arch '{model.arch}' cannot generate; task generation uses "
+                             "'gpt' or 'pretrained'")
+        if tokenizer.kind == "auto" and model.arch == "gpt" and not tokenizer.pretrained:
+            tokenizer.kind = "byte_bpe"
+        if tokenizer.kind in ("bpe", "wordpiece", "char"):
+            raise ValueError(f"tokenizer.kind '{tokenizer.kind}' drops spaces, so generated text "
+                             "would not read back; use byte_bpe (the default for generation)")
+
     def starter_config(self, data: str) -> Config:
         if conversation_kind(data) is not None:  # chat or instruction rows: no text column
             return Config(task=self.name, data=DataConfig(path=data, format="jsonl"))

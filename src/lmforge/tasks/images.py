@@ -20,7 +20,13 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 import lmforge.runs as runs
-from lmforge.config import Config, DataConfig, load_config, read_config_file
+from lmforge.config import (
+    Config,
+    DataConfig,
+    fill_train_defaults,
+    load_config,
+    read_config_file,
+)
 from lmforge.data.images import (
     BUILTIN_DIGITS,
     ImagePreprocess,
@@ -52,6 +58,11 @@ WEIGHTS_FILE = "model.safetensors"
 BASELINE_SIDE = 16  # the pixel baseline reads images downscaled to at most this side
 CROP_SCALE = (0.7, 1.0)  # the share of the image's area a random resized crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)
+
+
+# The CNN's schedule on images (model.arch cnn) where the config gives none: small image sets
+# need more passes and a higher rate than text (bench/RESULTS.md, "Images").
+IMAGE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "epochs": 10, "eval_every": 100}
 
 
 @dataclass
@@ -214,6 +225,18 @@ class ImageClassificationTask:
     runs_with = "predict"
     quickstart_run = "quickstart-images"
     report_kind = "classification"
+
+    def configure(self, cfg: Config) -> None:
+        """model.arch cnn (the default for images) and its schedule where the config gives
+        none; a pretrained image backbone keeps the shared schedule."""
+        model = cfg.model
+        if "arch" not in model.model_fields_set:
+            model.arch = "cnn"
+        if model.arch not in ("cnn", "pretrained"):
+            raise ValueError(f"model.arch '{model.arch}' does not read images; classification "
+                             "of images uses 'cnn' or 'pretrained'")
+        if model.arch == "cnn":
+            fill_train_defaults(cfg.train, IMAGE_TRAIN_DEFAULTS)
 
     def starter_config(self, data: str) -> Config:
         return load_config({"task": self.name, "data": {"path": data, "inputs": "image"},

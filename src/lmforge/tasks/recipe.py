@@ -75,6 +75,10 @@ class TaskRecipe(Protocol):
     quickstart_run: str  # the run directory's name under runs/ for `lmforge quickstart`
     report_kind: str  # its views in report.html (evaluation.html_report.SECTIONS; "metrics":
     # eval.json as a table)
+    # Optional: `configure(cfg)`, called while a config of this task (and kind of input) is
+    # checked: fill the defaults that are the task's own (its model, its schedule) where the
+    # config gives none, and raise ValueError for a model or tokenizer it cannot use. The
+    # rules every task shares stay in config.py.
 
     def starter_config(self, data: str) -> Config:
         """`lmforge init`: a config for this data file, its columns detected."""

@@ -21,7 +21,13 @@ from safetensors.torch import load_model
 from torch import nn
 
 import lmforge.render as render
-from lmforge.config import Config, DataConfig, load_config, read_config_file
+from lmforge.config import (
+    Config,
+    DataConfig,
+    fill_train_defaults,
+    load_config,
+    read_config_file,
+)
 from lmforge.data.builtin import BUILTIN_TABLES
 from lmforge.data.detect import LABEL_NAMES, MAX_CLASSES, free_text_column
 from lmforge.data.features import (
@@ -69,6 +75,14 @@ def holds_table(cfg: Config) -> bool:
         return False
     # a text table whose text column is named otherwise (a review, say) is still text
     return free_text_column(data.path, data.format, data.label_column) is None
+
+
+# A feature table's schedule (model.arch mlp) where the config gives none: tables are small, so
+# many epochs, the best checkpoint on validation shipped (bench/RESULTS.md, "Feature tables").
+TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3, "batch_size": 64, "epochs": 100, "eval_every": 50, "warmup_ratio": 0.05,
+    "weight_decay": 1e-4,
+}
 
 
 class TableExamples:
@@ -190,6 +204,25 @@ class TableTask:
         self.quickstart_run = f"quickstart-{name}-table"
 
     # -- configs
+
+    def configure(self, cfg: Config) -> None:
+        """model.arch mlp (a feature table's model), val_loss to pick the best step (a table's
+        val split is small: its loss decides where accuracy ties) and the tables' schedule,
+        where the config gives none."""
+        model = cfg.model
+        if "arch" not in model.model_fields_set:
+            model.arch = "mlp"
+        if model.arch != "mlp":
+            if self.name == "regression":
+                raise ValueError(f"task regression trains model.arch 'mlp' on a feature table "
+                                 f"(got '{model.arch}'); regression of a text column is not "
+                                 "available")
+            raise ValueError(f"{cfg.data.path} is a feature table: model.arch '{model.arch}' "
+                             "reads text; use model.arch mlp (or data.inputs text and a text "
+                             "column)")
+        if "early_stopping_metric" not in cfg.train.model_fields_set:
+            cfg.train.early_stopping_metric = "val_loss"
+        fill_train_defaults(cfg.train, TABLE_TRAIN_DEFAULTS)
 
     def starter_config(self, data: str) -> Config:
         """model.arch mlp, the target column found, every other column a feature; the type of

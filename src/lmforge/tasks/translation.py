@@ -32,6 +32,7 @@ from lmforge.config import (
     DataConfig,
     TranslationConfig,
     describe_setting,
+    fill_train_defaults,
     load_config,
     read_config_file,
 )
@@ -111,6 +112,14 @@ def count_truncated(tokenizer: TextTokenizer, pairs: Pairs, max_length: int) -> 
     sources, targets = tokenizer.encode_plain(pairs.sources), tokenizer.encode_plain(pairs.targets)
     return sum(1 for s, t in zip(sources, targets, strict=True)
                if len(s) > max_length or len(t) > max_length - 1)
+
+
+# Translation's schedule where the config gives none: a model trained from scratch on a few
+# thousand pairs needs many epochs (bench/RESULTS.md, "Translation").
+TRANSLATION_TRAIN_DEFAULTS: dict[str, Any] = {
+    "lr": 2e-3, "batch_size": 64, "epochs": 40, "eval_every": 250, "warmup_ratio": 0.05,
+}
+TRANSLATION_VOCAB_SIZE = 2000  # one vocabulary for both sides of a few thousand pairs
 
 
 @dataclass
@@ -313,6 +322,25 @@ class TranslationTask:
     runs_with = "translate"  # the verb that runs its bundles
     quickstart_run = "quickstart-translation"  # runs/<this>: where `lmforge quickstart` writes
     report_kind = "metrics"  # report.html: eval.json as a table
+
+    def configure(self, cfg: Config) -> None:
+        """lmforge's encoder–decoder (model.arch transformer) on byte-level BPE, which reads
+        back exactly (spaces kept); its vocabulary size and schedule where none given."""
+        model, tokenizer = cfg.model, cfg.tokenizer
+        if model.arch != "transformer":
+            raise ValueError(f"model.arch '{model.arch}' does not translate; task translation "
+                             "uses 'transformer' (lmforge's encoder–decoder)")
+        if tokenizer.pretrained:
+            raise ValueError("tokenizer.pretrained is for pretrained models; task translation "
+                             "trains its own byte_bpe tokenizer")
+        if tokenizer.kind == "auto":
+            tokenizer.kind = "byte_bpe"
+        if "vocab_size" not in tokenizer.model_fields_set:
+            tokenizer.vocab_size = TRANSLATION_VOCAB_SIZE
+        if tokenizer.kind != "byte_bpe":
+            raise ValueError(f"tokenizer.kind '{tokenizer.kind}' does not read back exactly "
+                             "(spaces are lost); task translation uses byte_bpe")
+        fill_train_defaults(cfg.train, TRANSLATION_TRAIN_DEFAULTS)
 
     def starter_config(self, data: str) -> Config:
         return load_config({"task": self.name,
