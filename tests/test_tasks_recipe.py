@@ -264,3 +264,23 @@ def test_a_bundle_of_a_kind_of_input_its_task_does_not_read_is_refused(tmp_path,
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "inputs": "image"}))
     with pytest.raises(LmforgeError, match="does not read image inputs; it reads: text"):
         lmforge.load(result.bundle_dir)
+
+
+class ConfiguredWordCountTask(WordCountTask):
+    """The task with defaults and refusals of its own, given at config time."""
+
+    def configure(self, cfg):
+        if cfg.model.arch == "gpt":
+            raise ValueError("model.arch 'gpt' cannot count words")
+        if "lr" not in cfg.train.model_fields_set:
+            cfg.train.lr = 0.05
+
+
+def test_a_task_fills_its_own_config_defaults_and_refuses_what_it_cannot_use(monkeypatch):
+    from lmforge.config import load_config
+
+    monkeypatch.setitem(tasks.TASKS, "word_count", ConfiguredWordCountTask())
+    assert load_config({"task": "word_count"}).train.lr == 0.05
+    assert load_config({"task": "word_count", "train": {"lr": 0.01}}).train.lr == 0.01
+    with pytest.raises(LmforgeError, match="cannot count words"):
+        load_config({"task": "word_count", "model": {"arch": "gpt"}})
