@@ -444,6 +444,7 @@ def export(
     into its base instead (a bundle `transformers` loads as it is); returns the merged bundle's
     lmforge.json."""
     from lmforge import optimize
+    from lmforge.optimize.kinds import exporter_of
     from lmforge.optimize.merge import merge_bundle, refuse_adapter
 
     if format != "onnx":
@@ -456,43 +457,15 @@ def export(
         meta = merge_bundle(where.bundle_dir, target)
         render.console().print(f"merged bundle written to {target}", markup=False)
         return meta
-    if read_meta(where.bundle_dir).get("inputs") == "table":  # an MLP over a feature table
-        return _export_table(where.bundle_dir, where.run_dir, target, opset, int8=False)
-    if read_meta(where.bundle_dir).get("inputs") == "image":  # a CNN over images
-        return _export_images(where.bundle_dir, where.run_dir, target, opset, data, int8=False)
-    if read_meta(where.bundle_dir).get("task") == "generation":  # a GPT, its KV cache in and out
-        from lmforge.optimize.export_gpt import export_gpt_bundle, render_gpt_report
-
-        report = export_gpt_bundle(where.bundle_dir, where.run_dir, target,
-                                   opset or optimize.DEFAULT_OPSET, data)
-        render_gpt_report(report, render.console())
+    own = exporter_of(read_meta(where.bundle_dir))  # a table's MLP, an image CNN, a GPT
+    if own is not None:
+        report = own.export(where.bundle_dir, where.run_dir, target,
+                            opset or optimize.DEFAULT_OPSET, data)
+        own.render(report, render.console())
         return report
     refuse_adapter(where.bundle_dir, "ONNX export")
     source = optimize.load_source(where.bundle_dir, where.run_dir, data)
     report = optimize.export_bundle(source, target, opset or optimize.DEFAULT_OPSET)
-    optimize.render_report(report, render.console())
-    return report
-
-
-def _export_table(bundle_dir: Path, run_dir: Path | None, target: Path, opset: int | None,
-                  int8: bool) -> dict[str, Any]:
-    """A feature table's MLP to ONNX (fp32 or int8), checked against PyTorch."""
-    from lmforge.optimize import DEFAULT_OPSET
-    from lmforge.optimize.tables import export_table_bundle, render_table_report
-
-    report = export_table_bundle(bundle_dir, run_dir, target, opset or DEFAULT_OPSET, int8)
-    render_table_report(report, render.console())
-    return report
-
-
-def _export_images(bundle_dir: Path, run_dir: Path | None, target: Path, opset: int | None,
-                   data: str | Path | None, int8: bool) -> dict[str, Any]:
-    """An image bundle's CNN to ONNX (fp32 or int8), checked against PyTorch and measured."""
-    from lmforge import optimize
-    from lmforge.optimize.images import export_image_bundle, quantize_image_bundle
-
-    run = quantize_image_bundle if int8 else export_image_bundle
-    report = run(bundle_dir, run_dir, target, opset or optimize.DEFAULT_OPSET, data)
     optimize.render_report(report, render.console())
     return report
 
@@ -513,6 +486,7 @@ def compress(
     """Quantize (int8), prune or distill a classification bundle into a new bundle, measured
     beside the original; returns compress_report.json's content."""
     from lmforge import optimize
+    from lmforge.optimize.kinds import exporter_of
 
     given = {"--quantize": quantize, "--prune": prune, "--distill": distill}
     chosen = [flag for flag, value in given.items() if value is not None]
@@ -536,14 +510,14 @@ def compress(
         suffix = "distilled" if distill is not None else f"pruned{round(100 * prune)}"
     target = Path(out) if out else optimize.default_out(where.bundle_dir, suffix)
     optimize.check_out(target, where.bundle_dir, force)
-    if read_meta(where.bundle_dir).get("inputs") == "table":  # an MLP over a feature table
+    own = exporter_of(read_meta(where.bundle_dir))
+    if own is not None and own.quantize is not None:  # a table's MLP, an image CNN
         if not quantize:
-            raise LmforgeError("a feature table's bundle compresses with --quantize int8 only")
-        return _export_table(where.bundle_dir, where.run_dir, target, None, int8=True)
-    if read_meta(where.bundle_dir).get("inputs") == "image":  # a CNN over images
-        if not quantize:
-            raise LmforgeError("an image bundle compresses with --quantize int8 only")
-        return _export_images(where.bundle_dir, where.run_dir, target, None, data, int8=True)
+            raise LmforgeError(f"{own.what} compresses with --quantize int8 only")
+        report = own.quantize(where.bundle_dir, where.run_dir, target, optimize.DEFAULT_OPSET,
+                              data)
+        own.render(report, render.console())
+        return report
     if distill is None:  # a teacher may be an adapter; int8 and pruning need a whole model
         from lmforge.optimize.merge import refuse_adapter
 
