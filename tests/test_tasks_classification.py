@@ -1,6 +1,9 @@
 """Classification batching: dynamic padding, token dropout and class weights."""
 
+import json
+
 import numpy as np
+import pytest
 import torch
 
 from lmforge.tasks import classification as task
@@ -31,3 +34,15 @@ def test_token_dropout_masks_about_that_share_and_never_special_tokens():
 def test_balanced_class_weights_equalise_the_classes():
     weights = task.balanced_class_weights(np.array([0, 0, 0, 1]), 2)
     assert torch.allclose(weights * torch.tensor([3.0, 1.0]), torch.tensor([2.0, 2.0]))
+
+
+def test_init_of_chat_data_for_classification_points_to_generation(tmp_path):
+    from lmforge import pipeline
+    from lmforge.errors import LmforgeError
+
+    row = {"messages": [{"role": "user", "content": "hi there"},
+                        {"role": "assistant", "content": "hello, how can I help"}]}
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for _ in range(30)), encoding="utf-8")
+    with pytest.raises(LmforgeError, match="pass --task generation"):
+        pipeline.init_config("classification", data)

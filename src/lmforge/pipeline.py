@@ -20,7 +20,6 @@ from lmforge.bundle import copy_bundle, load, locate_bundle, read_meta, save_bun
 from lmforge.config import Config, GenerateConfig, dump_config, load_config
 from lmforge.cross_validation import cross_validate
 from lmforge.data import read_texts
-from lmforge.data.conversations import conversation_kind
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.html_report import write_html_report
 from lmforge.files import write_atomic, write_json_atomic
@@ -371,9 +370,6 @@ def _read_prompts(input: str | Path) -> list[str]:
 def init_config(task_name: str, data: str | Path) -> str:
     """A starter config (YAML) for `data`, with its columns detected: the knobs its task reads,
     at that task's defaults, each section under a comment."""
-    if task_name == "classification" and conversation_kind(str(data)) is not None:
-        raise LmforgeError(f"{data} holds chat or instruction conversations, which task "
-                           "generation trains on: pass --task generation")
     cfg = _recipe_for_data(task_name, str(data)).starter_config(str(data))
     return (f"# lmforge config: `lmforge train {Path(data).stem}.yaml`\n"
             + dump_config(cfg, comments=True))

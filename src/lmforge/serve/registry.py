@@ -178,9 +178,10 @@ class ModelRegistry:
                     f"two models are named '{name}'; name them apart with NAME=BUNDLE"
                 )
             meta = read_meta(bundle_dir)
-            # a feature table's model (classification or regression) reads rows: "table"
-            task = "table" if meta.get("inputs") == "table" else meta["task"]
-            task = "image" if meta.get("inputs") == "image" else task  # images: their engine
+            # a kind of input with an engine of its own (a table's rows, images) is served by
+            # it, whatever the task; the others by their task's
+            kind = meta.get("inputs", "text")
+            task = kind if kind in TASK_LOADERS else meta["task"]
             if task not in TASK_LOADERS:
                 raise LmforgeError(
                     f"{bundle_dir} holds a '{task}' model; lmforge serve runs "

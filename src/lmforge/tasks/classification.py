@@ -33,6 +33,7 @@ from lmforge.data import (
     prepare_classification_data,
     read_labelled,
 )
+from lmforge.data.conversations import conversation_kind
 from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.evaluation import build_eval_report, render_table
@@ -236,6 +237,9 @@ class ClassificationTask:
     def starter_config(self, data: str) -> Config:
         """Its columns detected, and model.arch auto: the best on validation of lmforge's
         encoder, TF-IDF + logistic regression and their fusion."""
+        if conversation_kind(data) is not None:
+            raise LmforgeError(f"{data} holds chat or instruction conversations, which task "
+                               "generation trains on: pass --task generation")
         return load_config({"task": self.name, "data": {"path": data, **detect_columns(data)},
                             "model": {"arch": "auto"}})
 

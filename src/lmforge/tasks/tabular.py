@@ -29,6 +29,7 @@ from lmforge.config import (
     read_config_file,
 )
 from lmforge.data.builtin import BUILTIN_TABLES
+from lmforge.data.conversations import conversation_kind
 from lmforge.data.detect import LABEL_NAMES, MAX_CLASSES, free_text_column
 from lmforge.data.features import (
     FeatureRows,
@@ -69,8 +70,8 @@ def holds_table(cfg: Config) -> bool:
     if data.features or cfg.model.arch == "mlp" or data.path in BUILTIN_TABLES:
         return True
     columns = table_columns(data.path, data.format)
-    if not columns:
-        return False
+    if not columns or conversation_kind(data.path, data.format) is not None:
+        return False  # no table, or chat/instruction rows: text of another shape
     if data.text_column in columns or not any(c != data.label_column for c in columns):
         return False
     # a text table whose text column is named otherwise (a review, say) is still text
