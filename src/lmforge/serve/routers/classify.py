@@ -14,6 +14,7 @@ from lmforge.bundle import Predictor
 from lmforge.serve.billing.access import LimitedCaller, require_key
 from lmforge.serve.engines.classification import UNTRUNCATED, Overloaded, TooLong
 from lmforge.serve.errors import APIError, error_response, retry_after
+from lmforge.serve.routers import list_response
 from lmforge.serve.state import ServerState, get_state
 
 MAX_INPUTS = 2048  # texts per request, so that one request cannot hold a model for long
@@ -164,13 +165,9 @@ async def classify(body: ClassifyRequest, request: Request, caller: LimitedCalle
             ) from None
         call.prompt_tokens = sum(result.prompt_tokens)
     state.metrics.tokens.labels(served.name, "in").inc(call.prompt_tokens)
-    data = [
-        {"object": "classification", "index": i, **row, "truncated": truncated}
-        for i, (row, truncated) in enumerate(zip(result.rows, result.truncated, strict=True))
-    ]
-    usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0}
-    usage["total_tokens"] = call.prompt_tokens
-    return {"object": "list", "model": served.name, "data": data, "usage": usage}
+    rows = [{**row, "truncated": truncated}
+            for row, truncated in zip(result.rows, result.truncated, strict=True)]
+    return list_response(served.name, "classification", rows, call.prompt_tokens)
 
 
 async def classify_images(body: ClassifyRequest, state: ServerState, caller: LimitedCaller
@@ -188,7 +185,4 @@ async def classify_images(body: ClassifyRequest, state: ServerState, caller: Lim
         rows = await served.engine.classify(blobs)
         call.prompt_tokens = len(blobs)
     state.metrics.tokens.labels(served.name, "in").inc(call.prompt_tokens)
-    data = [{"object": "classification", "index": i, **row} for i, row in enumerate(rows)]
-    usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0,
-             "total_tokens": call.prompt_tokens}
-    return {"object": "list", "model": served.name, "data": data, "usage": usage}
+    return list_response(served.name, "classification", rows, call.prompt_tokens)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.serve.billing.access import LimitedCaller, require_key
 from lmforge.serve.errors import APIError
+from lmforge.serve.routers import list_response
 from lmforge.serve.state import get_state
 
 MAX_ROWS = 2048  # rows per request
@@ -44,7 +45,4 @@ async def predict(body: PredictRequest, request: Request, caller: LimitedCaller)
         predicted = await served.engine.predict(rows)
         call.prompt_tokens = len(rows)
     state.metrics.tokens.labels(served.name, "in").inc(call.prompt_tokens)
-    data = [{"object": "prediction", "index": i, **row} for i, row in enumerate(predicted)]
-    usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0,
-             "total_tokens": call.prompt_tokens}
-    return {"object": "list", "model": served.name, "data": data, "usage": usage}
+    return list_response(served.name, "prediction", predicted, call.prompt_tokens)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lmforge.errors import LmforgeError
 from lmforge.serve.billing.access import LimitedCaller, require_key
 from lmforge.serve.errors import APIError
+from lmforge.serve.routers import list_response
 from lmforge.serve.routers.classify import ClassifyRequest
 from lmforge.serve.state import get_state
 
@@ -68,8 +69,6 @@ async def translations(body: TranslationRequest, request: Request, caller: Limit
         call.completion_tokens = sum(t.output_tokens for t in done)
     state.metrics.tokens.labels(served.name, "in").inc(call.prompt_tokens)
     state.metrics.tokens.labels(served.name, "out").inc(call.completion_tokens)
-    data = [{"object": "translation", "index": i, "text": t.text,
-             "finish_reason": "stop" if t.finished else "length"} for i, t in enumerate(done)]
-    usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
-             "total_tokens": call.prompt_tokens + call.completion_tokens}
-    return {"object": "list", "model": served.name, "data": data, "usage": usage}
+    rows = [{"text": t.text, "finish_reason": "stop" if t.finished else "length"} for t in done]
+    return list_response(served.name, "translation", rows, call.prompt_tokens,
+                         call.completion_tokens)
