@@ -20,8 +20,8 @@ from lmforge.data.clean import clean_rows
 from lmforge.data.documents import (
     DocumentSplit,
     PreparedDocuments,
+    clean_and_split_whole,
     clean_document,
-    split_whole,
 )
 from lmforge.data.prepare import rows_report
 from lmforge.data.records import Records
@@ -130,12 +130,8 @@ def prepare_conversations(cfg: DataConfig, kind: str) -> PreparedDocuments:
     """Read cfg.path's conversations, clean them with cfg.clean (duplicates are whole
     conversations) and split them whole with cfg.split."""
     records = read_conversations(cfg.path, kind)
-    cleaned = clean_rows(records, cfg.clean, clean_conversation)
-    n = len(cleaned.texts)
-    if not n:
-        raise LmforgeError(f"no conversations left after cleaning {cfg.path}: "
-                           f"{records.rows_read} read, dropped: {records.drops.summary()}")
-    train, val, test = split_whole(cleaned.texts, cfg.split, cfg.path, "conversations")
+    cleaned, train, val, test = clean_and_split_whole(records, cfg, clean_conversation,
+                                                      "conversations")
     turns = [sum(m["role"] == "assistant" for m in load_conversation(t)) for t in cleaned.texts]
     report = rows_report(records, cleaned, unit="conversations") | {
         "kind": kind,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lmforge.config import CleanConfig, DataConfig, SplitConfig
-from lmforge.data.clean import clean_text
+from lmforge.data.clean import CleanedRows, clean_rows, clean_text
 from lmforge.data.prepare import read_and_clean, rows_report
+from lmforge.data.records import Records
 from lmforge.data.report import length_quantiles
 from lmforge.errors import LmforgeError
 
@@ -66,20 +68,26 @@ def split_documents(
     return (*_split_by_position(documents, split), "position")
 
 
-def split_whole(
-    texts: list[str], split: SplitConfig, path: str, unit: str
-) -> tuple[list[str], list[str], list[str]]:
-    """(train, val, test) of whole `unit`s (conversations, pairs: never cut by position); too
-    few of them to split is an error naming the file and the remedy."""
-    n = len(texts)
-    if (split.val or split.test) and n < MIN_DOCUMENTS_TO_SPLIT:
+def clean_and_split_whole(
+    records: Records, cfg: DataConfig, clean_one: Callable[[str, CleanConfig, Any], str],
+    unit: str,
+) -> tuple[CleanedRows, list[str], list[str], list[str]]:
+    """Rows of whole `unit`s (conversations, pairs: never cut by position) cleaned with
+    `clean_one` and cfg.clean, and (cleaned, train, val, test) split with cfg.split. None left,
+    or too few to split, is an error naming the file and the remedy."""
+    cleaned = clean_rows(records, cfg.clean, clean_one)
+    n = len(cleaned.texts)
+    if not n:
+        raise LmforgeError(f"no {unit} left after cleaning {cfg.path}: {records.rows_read} "
+                           f"read, dropped: {records.drops.summary()}")
+    if (cfg.split.val or cfg.split.test) and n < MIN_DOCUMENTS_TO_SPLIT:
         raise LmforgeError(
-            f"{path}: {n} {unit} are too few to split into train/val/test (at least "
+            f"{cfg.path}: {n} {unit} are too few to split into train/val/test (at least "
             f"{MIN_DOCUMENTS_TO_SPLIT}); add {unit} or set data.split.val and data.split.test "
             "to 0"
         )
-    train, val, test, _ = split_documents(texts, split)
-    return train, val, test
+    train, val, test, _ = split_documents(cleaned.texts, cfg.split)
+    return cleaned, train, val, test
 
 
 def _split_by_position(

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import CleanConfig, DataConfig
-from lmforge.data.clean import clean_rows
 from lmforge.data.conversations import to_messages
 from lmforge.data.documents import (
     DocumentSplit,
     PreparedDocuments,
+    clean_and_split_whole,
     clean_document,
-    split_whole,
 )
 from lmforge.data.prepare import rows_report
 from lmforge.data.records import Records
@@ -121,12 +120,7 @@ def prepare_pairs(cfg: DataConfig) -> PreparedDocuments:
     """Read cfg.path's pairs, clean them with cfg.clean (a duplicate is the same prompt with the
     same two replies) and split them whole with cfg.split."""
     records = read_pairs(cfg.path)
-    cleaned = clean_rows(records, cfg.clean, clean_pair)
-    n = len(cleaned.texts)
-    if not n:
-        raise LmforgeError(f"no preference pairs left after cleaning {cfg.path}: "
-                           f"{records.rows_read} read, dropped: {records.drops.summary()}")
-    train, val, test = split_whole(cleaned.texts, cfg.split, cfg.path, "pairs")
+    cleaned, train, val, test = clean_and_split_whole(records, cfg, clean_pair, "pairs")
     report = rows_report(records, cleaned, unit="pairs") | {
         "kind": "preference",
         "split_by": "pair",
