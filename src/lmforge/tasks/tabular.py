@@ -9,6 +9,7 @@ lmforge.json with "inputs": "table". A predictor takes rows as dicts of feature 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,26 @@ def holds_table(cfg: Config) -> bool:
     data = cfg.data
     if data.features or cfg.model.arch == "mlp" or data.path in BUILTIN_TABLES:
         return True
-    columns = table_columns(data.path, data.format)
-    if not columns or conversation_kind(data.path, data.format) is not None:
+    try:
+        stat = Path(data.path).expanduser().stat()
+    except OSError:
+        return False  # no file (yet): nothing says it is a table
+    return _is_feature_table(data.path, data.format, data.text_column, data.label_column,
+                             stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _is_feature_table(path: str, fmt: str, text_column: str, label_column: str,
+                      mtime_ns: int, size: int) -> bool:
+    """holds_table's reading of the file, once per version of it (a config is checked many
+    times a run; the file's time and size stand for its version)."""
+    columns = table_columns(path, fmt)
+    if not columns or conversation_kind(path, fmt) is not None:
         return False  # no table, or chat/instruction rows: text of another shape
-    if data.text_column in columns or not any(c != data.label_column for c in columns):
+    if text_column in columns or not any(c != label_column for c in columns):
         return False
     # a text table whose text column is named otherwise (a review, say) is still text
-    return free_text_column(data.path, data.format, data.label_column) is None
+    return free_text_column(path, fmt, label_column) is None
 
 
 # A feature table's schedule (model.arch mlp) where the config gives none: tables are small, so
