@@ -21,6 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table as RichTable
 
+import lmforge.render as render
 from lmforge.config import AssistantConfig, CleanConfig, Config, DataConfig, load_config
 from lmforge.data.clean import clean_rows, clean_text
 from lmforge.data.knowledge_bases import (
@@ -569,21 +570,13 @@ class AssistantTask:
         rows += [(f"hybrid, {language}", figures)
                  for language, figures in report["hybrid"].get("by_language", {}).items()]
         for name, row in rows:
-            table.add_row(name, *(_cell(row, key) for key in (
+            table.add_row(name, *(render.with_interval(row, key) for key in (
                 "hit@1", "hit@5", "mrr", "ece", "answered", "wrong_answer_rate",
                 "out_of_scope_handoff")))
         console.print(table)
 
     def quickstart_notes(self, predictor: Any, bundle_dir: Path) -> list[str]:
         return [f"ask it: `lmforge predict {bundle_dir} --input queries.txt`"]
-
-
-def _cell(row: dict[str, Any], key: str) -> str:
-    value = row.get(key)
-    if value is None:
-        return "-"
-    interval = row.get(f"{key}_ci95")
-    return f"{value:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
 def evaluate_held_out(run: Prepared, encoder: SentenceEncoder, vectors: np.ndarray
