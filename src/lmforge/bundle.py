@@ -43,6 +43,7 @@ from lmforge.models import (
     GPTConfig,
     PretrainedCausalLM,
     PretrainedClassifier,
+    PretrainedSeq2SeqLM,
     TransformerConfig,
 )
 from lmforge.models.adapters import SharedBases, check_adapter, load_adapter_model
@@ -59,7 +60,9 @@ WEIGHTS_FILE = "model.safetensors"
 OWN_MODELS: dict[str, tuple[str, type, type[nn.Module]]] = {
     "classification": ("transformer", TransformerConfig, EncoderClassifier),
     "generation": ("gpt", GPTConfig, GPT),
+    "regression": ("transformer", TransformerConfig, EncoderClassifier),  # one output: a value
 }
+TEXT_HEADS = ("classification", "regression")  # the tasks of an encoder with a head over text
 # Classification's other networks of lmforge's own over tokens: arch -> config, module.
 TEXT_ENCODERS: dict[str, tuple[type, type[nn.Module]]] = {
     "rnn": (RNNConfig, RNNClassifier),
@@ -69,7 +72,7 @@ TEXT_ENCODERS: dict[str, tuple[type, type[nn.Module]]] = {
 
 def _own_model(meta: dict[str, Any]) -> tuple[str, type, type[nn.Module]]:
     """The arch name, config and module of the bundle's own model (by its task and arch)."""
-    if meta["task"] == "classification" and meta.get("arch") in TEXT_ENCODERS:
+    if meta["task"] in TEXT_HEADS and meta.get("arch") in TEXT_ENCODERS:
         return (meta["arch"], *TEXT_ENCODERS[meta["arch"]])
     return OWN_MODELS[meta["task"]]
 
@@ -188,7 +191,7 @@ def save_bundle(
     """Write the bundle as `<directory>.tmp`, then swap it in (files.staged_dir): a crash at
     any instant leaves the old bundle or the new one."""
     with staged_dir(directory) as tmp:
-        if isinstance(model, (PretrainedClassifier, PretrainedCausalLM)):
+        if isinstance(model, (PretrainedClassifier, PretrainedCausalLM, PretrainedSeq2SeqLM)):
             model.save(tmp)
         else:
             save_model(model, str(tmp / WEIGHTS_FILE))
@@ -265,13 +268,14 @@ def _shown(value: Any) -> str:
 def _meta_problem(meta: dict[str, Any]) -> str | None:
     task, arch, length = meta["task"], meta.get("arch"), meta.get("max_length")
     own_arch = OWN_MODELS[task][0]
-    others = (*TEXT_ENCODERS, *OTHER_ARCHS) if task == "classification" else ()
+    others = {"classification": (*TEXT_ENCODERS, *OTHER_ARCHS),
+              "regression": tuple(TEXT_ENCODERS)}.get(task, ())
     archs = (own_arch, "pretrained", *others)
     if arch not in archs:
         return f"'arch' must be {' or '.join(map(repr, archs))} for {task} (got {_shown(arch)})"
     if type(length) is not int or length < 1:
         return f"'max_length' must be a positive integer (got {_shown(length)})"
-    columns = ["text_column", "label_column"] if task == "classification" else ["text_column"]
+    columns = ["text_column", "label_column"] if task in TEXT_HEADS else ["text_column"]
     for key in columns:
         if not isinstance(meta.get(key), str):
             return f"'{key}' must be a column name (got {_shown(meta.get(key))})"
@@ -324,6 +328,9 @@ def _architecture_problem(meta: dict[str, Any]) -> str | None:
     if meta["task"] == "classification" and config.n_classes != n_labels:
         return (f"'labels' names {n_labels} classes but the model has {config.n_classes} "
                 "outputs ('architecture.n_classes')")
+    if meta["task"] == "regression" and config.n_classes != 1:
+        return (f"a regression model has one output, not {config.n_classes} "
+                "('architecture.n_classes')")
     return None
 
 
@@ -436,15 +443,21 @@ def open_model_bundle(
 ) -> Predictor | Generator:
     """A classification or generation bundle's Predictor or Generator (their recipes' load).
     An adapter bundle's base is shared with the other adapters loaded through `bases`."""
-    meta, tokenizer, onnx_model = _open_bundle(directory)
-    if onnx_model is not None:
-        if meta["task"] == "generation":
-            return Generator(onnx_model, tokenizer, meta)
-        return Predictor(onnx_model, tokenizer, meta)
-    model = _build_model(directory, meta, bases).to(resolve_device(device))
+    meta, tokenizer, model = open_network(directory, device, bases)
     if meta["task"] == "generation":
         return Generator(model, tokenizer, meta)
     return Predictor(model, tokenizer, meta)
+
+
+def open_network(
+    directory: Path, device: str = "auto", bases: SharedBases | None = None
+) -> tuple[dict[str, Any], TextTokenizer, nn.Module]:
+    """A bundle of one network over tokens, checked: its lmforge.json, tokenizer and model
+    (ONNX Runtime's session for an exported bundle, else the weights on `device`)."""
+    meta, tokenizer, onnx_model = _open_bundle(directory)
+    if onnx_model is not None:
+        return meta, tokenizer, onnx_model
+    return meta, tokenizer, _build_model(directory, meta, bases).to(resolve_device(device))
 
 
 def _build_model(

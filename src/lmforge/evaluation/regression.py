@@ -48,3 +48,12 @@ def regression_metrics(gold: np.ndarray, pred: np.ndarray, n_resamples: int = 0,
             values = values[~np.isnan(values)]
             report["ci95"][name] = _percentile_interval(values) if values.size else None
     return report
+
+
+def val_regression_metrics(gold: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """What a regression's validation reports every eval_every steps: val_rmse, val_mae,
+    val_r2 (0 when the targets are all equal) and val_loss (the mean squared error)."""
+    found = regression_metrics(gold, pred)
+    return {"val_rmse": found["rmse"], "val_mae": found["mae"],
+            "val_r2": found["r2"] if found["r2"] is not None else 0.0,
+            "val_loss": found["rmse"] ** 2}

@@ -29,6 +29,12 @@ MIN_TEXTS_FOR_MIN_DF = 100
 ANALYZER, NGRAM_RANGE = "char_wb", (1, 3)
 
 
+def tfidf_vectorizer(n_texts: int) -> TfidfVectorizer:
+    """The TF-IDF features of every TF-IDF model and baseline, for `n_texts` training texts."""
+    return TfidfVectorizer(analyzer=ANALYZER, ngram_range=NGRAM_RANGE, sublinear_tf=True,
+                           dtype=np.float32, min_df=2 if n_texts >= MIN_TEXTS_FOR_MIN_DF else 1)
+
+
 @dataclass
 class TfidfLogReg:
     """A fitted model: n-gram → column, idf per column, and the classifier's weights over the
@@ -46,10 +52,7 @@ class TfidfLogReg:
         cls, texts: Sequence[str], y: np.ndarray, n_labels: int, seed: int = 0
     ) -> TfidfLogReg:
         """Fit on texts and label indices (at least two distinct ones)."""
-        vectorizer = TfidfVectorizer(
-            analyzer=ANALYZER, ngram_range=NGRAM_RANGE, sublinear_tf=True, dtype=np.float32,
-            min_df=2 if len(texts) >= MIN_TEXTS_FOR_MIN_DF else 1,
-        )
+        vectorizer = tfidf_vectorizer(len(texts))
         vectorizer.fit(list(texts))
         model = cls({term: int(i) for term, i in vectorizer.vocabulary_.items()},
                     vectorizer.idf_.astype(np.float32), np.zeros((0, 0), np.float32),

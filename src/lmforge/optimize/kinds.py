@@ -1,6 +1,7 @@
 """The bundles export and compress take besides a text classifier, each with its own exporter:
 a feature table's MLP and an image CNN (ONNX fp32, and int8), lmforge's GPT (ONNX with its KV
-cache; no int8). A text classifier takes the shared path (load_source: export, quantize, prune,
+cache; no int8), lmforge's encoder–decoder (ONNX: an encoder graph and a decoder graph with its
+KV cache; no int8). A text classifier takes the shared path (load_source: export, quantize, prune,
 distill). Each exporter's module is imported when it is used."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Exporter:
     export: Run
     quantize: Run | None  # int8; None: compress does not take this bundle (the shared path says)
     render: Callable[[Report, Console], None]
+    no_compress: str = ""  # why compress refuses this bundle, where it says so itself
 
 
 def _table(int8: bool) -> Run:
@@ -71,12 +73,52 @@ def _render_gpt(report: Report, console: Console) -> None:
     render_gpt_report(report, console)
 
 
+def _translation(bundle_dir: Path, run_dir: Path | None, out: Path, opset: int,
+                 data: str | Path | None) -> Report:
+    from lmforge.optimize.export_translation import export_translation_bundle
+
+    return export_translation_bundle(bundle_dir, run_dir, out, opset, data)
+
+
+def _render_translation(report: Report, console: Console) -> None:
+    from lmforge.optimize.export_translation import render_translation_report
+
+    render_translation_report(report, console)
+
+
+def _text_regression(int8: bool) -> Run:
+    def run(bundle_dir: Path, run_dir: Path | None, out: Path, opset: int,
+            data: str | Path | None) -> Report:
+        from lmforge.optimize.text_regression import export_text_regression_bundle
+
+        return export_text_regression_bundle(bundle_dir, run_dir, out, opset, data, int8)
+
+    return run
+
+
+# measured in bench/RESULTS.md ("Translation through ONNX Runtime")
+TRANSLATION_NO_COMPRESS = (
+    "compress does not take a translation bundle: int8 (ONNX Runtime's dynamic quantization) "
+    "changes its translations beyond the export's tolerance (the same tokens as PyTorch), and "
+    "pruning and distillation are for classifiers; `lmforge export --format onnx` gives the "
+    "fp32 speed-up"
+)
+
 # by the bundle's meta["inputs"], then by its task
 BY_INPUTS = {
     "table": Exporter("a feature table's bundle", _table(False), _table(True), _render_table),
     "image": Exporter("an image bundle", _image(False), _image(True), _render),
 }
-BY_TASK = {"generation": Exporter("a generation bundle", _gpt, None, _render_gpt)}
+BY_TASK = {
+    "generation": Exporter("a generation bundle", _gpt, None, _render_gpt),
+    "translation": Exporter("a translation bundle", _translation, None, _render_translation,
+                            TRANSLATION_NO_COMPRESS),
+}
+
+
+# a text regression bundle (a feature table's has meta["inputs"] "table")
+BY_TASK["regression"] = Exporter("a text regression bundle", _text_regression(False),
+                                 _text_regression(True), _render_table)
 
 
 def exporter_of(meta: dict[str, Any]) -> Exporter | None:

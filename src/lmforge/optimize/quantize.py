@@ -67,11 +67,9 @@ def quantize_int8(fp32: Path, int8: Path, fused: bool = False) -> None:
     # Fused ops live in the com.microsoft domain, where shape inference cannot type their
     # outputs: tell the quantizer they are float.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
+    source, target = str(fp32.resolve()), str(int8.resolve())  # before _quiet moves the cwd
     with _quiet():
-        quantize_dynamic(
-            str(fp32.resolve()), str(int8.resolve()), weight_type=QuantType.QInt8,
-            extra_options=extra,
-        )
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, extra_options=extra)
 
 
 def fuse_transformer_ops(fp32: Path, fused: Path, attention: dict[str, int]) -> dict[str, int]:

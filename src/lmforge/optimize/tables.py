@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,14 @@ def compare(reference: np.ndarray, other: np.ndarray, regression: bool) -> dict[
     return {"max_abs_output_diff": diff, "labels_differ": differ, "rows": len(reference)}
 
 
-def latency_ms(model: Any, x: np.ndarray, repeats: int = 20) -> float:
-    """Median milliseconds of one call on `x`."""
-    model_outputs(model, x)  # warm-up
+def latency_ms(model: Any, x: Any, repeats: int = 20,
+               run: Callable[[Any, Any], Any] = model_outputs) -> float:
+    """Median milliseconds of one call `run(model, x)`."""
+    run(model, x)  # warm-up
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        model_outputs(model, x)
+        run(model, x)
         times.append(1000 * (time.perf_counter() - started))
     return float(np.median(times))
 
@@ -100,18 +102,12 @@ def export_table_bundle(bundle_dir: Path, run_dir: Path | None, out: Path, opset
     with staged_dir(out) as tmp:
         fp32 = tmp / ONNX_FILE
         export_mlp(predictor.model, predictor.schema.width, fp32, opset)
-        check = compare(reference, model_outputs(OnnxTableModel(fp32), x), regression)
-        if check["max_abs_output_diff"] > MAX_ABS_DIFF or check["labels_differ"]:
-            raise LmforgeError(
-                f"ONNX Runtime disagrees with PyTorch on {where}: max |output difference| "
-                f"{check['max_abs_output_diff']:.2e} (allowed {MAX_ABS_DIFF:.0e}), "
-                f"{check['labels_differ']} labels differ; nothing was written")
+        check = refuse_disagreement(
+            compare(reference, model_outputs(OnnxTableModel(fp32), x), regression), where)
         report: dict[str, Any] = {"operation": "quantize int8" if int8 else "export to ONNX",
                                   "checked_on": where, "fp32_check": check}
         if int8:
-            quantized = tmp / "model.int8.onnx"
-            quantize_int8(fp32, quantized)
-            quantized.replace(fp32)
+            quantize_in_place(fp32)
             report["int8_vs_pytorch"] = compare(reference, model_outputs(OnnxTableModel(fp32), x),
                                                 regression)
         runtime = OnnxTableModel(fp32)
@@ -121,14 +117,37 @@ def export_table_bundle(bundle_dir: Path, run_dir: Path | None, out: Path, opset
         report["size_mb"] = {"pytorch": (bundle_dir / "model.safetensors").stat().st_size / 1e6,
                              "onnx": fp32.stat().st_size / 1e6}
         predictor.schema.save(tmp)
-        write_json_atomic(tmp / META_FILE, {
-            **meta, "lmforge_version": __version__, "runtime": "onnx",
-            "onnx": {"file": ONNX_FILE, "opset": opset, "weights": "int8" if int8 else "fp32"},
-            "derived_from": {"bundle": str(bundle_dir.resolve()),
-                             "operation": "quantize" if int8 else "export"}})
-        write_json_atomic(tmp / REPORT_FILE, report)
+        write_onnx_meta(tmp, meta, bundle_dir, opset, int8, report)
     report["result"] = str(out)
     return report
+
+
+def quantize_in_place(fp32: Path) -> None:
+    """The ONNX model at `fp32` replaced by its int8 quantization."""
+    quantized = fp32.with_name("model.int8.onnx")
+    quantize_int8(fp32, quantized)
+    quantized.replace(fp32)
+
+
+def refuse_disagreement(check: dict[str, Any], where: str) -> dict[str, Any]:
+    """`check` (compare's), or an error when the fp32 export is not PyTorch's model."""
+    if check["max_abs_output_diff"] > MAX_ABS_DIFF or check["labels_differ"]:
+        raise LmforgeError(
+            f"ONNX Runtime disagrees with PyTorch on {where}: max |output difference| "
+            f"{check['max_abs_output_diff']:.2e} (allowed {MAX_ABS_DIFF:.0e}), "
+            f"{check['labels_differ']} labels differ; nothing was written")
+    return check
+
+
+def write_onnx_meta(tmp: Path, meta: dict[str, Any], bundle_dir: Path, opset: int, int8: bool,
+                    report: dict[str, Any]) -> None:
+    """An exported bundle's lmforge.json (the source's, run by ONNX Runtime) and its report."""
+    write_json_atomic(tmp / META_FILE, {
+        **meta, "lmforge_version": __version__, "runtime": "onnx",
+        "onnx": {"file": ONNX_FILE, "opset": opset, "weights": "int8" if int8 else "fp32"},
+        "derived_from": {"bundle": str(bundle_dir.resolve()),
+                         "operation": "quantize" if int8 else "export"}})
+    write_json_atomic(tmp / REPORT_FILE, report)
 
 
 def render_table_report(report: dict[str, Any], console: Console) -> None:

@@ -30,6 +30,7 @@ from lmforge.serve.engines.grounded import BundleWriter, UpstreamWriter
 from lmforge.serve.engines.images import ImageEngine
 from lmforge.serve.engines.recommendation import RecommendationEngine
 from lmforge.serve.engines.table import TableEngine
+from lmforge.serve.engines.text_regression import TextRegressionEngine
 from lmforge.serve.engines.threaded import ThreadedEngine
 from lmforge.serve.engines.translation import TranslationEngine
 from lmforge.serve.errors import APIError
@@ -44,6 +45,7 @@ ENDPOINT_OF_TASK = {
     "recommendation": "POST /v1/recommend",
     "translation": "POST /v1/translations",
     "table": "POST /v1/predict",  # a feature table's classification or regression
+    "regression": "POST /v1/predict",  # a text's number
     "image": "POST /v1/classify",  # images' classification, images as base64
 }
 
@@ -131,7 +133,7 @@ def load_translation_engine(
 
 
 Engine = (ClassificationEngine | GenerationEngine | AssistantEngine | RecommendationEngine
-          | TranslationEngine | TableEngine | ImageEngine)
+          | TranslationEngine | TableEngine | ImageEngine | TextRegressionEngine)
 TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "classification": load_classifier,
     "generation": load_generation_engine,
@@ -139,6 +141,7 @@ TASK_LOADERS: dict[str, Callable[..., Engine]] = {
     "recommendation": threaded_loader(RecommendationEngine),
     "translation": load_translation_engine,
     "table": threaded_loader(TableEngine),
+    "regression": threaded_loader(TextRegressionEngine),
     "image": threaded_loader(ImageEngine),
 }
 

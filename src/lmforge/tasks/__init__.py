@@ -22,6 +22,7 @@ from lmforge.tasks import (
     preference,
     recommendation,
     tabular,
+    text_regression,
     translation,
 )
 from lmforge.tasks.recipe import TaskRecipe
@@ -32,7 +33,7 @@ TASKS: dict[str, TaskRecipe] = {
     "assistant": assistant.RECIPE,
     "recommendation": recommendation.RECIPE,
     "translation": translation.RECIPE,
-    "regression": tabular.REGRESSION,  # feature tables (text regression is not available)
+    "regression": text_regression.RECIPE,  # a text column; feature tables: INPUT_RECIPES
     "preference": preference.RECIPE,
 }
 INPUT_RECIPES: dict[tuple[str, str], TaskRecipe] = {}

@@ -66,7 +66,8 @@ Batch = dict[str, torch.Tensor]
 
 @dataclass
 class TokenizedSplit(Sequence):
-    """Token ids per text and label indices; item i is (ids, label index)."""
+    """Token ids per text and label indices (or a regression's targets); item i is (ids,
+    label)."""
 
     ids: list[np.ndarray]
     labels: np.ndarray
@@ -74,8 +75,8 @@ class TokenizedSplit(Sequence):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.ids[i], int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int | float]:
+        return self.ids[i], self.labels[i].item()
 
 
 def pad_batch(ids: list[np.ndarray], pad_id: int) -> Batch:
@@ -91,15 +92,16 @@ def pad_batch(ids: list[np.ndarray], pad_id: int) -> Batch:
 
 def make_collate(
     pad_id: int, mask_id: int | None = None, token_dropout: float = 0.0,
-    special_ids: list[int] | None = None,
+    special_ids: list[int] | None = None, label_dtype: torch.dtype = torch.long,
 ) -> Callable[[list[tuple[np.ndarray, int]]], Batch]:
-    """Batches for training. With token_dropout, that share of each text's tokens is replaced
-    by [MASK]: the model cannot lean on any single token, which regularises small datasets."""
+    """Batches for training (labels of `label_dtype`: class indices, or float targets). With
+    token_dropout, that share of each text's tokens is replaced by [MASK]: the model cannot
+    lean on any single token, which regularises small datasets."""
     special = torch.tensor(sorted(set(special_ids or [pad_id])), dtype=torch.long)
 
     def collate(items: list[tuple[np.ndarray, int]]) -> Batch:
         batch = pad_batch([ids for ids, _ in items], pad_id)
-        batch["labels"] = torch.tensor([label for _, label in items], dtype=torch.long)
+        batch["labels"] = torch.tensor([label for _, label in items], dtype=label_dtype)
         if token_dropout and mask_id is not None:
             ids = batch["input_ids"]
             drop = (torch.rand(ids.shape) < token_dropout) & ~torch.isin(ids, special)
@@ -116,7 +118,8 @@ def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -
         )
     if cfg.arch == "rnn":
         return RNNClassifier(RNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
-                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id))
+                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id,
+                                       pooling="max_mean"))
     if cfg.arch == "textcnn":
         return TextCNNClassifier(TextCNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
                                                list(cfg.kernel_sizes), cfg.dropout,
@@ -350,28 +353,7 @@ class ClassificationTask:
     def evaluate(
         self, predictor: Predictor, bundle_dir: Path, run_dir: Path | None, data: str | None
     ) -> dict[str, Any]:
-        cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
-        record = runs.read_split_record(run_dir)
-        train, check = None, {}
-        if run_dir is not None:
-            train, test, check = _run_splits(cfg, run_dir, record, data is None)
-        if data is not None:
-            meta = predictor.meta
-            data_cfg = DataConfig(text_column=meta["text_column"],
-                                  label_column=meta["label_column"],
-                                  clean=CleanConfig(**meta["clean"]))
-            split, _ = read_labelled(data, data_cfg, cfg.eval.slices)
-            check = {"source": data, "split_record": record is not None}
-            if record is not None:
-                unseen, check = runs.leak_check(split.texts, record, data, run_dir)
-                split = split.take(unseen)
-        elif run_dir is None:
-            raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
-                               "pass --data FILE with labelled texts")
-        elif not test.texts:
-            raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
-        else:
-            split = test
+        split, train, cfg, check = evaluation_split(predictor.meta, bundle_dir, run_dir, data)
         report = _evaluate_split(predictor, split, train, cfg).report
         report["data_check"] = check
         return report
@@ -389,6 +371,36 @@ class ClassificationTask:
         return []
 
 
+def evaluation_split(
+    meta: dict[str, Any], bundle_dir: Path, run_dir: Path | None, data: str | None
+) -> tuple[Split, Split | None, Config, dict[str, Any]]:
+    """What `lmforge evaluate` scores a text bundle on: (the rows, the run's training rows for
+    the baselines or None, the run's config, the data check). The run's own test split (data
+    None), or the labelled file `data` less any text the run trained on."""
+    cfg = load_config(read_config_file(run_dir / "config.yaml")) if run_dir else Config()
+    record = runs.read_split_record(run_dir)
+    train, check = None, {}
+    if run_dir is not None:
+        train, test, check = _run_splits(cfg, run_dir, record, data is None)
+    if data is not None:
+        data_cfg = DataConfig(text_column=meta["text_column"],
+                              label_column=meta["label_column"],
+                              clean=CleanConfig(**meta["clean"]))
+        split, _ = read_labelled(data, data_cfg, cfg.eval.slices)
+        check = {"source": data, "split_record": record is not None}
+        if record is not None:
+            unseen, check = runs.leak_check(split.texts, record, data, run_dir)
+            split = split.take(unseen)
+    elif run_dir is None:
+        raise LmforgeError(f"{bundle_dir} has no run directory with a test split; "
+                           "pass --data FILE with labelled texts")
+    elif not test.texts:
+        raise LmforgeError(f"run {run_dir} has no test split; pass --data FILE")
+    else:
+        split = test
+    return split, train, cfg, check
+
+
 def _quantiles(values: Iterable[int]) -> dict[str, float]:
     arr = np.fromiter(values, dtype=np.int64)
     if arr.size == 0:
@@ -401,6 +413,20 @@ def _quantiles(values: Iterable[int]) -> dict[str, float]:
 def _encode_splits(
     cfg: Config, data: PreparedData, tokenizer: TextTokenizer, log: Log
 ) -> tuple[dict[str, TokenizedSplit], dict[str, int]]:
+    ids, truncated = encode_split_ids(cfg, data, tokenizer, log)
+    index = {label: i for i, label in enumerate(data.label_names)}
+    out = {}
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        labels = np.array([index[label] for label in split.labels], dtype=np.int64)
+        out[name] = TokenizedSplit(ids[name], labels)
+    return out, truncated
+
+
+def encode_split_ids(
+    cfg: Config, data: PreparedData, tokenizer: TextTokenizer, log: Log
+) -> tuple[dict[str, list[np.ndarray]], dict[str, int]]:
+    """Each split's token ids and how many texts were cut to max_length, from the shared
+    tokenization cache when the same data was tokenized the same way before."""
     cache = TokenCache(cfg.data.cache_dir)
     key = cache.key(data.data_hash, cfg.data.clean, cfg.data.split, tokenizer.fingerprint(),
                     cfg.model.max_length, data.label_names)
@@ -415,12 +441,7 @@ def _encode_splits(
             encoded = tokenizer.encode(split.texts, cfg.model.max_length)
             ids[name], truncated[name] = encoded.ids, encoded.n_truncated
         cache.save(key, ids, truncated)
-    index = {label: i for i, label in enumerate(data.label_names)}
-    out = {}
-    for name, split in splits.items():
-        labels = np.array([index[label] for label in split.labels], dtype=np.int64)
-        out[name] = TokenizedSplit(ids[name], labels)
-    return out, truncated
+    return ids, truncated
 
 
 def _pretrain(

@@ -22,6 +22,10 @@ class TableEngine(ThreadedEngine):
         """Why a row cannot be read (a feature missing or mistyped, named), or None."""
         return self.predictor.schema.row_problem(row)
 
+    def billed(self, rows: list[dict[str, Any]]) -> int:
+        """Each row counts as one token."""
+        return len(rows)
+
     async def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return await self.run(self._predict, rows)
 
