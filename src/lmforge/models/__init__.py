@@ -3,8 +3,10 @@
 from lmforge.models.pretrained import (
     PretrainedCausalLM,
     PretrainedClassifier,
+    PretrainedSeq2SeqLM,
     load_pretrained_causal_lm,
     load_pretrained_classifier,
+    load_pretrained_seq2seq,
 )
 from lmforge.models.transformer import (
     GPT,
@@ -22,8 +24,10 @@ __all__ = [
     "GPTConfig",
     "PretrainedCausalLM",
     "PretrainedClassifier",
+    "PretrainedSeq2SeqLM",
     "Seq2SeqConfig",
     "TransformerConfig",
     "load_pretrained_causal_lm",
     "load_pretrained_classifier",
+    "load_pretrained_seq2seq",
 ]

@@ -24,14 +24,18 @@ from lmforge.errors import LmforgeError
 from lmforge.models.pretrained import (
     PretrainedCausalLM,
     PretrainedClassifier,
+    PretrainedSeq2SeqLM,
     load_pretrained_causal_lm,
     load_pretrained_classifier,
+    load_pretrained_seq2seq,
 )
 
 if TYPE_CHECKING:
     from lmforge.config import AdapterConfig
 
-PretrainedModel = PretrainedClassifier | PretrainedCausalLM
+PretrainedModel = PretrainedClassifier | PretrainedCausalLM | PretrainedSeq2SeqLM
+# peft's task type of each wrapper (a classifier's is SEQ_CLS)
+TASK_TYPES = {PretrainedCausalLM: "CAUSAL_LM", PretrainedSeq2SeqLM: "SEQ_2_SEQ_LM"}
 # The files that hold a base's weights; a bundle's own adapter file is never one of them.
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -76,7 +80,7 @@ def add_adapter(model: PretrainedModel, adapter: AdapterConfig) -> PretrainedMod
     targets = "all-linear" if adapter.target_modules == "auto" else list(adapter.target_modules)
     config = LoraConfig(
         r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-        target_modules=targets, task_type="SEQ_CLS" if classifier else "CAUSAL_LM",
+        target_modules=targets, task_type="SEQ_CLS" if classifier else TASK_TYPES[type(model)],
         modules_to_save=list(model.new_modules) or None if classifier else None,
     )
     try:
@@ -214,6 +218,11 @@ def load_adapter_model(
 
         def build() -> nn.Module:
             return load_pretrained_causal_lm(name, revision, four_bit=qlora).hf
+    elif meta["task"] == "translation":
+        key = ("translation", found, qlora)
+
+        def build() -> nn.Module:
+            return load_pretrained_seq2seq(name, revision, four_bit=qlora).hf
     else:
         labels = meta["labels"]
         key = ("classification", found, qlora, tuple(labels))
@@ -225,8 +234,8 @@ def load_adapter_model(
     except (OSError, ValueError, RuntimeError) as error:
         raise LmforgeError(f"{directory}: cannot load its adapter "
                            f"({str(error).splitlines()[0]})") from None
-    wrapper = PretrainedCausalLM if meta["task"] == "generation" else PretrainedClassifier
-    return wrapper(peft_model.eval())
+    wrappers = {"generation": PretrainedCausalLM, "translation": PretrainedSeq2SeqLM}
+    return wrappers.get(meta["task"], PretrainedClassifier)(peft_model.eval())
 
 
 def merged(model: PretrainedModel) -> PretrainedModel:

@@ -155,6 +155,76 @@ def load_pretrained_causal_lm(
     return add_adapter(causal_lm, adapter) if adapter is not None else causal_lm
 
 
+class PretrainedSeq2SeqLM(nn.Module):
+    """AutoModelForSeq2SeqLM (Marian, T5, mBART, ...) behind the call signature of lmforge's
+    EncoderDecoder: `forward(src_ids, src_mask, tgt_ids) -> logits` (B, T, vocab), the target
+    read from its decoder's start token; it decodes with its own `generate`."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    @property
+    def start_id(self) -> int:
+        """The token its decoder starts from (T5 and Marian: padding; mBART: the end token)."""
+        start = decoder_start(self.hf)
+        assert start is not None  # load_pretrained_seq2seq refuses a model without one
+        return start
+
+    def forward(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.hf(input_ids=src_ids, attention_mask=src_mask,
+                       decoder_input_ids=tgt_ids).logits
+
+    def save(self, directory: Path) -> None:
+        self.hf.save_pretrained(directory, safe_serialization=True)
+
+
+def decoder_start(hf_model: nn.Module) -> int | None:
+    """The decoder's start token, from its config.json or its generation_config.json."""
+    for config in (hf_model.config, getattr(hf_model, "generation_config", None)):
+        start = getattr(config, "decoder_start_token_id", None)
+        if start is not None:
+            return int(start)
+    return None
+
+
+def load_pretrained_seq2seq(
+    name: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    adapter: AdapterConfig | None = None,
+    four_bit: bool = False,
+) -> PretrainedSeq2SeqLM:
+    """A hub id or local folder through AutoModelForSeq2SeqLM; with `adapter`, LoRA/QLoRA
+    adapters over its frozen weights (models.adapters). `four_bit` (or a QLoRA adapter) loads
+    the weights in 4-bit NF4."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from lmforge.models.adapters import add_adapter, quantization_settings
+
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code,
+            **quantization_settings(four_bit or _is_qlora(adapter)),
+        )
+    except (OSError, ValueError) as error:
+        raise LmforgeError(
+            f"cannot load pretrained seq2seq model '{name}': {str(error).splitlines()[0]}"
+        ) from None
+    if decoder_start(model) is None:
+        raise LmforgeError(f"pretrained model '{name}' names no decoder_start_token_id (in its "
+                           "config.json or generation_config.json); its decoder needs one")
+    if gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
+        model.config.use_cache = False
+    seq2seq = PretrainedSeq2SeqLM(model)
+    return add_adapter(seq2seq, adapter) if adapter is not None else seq2seq
+
+
 def _is_qlora(adapter: AdapterConfig | None) -> bool:
     return adapter is not None and adapter.kind == "qlora"
 
