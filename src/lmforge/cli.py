@@ -284,8 +284,9 @@ def export(
         "--merge", help="Fold an adapter bundle's adapter into its base: a standalone bundle "
         "transformers loads.")] = False,
 ) -> None:
-    """Export a classifier, or a GPT with its KV cache, to ONNX, checked against PyTorch; or
-    (--merge) an adapter bundle merged into its base. The folder is a bundle."""
+    """Export a classifier, a GPT or a translation encoder–decoder (with their KV caches) to
+    ONNX, checked against PyTorch; or (--merge) an adapter bundle merged into its base. The
+    folder is a bundle."""
     from lmforge import pipeline
 
     pipeline.export(bundle, format=format, out=out, opset=opset, data=data, force=force,

@@ -434,11 +434,11 @@ def export(
     force: bool = False,
     merge: bool = False,
 ) -> dict[str, Any]:
-    """Export a classification bundle, or lmforge's GPT with its KV cache as inputs and outputs,
-    to ONNX (a bundle run by ONNX Runtime), checked against PyTorch and measured beside it;
-    returns compress_report.json's content. With `merge`, an adapter bundle's adapter folded
-    into its base instead (a bundle `transformers` loads as it is); returns the merged bundle's
-    lmforge.json."""
+    """Export a classification bundle, or lmforge's GPT or encoder–decoder with its KV cache as
+    inputs and outputs, to ONNX (a bundle run by ONNX Runtime), checked against PyTorch and
+    measured beside it; returns compress_report.json's content. With `merge`, an adapter
+    bundle's adapter folded into its base instead (a bundle `transformers` loads as it is);
+    returns the merged bundle's lmforge.json."""
     from lmforge import optimize
     from lmforge.optimize.kinds import exporter_of
     from lmforge.optimize.merge import merge_bundle, refuse_adapter
@@ -453,7 +453,7 @@ def export(
         meta = merge_bundle(where.bundle_dir, target)
         render.console().print(f"merged bundle written to {target}", markup=False)
         return meta
-    own = exporter_of(read_meta(where.bundle_dir))  # a table's MLP, an image CNN, a GPT
+    own = exporter_of(read_meta(where.bundle_dir))  # a table's MLP, an image CNN, a GPT...
     if own is not None:
         report = own.export(where.bundle_dir, where.run_dir, target,
                             opset or optimize.DEFAULT_OPSET, data)
@@ -507,6 +507,8 @@ def compress(
     target = Path(out) if out else optimize.default_out(where.bundle_dir, suffix)
     optimize.check_out(target, where.bundle_dir, force)
     own = exporter_of(read_meta(where.bundle_dir))
+    if own is not None and own.no_compress:
+        raise LmforgeError(f"{where.bundle_dir}: {own.no_compress}")
     if own is not None and own.quantize is not None:  # a table's MLP, an image CNN
         if not quantize:
             raise LmforgeError(f"{own.what} compresses with --quantize int8 only")

@@ -75,6 +75,20 @@ class OnnxKVCache:
             self._kv = None
         return self.arrays
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep row rows[i] as row i (beam search: each beam continues the one it grew from)."""
+        picked = rows.cpu().numpy()
+        self.arrays = [array[picked] for array in self.past()]
+
+
+def check_inputs(session: Any, path: Path, expected: set[str], what: str) -> None:
+    """An LmforgeError naming `path` if the graph's inputs are not `expected`: the graph of
+    another model than the one lmforge.json describes."""
+    found = {i.name for i in session.get_inputs()}
+    if found != expected:
+        missing = sorted(expected - found) or sorted(found - expected)
+        raise LmforgeError(f"{path}: not {what} (inputs differ at {', '.join(missing[:3])})")
+
 
 class OnnxGPT(OnnxClassifier):
     """An exported GPT (see the module's docstring) that decodes like the PyTorch one; the
@@ -88,14 +102,8 @@ class OnnxGPT(OnnxClassifier):
         self.n_heads = int(architecture["n_heads"])
         self.head_size = int(architecture["d_model"]) // self.n_heads
         self.past_names = past_names(self.n_layers)
-        expected = {INPUT_IDS, ATTENTION_MASK, *self.past_names}
-        found = {i.name for i in self.session.get_inputs()}
-        if found != expected:
-            missing = sorted(expected - found) or sorted(found - expected)
-            raise LmforgeError(
-                f"{self.path}: not a GPT exported with its KV cache for {self.n_layers} layers "
-                f"(inputs differ at {', '.join(missing[:3])})"
-            )
+        check_inputs(self.session, self.path, {INPUT_IDS, ATTENTION_MASK, *self.past_names},
+                     f"a GPT exported with its KV cache for {self.n_layers} layers")
         self.outputs = [LOGITS, *present_names(self.n_layers)]
         # The device a decoder reads from a model's parameters: the CPU, where the session runs.
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)

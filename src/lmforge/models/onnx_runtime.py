@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,27 +15,31 @@ ONNX_INPUTS = ("input_ids", "attention_mask")
 ONNX_OUTPUT = "logits"
 
 
+def open_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the CPU; a missing or damaged file raises LmforgeError naming
+    it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not path.is_file():
+        raise LmforgeError(f"{path}: missing; the bundle's ONNX model belongs there")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime's own types (InvalidProtobuf, Fail, ...)
+        reason = " ".join(str(error).rpartition("failed:")[2].split()) or type(error).__name__
+        raise LmforgeError(f"{path}: not a valid ONNX model ({reason})") from None
+
+
 class OnnxClassifier(nn.Module):
     """An ONNX Runtime session that the Predictor calls like a PyTorch classifier."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         self.path = Path(path)
-        if not self.path.is_file():
-            raise LmforgeError(f"{path}: missing; the bundle's ONNX model belongs there")
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # ONNX Runtime's own types (InvalidProtobuf, Fail, ...)
-            reason = " ".join(str(error).rpartition("failed:")[2].split()) or type(error).__name__
-            raise LmforgeError(f"{path}: not a valid ONNX model ({reason})") from None
+        self.session = open_session(self.path, threads)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feeds = {

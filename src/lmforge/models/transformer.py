@@ -473,8 +473,11 @@ class EncoderDecoder(nn.Module):
         positions = torch.arange(past, past + T, device=tgt_ids.device)
         x = self.dropout(self.encoder.tok_emb(tgt_ids) + self.pos_emb(positions))  # (B, T, D)
         memory_mask = src_mask.bool()[:, None, None, :]  # (B, 1, 1, S): source padding hidden
+        # None (plain causal) unless several new tokens follow cached ones; a traced step
+        # (ONNX export, with a past) keeps the explicit mask, right for any past and T
+        mask = decoder_mask(None, T, past)
         for block, memory in zip(self.blocks, memory_kv, strict=True):
-            x = block(x, None, cache, memory, memory_mask)
+            x = block(x, mask, cache, memory, memory_mask)
         if cache is not None:
             cache.length += T
         x = self.ln_f(x[:, -1:] if last_only else x)

@@ -63,34 +63,40 @@ def describe_model(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, opset: int) -> None:
-    """Trace `model` once (TorchScript exporter) with dynamic batch and sequence axes."""
+def trace_onnx(
+    model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
+    outputs: list[str], axes: dict[str, dict[int, str]], opset: int, what: str,
+) -> None:
+    """Trace `model` once (TorchScript exporter) into `path` with the dynamic `axes`; an opset
+    or a model the exporter cannot handle is an LmforgeError naming `what`."""
     if opset < MIN_OPSET:
         raise LmforgeError(
             f"--opset {opset} is too old: attention needs opset {MIN_OPSET} or newer"
         )
-    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
-    axes[ONNX_OUTPUT] = {0: "batch"}
-    model = model.cpu().eval()
-    with _export_friendly(model), warnings.catch_warnings(), torch.no_grad():
+    # A wrapper made for the export starts in training mode, and the exporter traces the mode
+    # of the module it is given, its children's included: dropout would be in the graph.
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not the user's concern
         try:
             torch.onnx.export(
-                model,
-                (sample["input_ids"], sample["attention_mask"]),
-                str(path),
-                input_names=list(ONNX_INPUTS),
-                output_names=[ONNX_OUTPUT],
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
+                model, args, str(path), input_names=inputs, output_names=outputs,
+                dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
                 dynamo=False,  # the dynamo exporter needs onnxscript
             )
         except Exception as error:  # an architecture or opset the exporter cannot handle
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise LmforgeError(
-                f"cannot export {describe_model(model)} to ONNX at opset {opset}: {first}"
-            ) from None
+            raise LmforgeError(f"cannot export {what} to ONNX at opset {opset}: {first}") from None
+
+
+def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path, opset: int) -> None:
+    """Trace `model` once with dynamic batch and sequence axes."""
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    axes[ONNX_OUTPUT] = {0: "batch"}
+    model = model.cpu().eval()
+    with _export_friendly(model):
+        trace_onnx(model, (sample["input_ids"], sample["attention_mask"]), path,
+                   list(ONNX_INPUTS), [ONNX_OUTPUT], axes, opset, describe_model(model))
 
 
 def sample_inputs(predictor: Predictor, texts: list[str]) -> dict[str, torch.Tensor]:

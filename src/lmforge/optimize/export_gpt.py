@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from lmforge.models.onnx_generation import (
     present_names,
 )
 from lmforge.optimize.bundles import REPORT_FILE, write_meta
-from lmforge.optimize.export import MIN_OPSET, ONNX_FILE
+from lmforge.optimize.export import ONNX_FILE, trace_onnx
 from lmforge.optimize.report import bundle_size_mb, count_params
 from lmforge.tasks import recipe_of
 
@@ -49,9 +48,10 @@ GREEDY_TOKENS = 16  # new tokens per prompt compared token for token
 TIMED_PROMPT, TIMED_TOKENS = 32, 64  # the speed test: batch 1, a prompt, then greedy tokens
 
 
-class _PastCache:
-    """What GPT.forward takes as its cache while it is traced: each layer's keys and values are
-    the past's (graph inputs) and the new ones concatenated, kept as the graph's outputs."""
+class PastCache:
+    """What GPT.forward (and the encoder–decoder's decode) takes as its cache while it is traced:
+    each layer's keys and values are the past's (graph inputs) and the new ones concatenated,
+    kept as the graph's outputs."""
 
     def __init__(self, past: tuple[torch.Tensor, ...], length: Any) -> None:
         self.past, self.length, self.present = past, length, []
@@ -74,17 +74,13 @@ class GPTWithPast(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        cache = _PastCache(past, attention_mask.shape[1] - input_ids.shape[1])
+        cache = PastCache(past, attention_mask.shape[1] - input_ids.shape[1])
         logits = self.gpt(input_ids, attention_mask, cache)
         return (logits, *cache.present)
 
 
 def export_gpt(gpt: GPT, path: Path, opset: int) -> None:
     """Trace the GPT once (TorchScript exporter) with dynamic batch, new-token and past axes."""
-    if opset < MIN_OPSET:
-        raise LmforgeError(
-            f"--opset {opset} is too old: attention needs opset {MIN_OPSET} or newer"
-        )
     cfg = gpt.config
     B, P, T, hs = 2, 3, 4, cfg.d_model // cfg.n_heads
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=torch.Generator().manual_seed(0))
@@ -95,18 +91,9 @@ def export_gpt(gpt: GPT, path: Path, opset: int) -> None:
             LOGITS: {0: "batch", 1: "new"}}
     axes.update({name: {0: "batch", 2: "past"} for name in past_names(cfg.n_layers)})
     axes.update({name: {0: "batch", 2: "total"} for name in present_names(cfg.n_layers)})
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer chatter (the context check is not traced)
-        try:
-            torch.onnx.export(
-                GPTWithPast(gpt.cpu().eval()), (ids, mask, *past), str(path),
-                input_names=[INPUT_IDS, ATTENTION_MASK, *past_names(cfg.n_layers)],
-                output_names=[LOGITS, *present_names(cfg.n_layers)],
-                dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-        except Exception as error:  # an opset the exporter cannot handle
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise LmforgeError(f"cannot export the GPT to ONNX at opset {opset}: {first}") from None
+    trace_onnx(GPTWithPast(gpt.cpu().eval()), (ids, mask, *past), path,
+               [INPUT_IDS, ATTENTION_MASK, *past_names(cfg.n_layers)],
+               [LOGITS, *present_names(cfg.n_layers)], axes, opset, "the GPT")
 
 
 def share_tied_embedding(path: Path, name: str = "gpt.tok_emb.weight") -> None:
@@ -278,17 +265,24 @@ def export_gpt_bundle(bundle_dir: Path, run_dir: Path | None, out: Path, opset: 
     return report
 
 
-def render_gpt_report(report: dict[str, Any], console: Console) -> None:
+def runtimes_table(report: dict[str, Any], rows: list[tuple[str, str, str]]) -> Table:
+    """PyTorch beside ONNX Runtime: a row (name, key, format) of each side's figure."""
     table = Table(title=f"{report['operation']} ({report['threads']} threads; "
                         f"{report['latency']})")
     for column in ("", "PyTorch", "ONNX Runtime"):
         table.add_column(column, justify="left" if not column else "right")
     original, result = report["original"], report["result"]
-    for name, key, fmt in (("size (MB)", "size_mb", "{:.2f}"), ("parameters", "params", "{:,}"),
-                           ("first token (ms)", "first_token_ms_b1", "{:.2f}"),
-                           ("tokens/s after it", "tokens_per_s_b1", "{:.1f}")):
+    for name, key, fmt in rows:
         table.add_row(name, fmt.format(original[key]), fmt.format(result[key]))
-    console.print(table)
+    return table
+
+
+def render_gpt_report(report: dict[str, Any], console: Console) -> None:
+    console.print(runtimes_table(report, [
+        ("size (MB)", "size_mb", "{:.2f}"), ("parameters", "params", "{:,}"),
+        ("first token (ms)", "first_token_ms_b1", "{:.2f}"),
+        ("tokens/s after it", "tokens_per_s_b1", "{:.1f}")]))
+    result = report["result"]
     check = report["check"]
     console.print(
         f"ONNX Runtime vs PyTorch (fp32) on {check['prompts']} prompts: max |logit difference| "
