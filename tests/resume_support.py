@@ -39,3 +39,20 @@ def straight_and_resumed(
     with pytest.raises(Crash):
         train(root / "b", lambda loss: crashing(loss, crash_after), False)
     return straight, train(root / "b", lambda loss: loss, True)
+
+
+def recipe_training(recipe: Any, cfg: Any) -> Callable[[Path, Callable[[Loss], Loss], bool], dict]:
+    """straight_and_resumed's `train` for a task recipe: its prepare, build_model and training
+    plan, fitted with the loss wrapped."""
+    from lmforge.training import fit
+
+    def train(out: Path, wrap_loss: Callable[[Loss], Loss], resume: bool) -> dict:
+        prepared = recipe.prepare(cfg, out, False, lambda _: None)
+        model = recipe.build_model(prepared, out, False, False, lambda _: None)
+        plan = recipe.training(prepared, model)
+        fit(model, plan.examples, plan.collate, wrap_loss(plan.loss), plan.val_metrics,
+            cfg.train, out, resume=resume, metric_mode=plan.metric_mode, show_progress=False,
+            lengths=plan.lengths)
+        return model.state_dict()
+
+    return train

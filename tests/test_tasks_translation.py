@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from resume_support import straight_and_resumed
+from resume_support import recipe_training, straight_and_resumed
 
 import lmforge
 import lmforge.pipeline as pipeline
@@ -27,7 +27,6 @@ from lmforge.evaluation.translation import (
 from lmforge.models import EncoderDecoder, Seq2SeqConfig
 from lmforge.models.transformer import KVCache
 from lmforge.tasks import translation
-from lmforge.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -281,18 +280,7 @@ def test_interrupted_then_resumed_training_equals_straight_through(tmp_path):
     data = write_pairs(tmp_path / "pairs.csv", reversed_language(80))
     cfg = load_config(tiny_config(data, tmp_path / "cache", steps=12)
                       | {"train": {"max_steps": 12, "eval_every": 4, "batch_size": 8}})
-    recipe = translation.RECIPE
-
-    def run(out: Path, wrap_loss, resume: bool) -> dict:
-        prepared = recipe.prepare(cfg, out, False, lambda _: None)
-        model = recipe.build_model(prepared, out, False, False, lambda _: None)
-        plan = recipe.training(prepared, model)
-        fit(model, plan.examples, plan.collate, wrap_loss(plan.loss), plan.val_metrics,
-            cfg.train, out, resume=resume, metric_mode=plan.metric_mode, show_progress=False,
-            lengths=plan.lengths)
-        return model.state_dict()
-
     # dies after step 6, between the checkpoints of steps 4 and 8
-    straight, resumed = straight_and_resumed(run, tmp_path)
+    straight, resumed = straight_and_resumed(recipe_training(translation.RECIPE, cfg), tmp_path)
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key

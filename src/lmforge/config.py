@@ -82,6 +82,11 @@ class DataConfig(Section):
     target_column: str = Field(
         "target", description="Translation: column holding its translation."
     )
+    target_path: str | None = Field(
+        None, description="Translation: a plain-text file aligned with data.path, also plain "
+        "text, line by line (line i of one is the translation of line i of the other; e.g. "
+        "corpus.zh and corpus.en); null: data.path is a table of pairs.",
+    )
     stream: Literal["auto", "on", "off"] = Field(
         "auto", description="Generation: read a .txt or .jsonl corpus line by line, cleaned, "
         "deduplicated, split by document hash and tokenized in a stream (memory bounded); auto "
@@ -446,6 +451,10 @@ class TranslationConfig(Section):
         0.1, ge=0, lt=1, description="Share of each target token's probability spread over "
         "the vocabulary in the loss (as in the original Transformer); 0 is off.",
     )
+    source_token_dropout: float = Field(
+        0.1, ge=0, lt=1, description="Share of source tokens hidden from the model at each "
+        "training step (word dropout, a regulariser for small corpora); 0 is off.",
+    )
     max_length_ratio: float = Field(
         9.0, gt=1, description="Pairs whose longer side has more than this many times the "
         "characters of the shorter are dropped (counted in data_report.json).",
@@ -460,6 +469,10 @@ class TranslationConfig(Section):
     max_new_tokens: int = Field(
         128, ge=1, description="Tokens of a translation at most (also capped by "
         "model.max_length).",
+    )
+    no_repeat_ngram: int = Field(
+        3, ge=0, le=16, description="No n-gram of this many tokens twice in a translation "
+        "(cuts a weak model's loops such as 'is is is'); 0 is off.",
     )
 
 
@@ -553,6 +566,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "regression": "regression",
     "data.source_column": "translation",
     "data.target_column": "translation",
+    "data.target_path": "translation",
     "preference": "preference",
 }
 

@@ -1,5 +1,6 @@
-"""Sentence pairs (translation): a table's source and target columns, or the built-in
-Chinese–English sentences, read, cleaned and split so that no source sentence is in two splits.
+"""Sentence pairs (translation): a table's source and target columns, two aligned plain-text
+files (line i of one the translation of line i of the other), or the built-in Chinese–English
+sentences, read, cleaned and split so that no source sentence is in two splits.
 
 Every row read is accounted for in the report: a missing or empty side, a pair whose sides'
 lengths are wildly apart, a repeated source (the first is kept) are dropped and counted.
@@ -10,14 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lmforge.config import DataConfig, SplitConfig
 from lmforge.data.builtin import is_builtin, package_folder
 from lmforge.data.clean import clean_text
-from lmforge.data.records import Records, cell_str
+from lmforge.data.records import Records, cell_str, decode_lines
 from lmforge.data.report import RowId, length_quantiles
-from lmforge.data.sources import TABLE_FORMATS, read_bytes, read_table, resolve_format
+from lmforge.data.sources import (
+    EXTENSIONS,
+    TABLE_FORMATS,
+    read_bytes,
+    read_table,
+    resolve_format,
+)
 from lmforge.data.split import split_dataset
 from lmforge.errors import LmforgeError
 
@@ -53,7 +61,10 @@ class PreparedPairs:
 
 def read_pairs(path: str, cfg: DataConfig) -> tuple[Records, Pairs]:
     """The raw pairs of a table (cfg's source and target columns) or of a built-in corpus;
-    rows with a side missing are counted in records.drops."""
+    rows with a side missing are counted in records.drops. With cfg.target_path, `path` and
+    it are two aligned plain-text files."""
+    if cfg.target_path is not None:
+        return read_aligned_files(path, cfg.target_path)
     if is_builtin(path):
         return _read_builtin_pairs(path)
     fmt = resolve_format(path, cfg.format)
@@ -89,6 +100,56 @@ def read_pairs(path: str, cfg: DataConfig) -> tuple[Records, Pairs]:
         raise LmforgeError(f"{path} has no rows: no sentence pairs in it")
     records.rows_read = max(records.rows_read, len(table.rows))
     return records, pairs
+
+
+def read_aligned_files(path: str, target_path: str) -> tuple[Records, Pairs]:
+    """The pairs of two plain-text files, line i of `path` translated by line i of
+    `target_path`; a pair with a blank side is counted as missing that side. Files of different
+    line counts are not aligned: an error naming both and their counts."""
+    read = {}
+    for file in (path, target_path):
+        if not Path(file).expanduser().is_file():
+            raise LmforgeError(f"data file not found: {file}")
+        read[file] = read_bytes(file)
+    (sources, bad_sources), (targets, bad_targets) = (decode_lines(read[path]),
+                                                      decode_lines(read[target_path]))
+    if len(sources) != len(targets):
+        raise LmforgeError(f"{path} has {len(sources):,} lines but {target_path} has "
+                           f"{len(targets):,}: aligned files hold one sentence per line, line i "
+                           "of one the translation of line i of the other")
+    if not sources:
+        raise LmforgeError(f"{path} and {target_path} are empty: no sentence pairs in them")
+    digest = hashlib.sha256()
+    for data in read.values():
+        digest.update(hashlib.sha256(data).digest())
+    records = Records(source=f"{path} + {target_path}", format="aligned",
+                      data_hash=digest.hexdigest())
+    pairs = Pairs([], [], [])
+    for number, (source, target) in enumerate(zip(sources, targets, strict=True), start=1):
+        records.rows_read += 1
+        if number in bad_sources or number in bad_targets:
+            records.undecodable.add(number)
+        if not source.strip():
+            records.drops.add("missing_source", number)
+        elif not target.strip():
+            records.drops.add("missing_target", number)
+        else:
+            pairs.sources.append(source)
+            pairs.targets.append(target)
+            pairs.row_ids.append(number)
+    return records, pairs
+
+
+def aligned_partner(path: str) -> str | None:
+    """`lmforge init`: the file aligned with the plain-text file `path`: the one beside it with
+    the same name and another language's suffix (corpus.zh → corpus.en), if there is exactly
+    one. None for a table, a .txt file or a built-in name."""
+    where = Path(path).expanduser()
+    if is_builtin(path) or not where.is_file() or where.suffix.lower() in ("", *EXTENSIONS):
+        return None
+    partners = [other for other in where.parent.glob(f"{where.stem}.*")
+                if other != where and other.is_file() and other.suffix.lower() not in EXTENSIONS]
+    return str(partners[0]) if len(partners) == 1 else None
 
 
 def _read_builtin_pairs(name: str) -> tuple[Records, Pairs]:
