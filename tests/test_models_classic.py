@@ -25,6 +25,7 @@ def text_config(data, arch):
 @pytest.mark.parametrize("model", [
     RNNClassifier(RNNConfig(40, 3, d_model=8, cell="gru")),
     RNNClassifier(RNNConfig(40, 3, d_model=8, n_layers=2)),
+    RNNClassifier(RNNConfig(40, 3, d_model=8, pooling="max_mean")),
     TextCNNClassifier(TextCNNConfig(40, 3, d_model=8, kernel_sizes=[2, 5])),
 ])
 def test_padding_never_changes_a_texts_logits(model):

@@ -66,6 +66,19 @@ class MLP(nn.Module):
         x = torch.cat(parts, dim=1)  # (B, inputs)
         return self.head(self.body(x)) + self.linear(x)  # (B, n_outputs)
 
+    @torch.no_grad()
+    def start_from_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start as a given linear model of the numbers (a closed-form fit, ridge's): the wide
+        path takes its weights (the category embeddings' columns start at zero) and the hidden
+        path's output layer starts at zero, so training learns a residual over that model.
+        weight (n_outputs, n_numbers), bias (n_outputs,)."""
+        n = self.config.n_numbers
+        self.linear.weight.zero_()
+        self.linear.weight[:, :n] = weight
+        self.linear.bias.copy_(bias)
+        self.head.weight.zero_()
+        self.head.bias.zero_()
+
 # --- CNN (images) --------------------------------------------------------------------------------
 
 
@@ -141,10 +154,15 @@ class RNNConfig:
     cell: str = "lstm"  # "lstm" or "gru"
     dropout: float = 0.2
     pad_id: int = 0
+    # what feeds the head: "max_mean" (the max and the mean of the top layer's outputs over the
+    # text) or "final" (each direction's final state; what bundles without this field hold)
+    pooling: str = "final"
 
     def __post_init__(self) -> None:
         if self.cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
+        if self.pooling not in ("max_mean", "final"):
+            raise ValueError(f"pooling must be 'max_mean' or 'final', got {self.pooling!r}")
         if min(self.vocab_size, self.n_classes, self.d_model, self.n_layers) < 1:
             raise ValueError("vocab_size, n_classes, d_model and n_layers must be at least 1")
 
@@ -154,8 +172,9 @@ class RNNConfig:
 
 class RNNClassifier(nn.Module):
     """Token embeddings read by a bidirectional LSTM or GRU over packed sequences (padding is
-    never read); the last layer's final state of each direction, concatenated, feeds the head:
-    (B, T) -> (B, n_classes)."""
+    never read); the top layer's outputs max- and mean-pooled over the text (pooling max_mean:
+    every position's state reaches the head, not only the ends'), or each direction's final
+    state, concatenated, feed the head: (B, T) -> (B, n_classes)."""
 
     def __init__(self, cfg: RNNConfig) -> None:
         super().__init__()
@@ -165,7 +184,8 @@ class RNNClassifier(nn.Module):
         self.rnn = rnn(cfg.d_model, cfg.d_model, cfg.n_layers, batch_first=True,
                        bidirectional=True, dropout=cfg.dropout if cfg.n_layers > 1 else 0.0)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(2 * cfg.d_model, cfg.n_classes)
+        pooled = 4 if cfg.pooling == "max_mean" else 2
+        self.head = nn.Linear(pooled * cfg.d_model, cfg.n_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         lengths = attention_mask.sum(1).clamp(min=1)  # pack_padded_sequence moves it to the CPU
@@ -177,6 +197,12 @@ class RNNClassifier(nn.Module):
         # backward one's at its first. (Read from the outputs rather than h_n: the same numbers,
         # and PyTorch's ONNX exporter fails on a one-layer h_n over packed sequences.)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)  # (B, T', 2d)
+        if self.config.pooling == "max_mean":
+            steps = torch.arange(out.size(1), device=out.device)
+            real = (steps[None, :] < lengths.to(out.device)[:, None]).unsqueeze(2)  # (B, T', 1)
+            mean = out.sum(1) / lengths.to(out.device, out.dtype)[:, None]  # padding is zeros
+            peak = out.masked_fill(~real, float("-inf")).amax(1)
+            return self.head(self.dropout(torch.cat([peak, mean], dim=1)))
         d = self.config.d_model
         at_last = (lengths - 1).view(-1, 1, 1).expand(-1, 1, 2 * d)
         forward_last = out.gather(1, at_last).squeeze(1)[:, :d]

@@ -118,8 +118,7 @@ def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -
         )
     if cfg.arch == "rnn":
         return RNNClassifier(RNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
-                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id,
-                                       pooling="max_mean"))
+                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id))
     if cfg.arch == "textcnn":
         return TextCNNClassifier(TextCNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
                                                list(cfg.kernel_sizes), cfg.dropout,

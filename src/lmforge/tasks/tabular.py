@@ -99,6 +99,11 @@ TABLE_TRAIN_DEFAULTS: dict[str, Any] = {
     "weight_decay": 1e-4,
 }
 
+# The hidden layers' dropout for regression where the config gives none: the MLP starts as ridge
+# and its hidden layers learn a residual, which on a few hundred rows is mostly noise to fit
+# (bench/RESULTS.md, "Feature tables: regression").
+REGRESSION_DROPOUT = 0.3
+
 
 class TableExamples:
     """Training examples: (feature row, target) pairs over an encoded split."""
@@ -237,6 +242,8 @@ class TableTask:
                              "column)")
         if "early_stopping_metric" not in cfg.train.model_fields_set:
             cfg.train.early_stopping_metric = "val_loss"
+        if self.regression and "dropout" not in model.model_fields_set:
+            model.dropout = REGRESSION_DROPOUT
         fill_train_defaults(cfg.train, TABLE_TRAIN_DEFAULTS)
 
     def starter_config(self, data: str) -> Config:
@@ -325,6 +332,10 @@ class TableTask:
         n_out = 1 if self.regression else len(run.parts["labels"])
         model = MLP(MLPConfig(schema.n_numeric_inputs, schema.cardinalities, n_out,
                               list(cfg.model.hidden), cfg.model.dropout))
+        if self.regression:  # start as ridge on the numbers; the hidden layers learn the rest
+            n = schema.n_numeric_inputs
+            model.start_from_linear(*_ridge_start(run.parts["x"]["train"][:, :n],
+                                                  run.parts["y"]["train"]))
         seed_everything(cfg.train.seed + distributed.rank())
         return model
 
@@ -558,6 +569,18 @@ def _targets(splits: dict[str, FeatureRows], labels: list[str] | None
             {"mean": mean, "std": std})
 
 
+def _ridge_start(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression of the (standardized) target on the numeric inputs, its strength chosen
+    by cross-validation as the ridge baseline's is: the MLP's starting linear model."""
+    from sklearn.linear_model import RidgeCV
+
+    if x.shape[1] == 0 or len(y) < 2:
+        return torch.zeros(1, x.shape[1]), torch.tensor([float(y.mean()) if len(y) else 0.0])
+    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x, y)
+    return (torch.tensor(ridge.coef_, dtype=torch.float32).view(1, -1),
+            torch.tensor([float(ridge.intercept_)]))
+
+
 def design_matrix(schema: FeatureSchema, x: np.ndarray, n_rows: int) -> np.ndarray:
     """The baselines' inputs: the numbers and indicators, then one-hot categories."""
     n = schema.n_numeric_inputs
@@ -594,15 +617,19 @@ def _classification_baselines(schema: FeatureSchema, train: FeatureRows, x_test:
 
 def _regression_baselines(schema: FeatureSchema, train: FeatureRows, x_test: np.ndarray,
                           gold: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
-    """The training mean and ridge regression (its strength chosen by cross-validation)."""
+    """The training mean, ridge regression (its strength chosen by cross-validation) and
+    HistGradientBoosting."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import RidgeCV
 
     x_train = design_matrix(schema, schema.encode(train.cells), len(train.targets))
     schema.take_counts()
     y = np.array([float(t) for t in train.targets])
+    x_eval = design_matrix(schema, x_test, len(x_test))
     ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x_train, y)
-    guesses = {"train_mean": np.full(len(gold), y.mean()),
-               "ridge": ridge.predict(design_matrix(schema, x_test, len(x_test)))}
+    trees = HistGradientBoostingRegressor(random_state=seed).fit(x_train, y)
+    guesses = {"train_mean": np.full(len(gold), y.mean()), "ridge": ridge.predict(x_eval),
+               TREES: trees.predict(x_eval)}
     return {name: regression_metrics(gold, values, resamples, seed)
             for name, values in guesses.items()}
 
