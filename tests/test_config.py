@@ -75,7 +75,8 @@ def test_a_moved_key_given_in_both_places_is_an_error():
      "classification and translation and regression and recommendation"),
     ("generation", {"data": {"label_column": "y"}}, "data.label_column",
      "classification and regression"),
-    ("generation", {"model": {"pooling": "cls"}}, "model.pooling", "classification"),
+    ("generation", {"model": {"pooling": "cls"}}, "model.pooling",
+     "classification and regression"),
 ])
 def test_a_knob_the_task_does_not_read_is_an_error_naming_it(task, raw, knob, owner):
     with warnings.catch_warnings():

@@ -185,7 +185,7 @@ class ModelConfig(Section):
         "history; mf: matrix factorization. cnn (the default for images): a small residual "
         "CNN; rnn: a bidirectional LSTM or GRU over the tokens; textcnn: convolutions of "
         "several widths over the token embeddings, max-pooled. mlp (the default for feature "
-        "tables and task regression): a multilayer perceptron over numbers and categories.",
+        "tables): a multilayer perceptron over numbers and categories.",
     )
     hidden: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [256, 128], min_length=1,
@@ -554,7 +554,7 @@ TASK_ONLY_KNOBS: dict[str, str] = {
     "classification": "classification",
     "data.label_column": "classification and regression",
     "data.split.stratify": "classification",
-    "model.pooling": "classification",
+    "model.pooling": "classification and regression",
     "eval.bootstrap": "classification and translation and regression and recommendation",
     "eval.slices": "classification",
     "generate": "generation",
@@ -580,7 +580,7 @@ TASK_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "recommendation": {"arch": "sasrec", "d_model": 64, "n_heads": 2, "d_ff": 256,
                        "max_length": 50, "dropout": 0.2},
     "translation": {"d_model": 128, "n_layers": 2, "d_ff": 512, "max_length": 32,
-                    "dropout": 0.3},
+                    "dropout": 0.1},
 }
 RECOMMENDERS = ("sasrec", "mf")  # task recommendation's models, and no other task's
 IMAGE_KNOBS = ("image_column", "image_size", "image_mean", "image_std", "augment")  # data.*

@@ -233,10 +233,6 @@ class TableTask:
         if "arch" not in model.model_fields_set:
             model.arch = "mlp"
         if model.arch != "mlp":
-            if self.name == "regression":
-                raise ValueError(f"task regression trains model.arch 'mlp' on a feature table "
-                                 f"(got '{model.arch}'); regression of a text column is not "
-                                 "available")
             raise ValueError(f"{cfg.data.path} is a feature table: model.arch '{model.arch}' "
                              "reads text; use model.arch mlp (or data.inputs text and a text "
                              "column)")
