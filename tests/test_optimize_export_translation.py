@@ -20,6 +20,7 @@ from lmforge.decoding import beam_search, greedy_search
 from lmforge.errors import LmforgeError
 from lmforge.models import EncoderDecoder, Seq2SeqConfig
 from lmforge.models.onnx_translation import OnnxEncoderDecoder
+from lmforge.optimize import export_translation
 from lmforge.optimize.export_translation import export_encoder_decoder
 from lmforge.serve.billing import keys
 from lmforge.serve.billing.database import open_database
@@ -39,7 +40,7 @@ def lmforge_cli(monkeypatch, capsys, *args):
     return exit_info.value.code, out, err
 
 
-def learn_to_copy(model: EncoderDecoder, steps: int = 150) -> EncoderDecoder:
+def learn_to_copy(model: EncoderDecoder, steps: int = 300) -> EncoderDecoder:
     """A few Adam steps on copying random token sequences: the outputs then follow the source
     (an untrained model says one token whatever it reads), and near-ties between tokens are
     rare."""
@@ -194,9 +195,9 @@ def test_what_cannot_be_exported_is_refused_and_nothing_is_written(
     code, _, err = lmforge_cli(monkeypatch, capsys, "export", original, "--out", tmp_path / "z",
                                "--opset", 11)
     assert_one_line_error(code, err, "--opset 11 is too old")
-    code, _, err = lmforge_cli(monkeypatch, capsys, "compress", original, "--quantize", "int8",
+    code, _, err = lmforge_cli(monkeypatch, capsys, "compress", original, "--prune", 0.5,
                                "--out", tmp_path / "w")
-    assert_one_line_error(code, err, "translation", "int8")
+    assert_one_line_error(code, err, "a translation bundle compresses with --quantize int8 only")
     assert not any((tmp_path / name).exists() for name in "xyzw")
 
 
@@ -211,3 +212,32 @@ def test_an_export_that_disagrees_fails_with_the_difference_and_writes_nothing(
     with pytest.raises(LmforgeError, match=r"max \|logit difference\| 1.00e-02 without the cache"):
         lmforge.export(original, out=tmp_path / "off")
     assert not (tmp_path / "off").exists()
+
+
+@pytest.mark.timeout(120)
+def test_int8_is_kept_within_its_tolerance_and_refused_beyond_it(
+    bundles, tmp_path, monkeypatch, capsys
+):
+    original, exported, _ = bundles
+    code, _, err = lmforge_cli(monkeypatch, capsys, "compress", original, "--quantize", "int8",
+                               "--out", tmp_path / "int8")
+    assert code == 0, err
+    assert "ONNX Runtime (int8) vs PyTorch" in err and "ONNX Runtime (fp32) vs PyTorch" in err
+    report = json.loads((tmp_path / "int8" / "compress_report.json").read_text())
+    check = report["check"]
+    assert check["weights"] == "int8" and report["check_fp32"]["greedy_sources_differ"] == 0
+    assert check["max_abs_logit_diff"] <= check["allowed_abs_logit_diff"]
+    assert max(check["greedy_sources_differ"], check["beam_sources_differ"]) <= 1
+    meta = json.loads((tmp_path / "int8" / "lmforge.json").read_text())
+    assert meta["onnx"]["weights"] == "int8"
+    int8 = lmforge.load(tmp_path / "int8")
+    fp32 = lmforge.load(exported).translate(SOURCES, beam_size=3)
+    same = [a.text == b.text for a, b in zip(int8.translate(SOURCES, beam_size=3), fp32,
+                                             strict=True)]
+    assert sum(same) >= len(SOURCES) - 1, same
+
+    monkeypatch.setattr(export_translation, "INT8_MAX_DIFF", 1e-6)  # a tolerance int8 misses
+    with pytest.raises(LmforgeError, match=r"ONNX Runtime \(int8\) disagrees with PyTorch.*"
+                                           "export it as fp32.*nothing was written"):
+        lmforge.compress(original, quantize="int8", out=tmp_path / "strict")
+    assert not (tmp_path / "strict").exists()

@@ -507,8 +507,6 @@ def compress(
     target = Path(out) if out else optimize.default_out(where.bundle_dir, suffix)
     optimize.check_out(target, where.bundle_dir, force)
     own = exporter_of(read_meta(where.bundle_dir))
-    if own is not None and own.no_compress:
-        raise LmforgeError(f"{where.bundle_dir}: {own.no_compress}")
     if own is not None and own.quantize is not None:  # a table's MLP, an image CNN
         if not quantize:
             raise LmforgeError(f"{own.what} compresses with --quantize int8 only")

@@ -1,8 +1,9 @@
 """The bundles export and compress take besides a text classifier, each with its own exporter:
 a feature table's MLP and an image CNN (ONNX fp32, and int8), lmforge's GPT (ONNX with its KV
 cache; no int8), lmforge's encoder–decoder (ONNX: an encoder graph and a decoder graph with its
-KV cache; no int8). A text classifier takes the shared path (load_source: export, quantize, prune,
-distill). Each exporter's module is imported when it is used."""
+KV cache; int8 where it keeps the translations). A text classifier takes the shared path
+(load_source: export, quantize, prune, distill). Each exporter's module is imported when it is
+used."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ class Exporter:
     export: Run
     quantize: Run | None  # int8; None: compress does not take this bundle (the shared path says)
     render: Callable[[Report, Console], None]
-    no_compress: str = ""  # why compress refuses this bundle, where it says so itself
 
 
 def _table(int8: bool) -> Run:
@@ -73,11 +73,14 @@ def _render_gpt(report: Report, console: Console) -> None:
     render_gpt_report(report, console)
 
 
-def _translation(bundle_dir: Path, run_dir: Path | None, out: Path, opset: int,
-                 data: str | Path | None) -> Report:
-    from lmforge.optimize.export_translation import export_translation_bundle
+def _translation(int8: bool) -> Run:
+    def run(bundle_dir: Path, run_dir: Path | None, out: Path, opset: int,
+            data: str | Path | None) -> Report:
+        from lmforge.optimize.export_translation import export_translation_bundle
 
-    return export_translation_bundle(bundle_dir, run_dir, out, opset, data)
+        return export_translation_bundle(bundle_dir, run_dir, out, opset, data, int8)
+
+    return run
 
 
 def _render_translation(report: Report, console: Console) -> None:
@@ -96,14 +99,6 @@ def _text_regression(int8: bool) -> Run:
     return run
 
 
-# measured in bench/RESULTS.md ("Translation through ONNX Runtime")
-TRANSLATION_NO_COMPRESS = (
-    "compress does not take a translation bundle: int8 (ONNX Runtime's dynamic quantization) "
-    "changes its translations beyond the export's tolerance (the same tokens as PyTorch), and "
-    "pruning and distillation are for classifiers; `lmforge export --format onnx` gives the "
-    "fp32 speed-up"
-)
-
 # by the bundle's meta["inputs"], then by its task
 BY_INPUTS = {
     "table": Exporter("a feature table's bundle", _table(False), _table(True), _render_table),
@@ -111,8 +106,8 @@ BY_INPUTS = {
 }
 BY_TASK = {
     "generation": Exporter("a generation bundle", _gpt, None, _render_gpt),
-    "translation": Exporter("a translation bundle", _translation, None, _render_translation,
-                            TRANSLATION_NO_COMPRESS),
+    "translation": Exporter("a translation bundle", _translation(False), _translation(True),
+                            _render_translation),
 }
 
 
