@@ -166,3 +166,14 @@ def test_a_pretrained_encoder_gets_one_output_and_exports(tmp_path):
     assert np.all(np.isfinite(values)) and values[0] != values[1]
     assert np.allclose(values, [r["value"] for r in lmforge.load(tmp_path / "onnx").predict(texts)],
                        atol=1e-3)
+
+
+@pytest.mark.timeout(120)
+def test_cross_validation_scores_each_fold(tmp_path):
+    data = write_texts(tmp_path / "t.csv", 90, seed=4)
+    cfg = config(data, tmp_path, max_steps=10, eval_every=5)
+    cfg["eval"] = {"bootstrap": 0, "baselines": False}
+    lmforge.train(cfg, out=tmp_path / "run", cv=2, show_progress=False)
+    report = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert len(report["folds"]) == 2
+    assert all({"rmse", "mae", "r2"} <= fold["metrics"].keys() for fold in report["folds"])

@@ -297,8 +297,8 @@ class TextRegressionTask:
                 for text, g, v in zip(split.texts, gold, values, strict=True)]
         return Evaluated(report, rows)
 
-    def refold(self, run: Prepared, parts: dict[str, Any]) -> Prepared:
-        raise LmforgeError("--cv is not available for task regression; use data.split")
+    # the splits made again from the pool's rows and encoded texts, targets and all
+    refold = ClassificationTask.refold
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
         return {key: report[key] for key in ("n", "rmse", "mae", "r2") if key in report}
