@@ -798,23 +798,41 @@ class Hypothesis:
     finished: bool  # it ended with the end token (False: max_new_tokens or max_length reached)
 
 
+def block_repeated_ngrams(logprobs: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """(rows, vocab) log-probabilities with -inf for each token that would repeat an n-gram
+    already in its row of `tokens` (rows, length): the degenerate loops ("is is is ...") of a
+    weak model are cut, as fairseq's --no-repeat-ngram-size does."""
+    if n < 1 or tokens.shape[1] < n - 1:
+        return logprobs
+    blocked = torch.zeros_like(logprobs, dtype=torch.bool)
+    for row, seen in enumerate(tokens.tolist()):
+        prefix = seen[len(seen) - n + 1:] if n > 1 else []
+        for start in range(len(seen) - n + 1):
+            if seen[start:start + n - 1] == prefix:
+                blocked[row, seen[start + n - 1]] = True
+    return logprobs.masked_fill(blocked, float("-inf"))
+
+
 class _TargetSteps:
     """Log-probabilities (rows, vocab) of the next token of each row's target so far. With a KV
     cache the decoder runs on the newest token only; without, on the whole target every step
-    (slow: the reference the cache must match). The sources were encoded once, up front."""
+    (slow: the reference the cache must match). The sources were encoded once, up front. With
+    `no_repeat_ngram` n, a token that would repeat an n-gram of the row's target gets -inf."""
 
     def __init__(
         self, model: nn.Module, memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
-        src_mask: torch.Tensor, use_cache: bool,
+        src_mask: torch.Tensor, use_cache: bool, no_repeat_ngram: int = 0,
     ) -> None:
         self.model, self.memory_kv, self.src_mask = model, memory_kv, src_mask
         rows, length = src_mask.shape[0], model.config.max_length
         self.cache = model.new_cache(rows, length) if use_cache else None
+        self.no_repeat_ngram = no_repeat_ngram
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         new = tokens[:, self.cache.length:] if self.cache is not None else tokens
         logits = self.model.decode(new, self.memory_kv, self.src_mask, self.cache, last_only=True)
-        return F.log_softmax(logits[:, -1].float(), dim=-1)
+        logprobs = F.log_softmax(logits[:, -1].float(), dim=-1)
+        return block_repeated_ngrams(logprobs, tokens[:, 1:], self.no_repeat_ngram)
 
     def reorder(self, rows: torch.Tensor) -> None:
         if self.cache is not None:
@@ -829,14 +847,15 @@ def _target_steps(model: nn.Module, max_new_tokens: int) -> int:
 @torch.no_grad()
 def greedy_search(
     model: nn.Module, src_ids: torch.Tensor, src_mask: torch.Tensor, max_new_tokens: int,
-    use_cache: bool = True,
+    use_cache: bool = True, no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """The likeliest next token at every step, for each source (rows of src_ids, padded on the
-    right, src_mask 0 at padding); a row stops at its end token. Scores are not normalised."""
+    right, src_mask 0 at padding); a row stops at its end token. Scores are not normalised.
+    no_repeat_ngram n > 0: no n-gram of tokens twice in an output."""
     cfg, rows = model.config, src_ids.shape[0]
     steps = _target_steps(model, max_new_tokens)
     next_logprobs = _TargetSteps(model, model.memory_kv(model.encode(src_ids, src_mask)),
-                                 src_mask, use_cache)
+                                 src_mask, use_cache, no_repeat_ngram)
     tokens = torch.full((rows, 1), cfg.bos_id, dtype=torch.long, device=src_ids.device)
     scores = torch.zeros(rows, device=src_ids.device)
     ended = torch.zeros(rows, dtype=torch.bool, device=src_ids.device)
@@ -861,17 +880,19 @@ def greedy_search(
 def beam_search(
     model: nn.Module, src_ids: torch.Tensor, src_mask: torch.Tensor, max_new_tokens: int,
     beam_size: int, length_penalty: float = 1.0, use_cache: bool = True,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """The best of `beam_size` hypotheses kept per source at every step, by their sum of
     log-probabilities divided by length ** length_penalty (0: the plain sum; above 0 favours
     longer outputs). A source is done when `beam_size` hypotheses have ended and no live beam
-    can beat the worst of them any more."""
+    can beat the worst of them any more. no_repeat_ngram n > 0: no n-gram twice in a beam."""
     cfg, n, k = model.config, src_ids.shape[0], beam_size
     device = src_ids.device
     steps = _target_steps(model, max_new_tokens)
     memory_kv = [(key.repeat_interleave(k, 0), value.repeat_interleave(k, 0))
                  for key, value in model.memory_kv(model.encode(src_ids, src_mask))]
-    next_logprobs = _TargetSteps(model, memory_kv, src_mask.repeat_interleave(k, 0), use_cache)
+    next_logprobs = _TargetSteps(model, memory_kv, src_mask.repeat_interleave(k, 0), use_cache,
+                                 no_repeat_ngram)
     tokens = torch.full((n * k, 1), cfg.bos_id, dtype=torch.long, device=device)
     beam_scores = torch.zeros(n, k, device=device)
     beam_scores[:, 1:] = float("-inf")  # every beam starts as the same start token: keep one

@@ -41,6 +41,7 @@ from lmforge.data.pairs import (
     BUILTIN_HSK,
     Pairs,
     PreparedPairs,
+    aligned_partner,
     clean_pairs,
     prepare_pairs,
     read_pairs,
@@ -57,7 +58,9 @@ from lmforge.evaluation.translation import (
     target_tokenize,
     translation_scores,
 )
-from lmforge.models import EncoderDecoder, Seq2SeqConfig
+from lmforge.models import EncoderDecoder, PretrainedSeq2SeqLM, Seq2SeqConfig
+from lmforge.models.onnx_translation import OnnxEncoderDecoder, onnx_files
+from lmforge.tasks import translation_pretrained as pretrained_model
 from lmforge.tasks.classification import pad_batch
 from lmforge.tasks.recipe import (
     Evaluated,
@@ -107,17 +110,24 @@ def encode_targets(tokenizer: TextTokenizer, texts: list[str], max_length: int) 
             for ids in tokenizer.encode_plain(texts)]
 
 
-def count_truncated(tokenizer: TextTokenizer, pairs: Pairs, max_length: int) -> int:
-    """Pairs with a side cut by encode_sources or encode_targets."""
+def count_truncated(
+    tokenizer: TextTokenizer, pairs: Pairs, max_length: int, start: int | None = None
+) -> int:
+    """Pairs with a side cut by encode_pairs."""
+    if start is not None:
+        return pretrained_model.count_truncated(tokenizer, pairs.sources, pairs.targets,
+                                                max_length)
     sources, targets = tokenizer.encode_plain(pairs.sources), tokenizer.encode_plain(pairs.targets)
     return sum(1 for s, t in zip(sources, targets, strict=True)
                if len(s) > max_length or len(t) > max_length - 1)
 
 
 # Translation's schedule where the config gives none: a model trained from scratch on a few
-# thousand pairs needs many epochs (bench/RESULTS.md, "Translation").
+# thousand pairs needs many epochs (bench/RESULTS.md, "Translation"); on a larger corpus
+# early stopping on validation BLEU ends it sooner (6 evaluations without a better one).
 TRANSLATION_TRAIN_DEFAULTS: dict[str, Any] = {
-    "lr": 2e-3, "batch_size": 64, "epochs": 40, "eval_every": 250, "warmup_ratio": 0.05,
+    "lr": 2e-3, "batch_size": 64, "epochs": 60, "eval_every": 250, "warmup_ratio": 0.05,
+    "early_stopping_patience": 6,
 }
 TRANSLATION_VOCAB_SIZE = 2000  # one vocabulary for both sides of a few thousand pairs
 
@@ -136,7 +146,15 @@ class EncodedPairs(Sequence):
         return self.sources[i], self.targets[i]
 
 
-def encode_pairs(tokenizer: TextTokenizer, pairs: Pairs, max_length: int) -> EncodedPairs:
+def encode_pairs(
+    tokenizer: TextTokenizer, pairs: Pairs, max_length: int, start: int | None = None
+) -> EncodedPairs:
+    """The pairs' ids for lmforge's encoder–decoder or, with the decoder's `start` token, for a
+    pretrained seq2seq model (its own tokenizer's ids, translation_pretrained)."""
+    if start is not None:
+        return EncodedPairs(
+            pretrained_model.encode_sources(tokenizer, pairs.sources, max_length),
+            pretrained_model.encode_targets(tokenizer, pairs.targets, max_length, start))
     return EncodedPairs(encode_sources(tokenizer, pairs.sources, max_length),
                         encode_targets(tokenizer, pairs.targets, max_length))
 
@@ -153,9 +171,25 @@ def make_collate(pad_id: int) -> Callable[[list[tuple[np.ndarray, np.ndarray]]],
     return collate
 
 
-def make_loss(label_smoothing: float) -> Callable[[nn.Module, Batch], torch.Tensor]:
+def drop_source_tokens(src_mask: torch.Tensor, rate: float) -> torch.Tensor:
+    """The source mask with each token hidden at `rate` (word dropout on the source, as for
+    low-resource translation in Sennrich & Zhang 2019): the encoder and the cross-attention
+    no longer see it. A source keeps all its tokens when none would be left."""
+    kept = src_mask * (torch.rand(src_mask.shape, device=src_mask.device) >= rate)
+    return torch.where(kept.any(dim=1, keepdim=True), kept, src_mask)
+
+
+def make_loss(
+    label_smoothing: float, source_dropout: float = 0.0
+) -> Callable[[nn.Module, Batch], torch.Tensor]:
+    """Label-smoothed cross-entropy of the next target tokens; in training, `source_dropout`
+    of the source tokens hidden (drop_source_tokens)."""
+
     def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
-        logits = model(batch["src_ids"], batch["src_mask"], batch["tgt_ids"])  # (B, T, vocab)
+        src_mask = batch["src_mask"]
+        if source_dropout and model.training:
+            src_mask = drop_source_tokens(src_mask, source_dropout)
+        logits = model(batch["src_ids"], src_mask, batch["tgt_ids"])  # (B, T, vocab)
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                ignore_index=IGNORE, label_smoothing=label_smoothing)
 
@@ -191,14 +225,14 @@ class Translator:
     def __init__(self, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> None:
         self.model = model.eval()
         self.tokenizer, self.meta = tokenizer, meta
-        self.max_length = model.config.max_length
+        self.max_length = meta.get("max_length") or model.config.max_length
         self.clean = CleanConfig(**meta["clean"])
         self.defaults = meta.get("translation", {})
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each cleaned text as the model reads it (what the server meters)."""
         cleaned = [clean_text(text, self.clean) for text in texts]
-        return [len(ids) for ids in encode_sources(self.tokenizer, cleaned, self.max_length)]
+        return [len(ids) for ids in self._encode(cleaned)]
 
     def translate(
         self, texts: list[str], beam_size: int | None = None, length_penalty: float | None = None,
@@ -207,7 +241,7 @@ class Translator:
         settings = decoding_settings(self.defaults, beam_size=beam_size,
                                      length_penalty=length_penalty, max_new_tokens=max_new_tokens)
         cleaned = [clean_text(text, self.clean) for text in texts]
-        ids = encode_sources(self.tokenizer, cleaned, self.max_length)
+        ids = self._encode(cleaned)
         out = [Translation("", 0, 0, True)] * len(texts)  # an empty text translates to ""
         order = [i for i in np.argsort([len(x) for x in ids], kind="stable") if len(ids[i])]
         device = next(self.model.parameters()).device
@@ -216,18 +250,49 @@ class Translator:
             batch = pad_batch([ids[i] for i in rows], self.tokenizer.pad_id)
             src, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             for i, hypothesis in zip(rows, self._search(src, mask, settings), strict=True):
-                out[i] = Translation(self.tokenizer.decode(hypothesis.tokens).strip(),
+                out[i] = Translation(self._decode(hypothesis.tokens),
                                      len(ids[i]), len(hypothesis.tokens) + hypothesis.finished,
                                      hypothesis.finished)
         return out
+
+    def _encode(self, cleaned: list[str]) -> list[np.ndarray]:
+        return encode_sources(self.tokenizer, cleaned, self.max_length)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens).strip()
 
     def _search(
         self, src: torch.Tensor, mask: torch.Tensor, settings: TranslationConfig
     ) -> list[Hypothesis]:
         if settings.beam_size == 1:
-            return greedy_search(self.model, src, mask, settings.max_new_tokens)
+            return greedy_search(self.model, src, mask, settings.max_new_tokens,
+                                 no_repeat_ngram=settings.no_repeat_ngram)
         return beam_search(self.model, src, mask, settings.max_new_tokens, settings.beam_size,
-                           settings.length_penalty)
+                           settings.length_penalty, no_repeat_ngram=settings.no_repeat_ngram)
+
+
+class PretrainedTranslator(Translator):
+    """A pretrained seq2seq model's Translator: its own tokenizer, its own generate()."""
+
+    def _encode(self, cleaned: list[str]) -> list[np.ndarray]:
+        return pretrained_model.encode_sources(self.tokenizer, cleaned, self.max_length)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.hf.decode(tokens, skip_special_tokens=True).strip()
+
+    def _search(
+        self, src: torch.Tensor, mask: torch.Tensor, settings: TranslationConfig
+    ) -> list[Hypothesis]:
+        return pretrained_model.generate(self.model, src, mask,
+                                         min(settings.max_new_tokens, self.max_length),
+                                         settings.beam_size, settings.length_penalty,
+                                         settings.no_repeat_ngram)
+
+
+def make_translator(model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> Translator:
+    """The Translator of lmforge's encoder–decoder, or of a pretrained seq2seq model."""
+    kind = PretrainedTranslator if isinstance(model, PretrainedSeq2SeqLM) else Translator
+    return kind(model, tokenizer, meta)
 
 
 def translate_texts(model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any],
@@ -235,7 +300,8 @@ def translate_texts(model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, 
     """The texts a model in training (or a loaded one) translates them into."""
     was_training = model.training
     try:
-        return [t.text for t in Translator(model, tokenizer, meta).translate(texts, **settings)]
+        return [t.text for t in make_translator(model, tokenizer, meta).translate(texts,
+                                                                                   **settings)]
     finally:
         model.train(was_training)
 
@@ -269,9 +335,9 @@ def make_val_metrics(
 
 def _meta(cfg: Config) -> dict[str, Any]:
     """What a Translator needs of a run's config."""
-    return {"clean": cfg.data.clean.model_dump(),
+    return {"clean": cfg.data.clean.model_dump(), "max_length": cfg.model.max_length,
             "translation": cfg.translation.model_dump(
-                include={"beam_size", "length_penalty", "max_new_tokens"})}
+                include={"beam_size", "length_penalty", "max_new_tokens", "no_repeat_ngram"})}
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -291,7 +357,8 @@ def evaluate_pairs(
         "n": len(test.sources),
         "tokenize": tokenize,
         "decoding": {key: translator.defaults.get(key)
-                     for key in ("beam_size", "length_penalty", "max_new_tokens")},
+                     for key in ("beam_size", "length_penalty", "max_new_tokens",
+                                 "no_repeat_ngram")},
         "seconds": round(seconds, 2),
         "model": translation_scores(outputs, test.targets, tokenize, n_resamples, seed),
         "baselines": {},
@@ -327,9 +394,13 @@ class TranslationTask:
         """lmforge's encoder–decoder (model.arch transformer) on byte-level BPE, which reads
         back exactly (spaces kept); its vocabulary size and schedule where none given."""
         model, tokenizer = cfg.model, cfg.tokenizer
+        if model.arch == "pretrained":  # any AutoModelForSeq2SeqLM, with its own tokenizer
+            pretrained_model.configure_pretrained(cfg)
+            return
         if model.arch != "transformer":
             raise ValueError(f"model.arch '{model.arch}' does not translate; task translation "
-                             "uses 'transformer' (lmforge's encoder–decoder)")
+                             "uses 'transformer' (lmforge's encoder–decoder) or 'pretrained' "
+                             "(a seq2seq model: Marian, T5, mBART)")
         if tokenizer.pretrained:
             raise ValueError("tokenizer.pretrained is for pretrained models; task translation "
                              "trains its own byte_bpe tokenizer")
@@ -360,29 +431,37 @@ class TranslationTask:
         log(f"data: {report['rows_read']:,} pairs read; dropped {_dropped(report)}; "
             f"{report['rows_kept']:,} kept: {len(data.train.sources):,} train / "
             f"{len(data.val.sources):,} val / {len(data.test.sources):,} test")
-        # one vocabulary for both sides, trained on the training split's pairs only
-        tokenizer = with_pad_token(runs.tokenizer_for_run(
-            cfg, data.train.sources + data.train.targets, data.data_hash, run_dir, resume, log))
-        splits = {name: encode_pairs(tokenizer, getattr(data, name), cfg.model.max_length)
+        # one vocabulary for both sides, trained on the training split's pairs only (a
+        # pretrained model's own tokenizer is loaded instead)
+        tokenizer = runs.tokenizer_for_run(
+            cfg, data.train.sources + data.train.targets, data.data_hash, run_dir, resume, log)
+        # a pretrained decoder starts from its own start token; lmforge's from the end token
+        start = pretrained_model.decoder_start_id(cfg) if cfg.model.arch == "pretrained" else None
+        if start is None:
+            tokenizer = with_pad_token(tokenizer)
+        splits = {name: encode_pairs(tokenizer, getattr(data, name), cfg.model.max_length, start)
                   for name in ("train", "val", "test")}
         report = report | {"vocab_size": tokenizer.vocab_size, "truncated_to_max_length": {
-            name: count_truncated(tokenizer, getattr(data, name), cfg.model.max_length)
+            name: count_truncated(tokenizer, getattr(data, name), cfg.model.max_length, start)
             for name in splits}}
         texts = {name: getattr(data, name).sources for name in ("train", "val", "test")}
         return Prepared(cfg, data.data_hash, tokenizer, texts, report,
-                        {"data": data, "splits": splits})
+                        {"data": data, "splits": splits, "start": start})
 
     def build_model(
         self, run: Prepared, run_dir: Path, resume: bool, show_progress: bool, log: Log
     ) -> nn.Module:
         seed_everything(run.cfg.train.seed)
-        model = EncoderDecoder(architecture(run.cfg, run.tokenizer))
+        if run.cfg.model.arch == "pretrained":
+            model: nn.Module = pretrained_model.build_pretrained(run.cfg)
+        else:
+            model = EncoderDecoder(architecture(run.cfg, run.tokenizer))
         seed_everything(run.cfg.train.seed + distributed.rank())  # distinct dropout per rank
         return model
 
     def training(self, run: Prepared, model: nn.Module) -> TrainingPlan:
         cfg, splits, data = run.cfg, run.parts["splits"], run.parts["data"]
-        loss = make_loss(cfg.translation.label_smoothing)
+        loss = make_loss(cfg.translation.label_smoothing, cfg.translation.source_token_dropout)
         return TrainingPlan(
             examples=splits["train"],
             collate=make_collate(run.tokenizer.pad_id),
@@ -399,7 +478,7 @@ class TranslationTask:
         data: PreparedPairs = run.parts["data"]
         if not data.test.sources:
             return None
-        translator = Translator(model, run.tokenizer, self.bundle_meta(run, model, None))
+        translator = make_translator(model, run.tokenizer, self.bundle_meta(run, model, None))
         try:
             return evaluate_pairs(translator, data.test, data.train, run.cfg.eval.bootstrap,
                                   run.cfg.train.seed, run.cfg.eval.baselines)
@@ -413,7 +492,8 @@ class TranslationTask:
                      data.train.row_ids + data.val.row_ids)
         new = {"test": data.test, **{name: pool.take(parts[name]) for name in parts}}
         data = replace(data, train=new["train"], val=new["val"], test=new["test"])
-        splits = {name: encode_pairs(run.tokenizer, pairs, run.cfg.model.max_length)
+        splits = {name: encode_pairs(run.tokenizer, pairs, run.cfg.model.max_length,
+                                     run.parts["start"])
                   for name, pairs in new.items()}
         return replace(run, split_texts={name: pairs.sources for name, pairs in new.items()},
                        parts={**run.parts, "data": data, "splits": splits})
@@ -485,18 +565,22 @@ class TranslationTask:
 
 def check_translation_bundle(
     directory: Path, meta: dict[str, Any]
-) -> tuple[Seq2SeqConfig, TextTokenizer]:
-    """The model's config and the tokenizer of a translation bundle, its weights file checked
-    (its header, not its tensors); a damaged lmforge.json, tokenizer or weights file raises
-    LmforgeError naming it and what is wrong."""
+) -> tuple[Seq2SeqConfig | None, TextTokenizer]:
+    """The model's config (None for a pretrained model) and the tokenizer of a translation
+    bundle, its weights file checked (its header, not its tensors); a damaged lmforge.json,
+    tokenizer or weights file raises LmforgeError naming it and what is wrong."""
     where = directory / "lmforge.json"
     try:
-        if meta.get("arch") != "transformer":
-            raise ValueError(f"'arch' must be 'transformer' (got {meta.get('arch')!r})")
+        if meta.get("arch") not in ("transformer", "pretrained"):
+            raise ValueError("'arch' must be 'transformer' or 'pretrained' "
+                             f"(got {meta.get('arch')!r})")
+        pretrained = meta["arch"] == "pretrained"
+        if pretrained and type(meta.get("max_length")) is not int:
+            raise ValueError("'max_length' must be the tokens a source is cut to")
         architecture = meta.get("architecture")
-        if not isinstance(architecture, dict):
+        if not pretrained and not isinstance(architecture, dict):
             raise ValueError("'architecture' must be a JSON object")
-        config = Seq2SeqConfig(**architecture)
+        config = None if pretrained else Seq2SeqConfig(**architecture)
         CleanConfig(**meta.get("clean", {}))
         decoding_settings(meta.get("translation", {}))
         if not isinstance(meta.get("text_column"), str):
@@ -504,11 +588,19 @@ def check_translation_bundle(
     except (TypeError, ValueError, LmforgeError) as error:  # pydantic's errors are ValueErrors
         raise LmforgeError(f"{where}: {' '.join(str(error).split())}") from None
     tokenizer = TextTokenizer.load(directory)
+    if config is None:  # save_pretrained's files (or peft's), with the model's own tokenizer
+        pretrained_model.check_pretrained_files(directory, meta)
+        return None, tokenizer
     if tokenizer.vocab_size > config.vocab_size or tokenizer.pad_id != config.pad_id:
         raise LmforgeError(f"{directory / 'tokenizer.json'}: not the tokenizer the model was "
                            f"trained with ({tokenizer.vocab_size} tokens, padding "
                            f"{tokenizer.pad_id}; the model knows {config.vocab_size}, padding "
                            f"{config.pad_id})")
+    if meta.get("runtime") == "onnx":  # `lmforge export`: the graphs open when it loads
+        for path in onnx_files(directory, meta["onnx"]):
+            if not path.is_file():
+                raise LmforgeError(f"{path}: missing; the bundle's ONNX model belongs there")
+        return config, tokenizer
     weights = directory / WEIGHTS
     try:
         with safe_open(str(weights), framework="pt"):
@@ -522,6 +614,12 @@ def open_translation_bundle(directory: Path, meta: dict[str, Any], device: str) 
     """A translation bundle's Translator (check_translation_bundle's errors, and one naming
     the weights file when its tensors do not fit the architecture)."""
     config, tokenizer = check_translation_bundle(directory, meta)
+    if config is None:  # a pretrained seq2seq model (or its adapter over its base)
+        pretrained = pretrained_model.open_pretrained(directory, meta)
+        return make_translator(pretrained.to(resolve_device(device)), tokenizer, meta)
+    if meta.get("runtime") == "onnx":  # run by ONNX Runtime on the CPU
+        return Translator(OnnxEncoderDecoder(*onnx_files(directory, meta["onnx"]), config),
+                          tokenizer, meta)
     model = EncoderDecoder(config)
     try:
         load_model(model, str(directory / WEIGHTS))
@@ -555,11 +653,16 @@ def _dropped(report: dict[str, Any]) -> str:
 
 def detect_pair_columns(path: str) -> dict[str, str]:
     """`lmforge init`: the table's source and target columns: 'source'/'target' if it has them,
-    else the first two columns (the config names them; edit it if they are the wrong way)."""
+    else the first two columns (the config names them; edit it if they are the wrong way); for
+    a plain-text file with one aligned beside it (corpus.zh, corpus.en), that file."""
+    partner = aligned_partner(path)
+    if partner is not None:
+        return {"target_path": partner}
     fmt = resolve_format(path)
     if fmt not in TABLE_FORMATS:
         raise LmforgeError(f"{path}: translation reads a table (csv, tsv, jsonl, parquet) of "
-                           "sentence pairs")
+                           "sentence pairs, or two aligned text files (data.path and "
+                           "data.target_path)")
     columns = read_table(path, fmt, Records(source=path, format=fmt)).columns
     if {"source", "target"} <= set(columns):
         return {}
