@@ -2,8 +2,8 @@
 over the preprocessing of data/features.py, beside the baselines tables deserve (majority,
 logistic regression, gradient-boosted trees; the training mean and ridge for regression).
 
-Two recipes, one per task, found as INPUT_RECIPES[(task, "table")] (the regression recipe is
-also TASKS["regression"]); a bundle holds model.safetensors (or model.onnx), features.json and
+Two recipes, one per task, found as INPUT_RECIPES[(task, "table")] (TASKS["regression"] is
+text regression's, tasks/text_regression.py); a bundle holds model.safetensors (or model.onnx), features.json and
 lmforge.json with "inputs": "table". A predictor takes rows as dicts of feature values.
 """
 

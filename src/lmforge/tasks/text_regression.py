@@ -24,11 +24,12 @@ from torch import nn
 
 import lmforge.render as render
 import lmforge.runs as runs
-from lmforge.config import TASK_MODEL_DEFAULTS as MODEL_DEFAULTS
-from lmforge.config import CleanConfig, Config, DataConfig, load_config
+from lmforge.config import TASK_MODEL_DEFAULTS, CleanConfig, Config, DataConfig, load_config
 from lmforge.data import PreparedData, Split, clean_text, detect_columns
+from lmforge.data.clean import CleanedRows
 from lmforge.data.features import as_number
 from lmforge.data.prepare import read_and_clean, rows_report
+from lmforge.data.records import Records
 from lmforge.data.report import length_quantiles
 from lmforge.data.split import split_dataset
 from lmforge.errors import LmforgeError
@@ -106,7 +107,7 @@ def unscale(outputs: np.ndarray, scale: dict[str, float]) -> np.ndarray:
 # --- data -------------------------------------------------------------------------------------
 
 
-def read_numbered(path: str, cfg: DataConfig) -> tuple[Any, Any]:
+def read_numbered(path: str, cfg: DataConfig) -> tuple[Records, CleanedRows]:
     """A text table read and cleaned as classification reads it; a row whose target is no
     number is dropped and counted (not_a_number_target)."""
     records, cleaned = read_and_clean(path, cfg)
@@ -219,7 +220,7 @@ class TextRegressionTask:
             raise ValueError("tokenizer.kind 'byte_bpe' is for task generation; regression "
                              "uses bpe, wordpiece or char")
         if model.preset is None:
-            for key, value in MODEL_DEFAULTS["classification"].items():
+            for key, value in TASK_MODEL_DEFAULTS["classification"].items():
                 if key not in model.model_fields_set:
                     setattr(model, key, value)
 
