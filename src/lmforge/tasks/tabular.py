@@ -3,8 +3,9 @@ over the preprocessing of data/features.py, beside the baselines tables deserve 
 logistic regression, gradient-boosted trees; the training mean and ridge for regression).
 
 Two recipes, one per task, found as INPUT_RECIPES[(task, "table")] (TASKS["regression"] is
-text regression's, tasks/text_regression.py); a bundle holds model.safetensors (or model.onnx), features.json and
-lmforge.json with "inputs": "table". A predictor takes rows as dicts of feature values.
+text regression's, tasks/text_regression.py); a bundle holds model.safetensors (or model.onnx),
+features.json and lmforge.json with "inputs": "table". A predictor takes rows as dicts of
+feature values.
 """
 
 from __future__ import annotations
