@@ -200,8 +200,13 @@ def test_lora_adapters_fine_tune_a_seq2seq_model_and_bundle_over_its_base(tmp_pa
     assert 0 < parameters["trainable"] < parameters["total"] / 2
     rows = [json.loads(line) for line in (result.run_dir / "test_predictions.jsonl").open()]
     translator = lmforge.load(bundle)
-    assert [t.text for t in translator.translate([r["source"] for r in rows])] == \
-        [r["output"] for r in rows]
+    outputs = [r["output"] for r in rows]
+    assert [t.text for t in translator.translate([r["source"] for r in rows])] == outputs
+    # `lmforge export --merge`: the adapter folded into its base, a plain transformers bundle
+    pipeline.export(bundle, merge=True, out=tmp_path / "merged")
+    assert (tmp_path / "merged" / "config.json").is_file()
+    merged = lmforge.load(tmp_path / "merged")
+    assert [t.text for t in merged.translate([r["source"] for r in rows])] == outputs
 
 
 def test_a_pretrained_model_reads_with_its_own_tokenizer(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmforge.bundle import check_meta, read_meta, save_bundle
+from lmforge.bundle import check_bundle, read_meta, save_bundle
 from lmforge.errors import LmforgeError
 from lmforge.models.adapters import load_adapter_model, merged
 from lmforge.tokenization import TextTokenizer
@@ -30,7 +30,7 @@ def merge_bundle(bundle_dir: Path, out: Path) -> dict[str, Any]:
     if "adapter" not in meta:
         raise LmforgeError(f"{bundle_dir} holds no adapter (its lmforge.json has no 'adapter'); "
                            "--merge folds an adapter bundle into its base")
-    check_meta(bundle_dir, meta)
+    check_bundle(bundle_dir)  # its task's checks: lmforge.json, tokenizer, peft's files
     model = merged(load_adapter_model(bundle_dir, meta, quantized=False))
     merged_meta = {key: value for key, value in meta.items()
                    if key not in ("adapter", "lmforge_version")}
