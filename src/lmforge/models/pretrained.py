@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -136,23 +136,36 @@ def load_pretrained_causal_lm(
     the weights in 4-bit NF4."""
     from transformers import AutoModelForCausalLM
 
-    from lmforge.models.adapters import add_adapter, quantization_settings
+    from lmforge.models.adapters import add_adapter
+
+    model = _load_generator(AutoModelForCausalLM, "causal LM", name, revision, trust_remote_code,
+                            gradient_checkpointing, four_bit or _is_qlora(adapter))
+    causal_lm = PretrainedCausalLM(model)
+    return add_adapter(causal_lm, adapter) if adapter is not None else causal_lm
+
+
+def _load_generator(
+    auto_class: Any, what: str, name: str, revision: str | None, trust_remote_code: bool,
+    gradient_checkpointing: bool, four_bit: bool,
+) -> nn.Module:
+    """`auto_class.from_pretrained` of a model that generates (a causal LM, a seq2seq model),
+    in 4-bit NF4 if asked, with gradient checkpointing if asked; an error names `what`."""
+    from lmforge.models.adapters import quantization_settings
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code,
-            **quantization_settings(four_bit or _is_qlora(adapter)),
+            **quantization_settings(four_bit),
         )
     except (OSError, ValueError) as error:
         raise LmforgeError(
-            f"cannot load pretrained causal LM '{name}': {str(error).splitlines()[0]}"
+            f"cannot load pretrained {what} '{name}': {str(error).splitlines()[0]}"
         ) from None
     if gradient_checkpointing:  # renamed in transformers 5; the old name still in 4.x
         enable = getattr(model, "activation_checkpointing_enable", None)
         (enable or model.gradient_checkpointing_enable)()
         model.config.use_cache = False  # the cache is useless, and warned about, in training
-    causal_lm = PretrainedCausalLM(model)
-    return add_adapter(causal_lm, adapter) if adapter is not None else causal_lm
+    return model
 
 
 class PretrainedSeq2SeqLM(nn.Module):
@@ -203,24 +216,14 @@ def load_pretrained_seq2seq(
     the weights in 4-bit NF4."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from lmforge.models.adapters import add_adapter, quantization_settings
+    from lmforge.models.adapters import add_adapter
 
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code,
-            **quantization_settings(four_bit or _is_qlora(adapter)),
-        )
-    except (OSError, ValueError) as error:
-        raise LmforgeError(
-            f"cannot load pretrained seq2seq model '{name}': {str(error).splitlines()[0]}"
-        ) from None
+    model = _load_generator(AutoModelForSeq2SeqLM, "seq2seq model", name, revision,
+                            trust_remote_code, gradient_checkpointing,
+                            four_bit or _is_qlora(adapter))
     if decoder_start(model) is None:
         raise LmforgeError(f"pretrained model '{name}' names no decoder_start_token_id (in its "
                            "config.json or generation_config.json); its decoder needs one")
-    if gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        (enable or model.gradient_checkpointing_enable)()
-        model.config.use_cache = False
     seq2seq = PretrainedSeq2SeqLM(model)
     return add_adapter(seq2seq, adapter) if adapter is not None else seq2seq
 
