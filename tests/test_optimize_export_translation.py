@@ -76,7 +76,10 @@ def bundles(tmp_path_factory):
     original = random_translation_bundle(root / "model", max_length=20)
     save_model(learn_to_copy(lmforge.load(original).model), str(original / "model.safetensors"))
     exported = root / "model-onnx"
-    report = lmforge.export(original, out=exported)
+    pairs = root / "pairs.csv"  # the sentences --data gives to score both runtimes on
+    pairs.write_text("source,target\n" + "".join(f"{s},{s}\n" for s in SOURCES),
+                     encoding="utf-8")
+    report = lmforge.export(original, out=exported, data=pairs)
     return original, exported, report
 
 
@@ -120,6 +123,10 @@ def test_exported_bundle_translates_as_pytorch_greedy_and_beam(
     written = json.loads((exported / "compress_report.json").read_text())
     for side in ("original", "result"):
         assert written[side]["sentences_per_s_b1"] > 0 and written[side]["sentences_per_s_b8"] > 0
+    held_out = written["eval"]  # the pairs given as --data, translated by both runtimes
+    assert held_out["n"] == len(SOURCES) and held_out["original"]["chrf"] > 0
+    for figure in ("bleu", "chrf"):
+        assert held_out["result"][figure] == pytest.approx(held_out["original"][figure])
     meta = json.loads((exported / "lmforge.json").read_text())
     assert meta["runtime"] == "onnx" and not (exported / "model.safetensors").exists()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,25 +200,35 @@ def refuse(meta: dict[str, Any], bundle_dir: Path) -> None:
                            f"'{meta.get('arch')}' to ONNX")
 
 
-def held_out_loss(bundle_dir: Path, run_dir: Path | None, data: str | Path | None,
-                  generators: list[Generator]) -> dict[str, Any] | None:
-    """Test loss and perplexity of each generator on the run's test split (or `data`'s
-    documents), as `lmforge evaluate` computes them; None with neither."""
+def held_out(bundle_dir: Path, run_dir: Path | None, data: str | Path | None,
+             models: list[Any], figures: Callable[[dict[str, Any]], dict[str, Any]],
+             size: str) -> dict[str, Any] | None:
+    """`figures` of each model's evaluation (the original's, the export's) on the run's test
+    split (or `data`'s file), as `lmforge evaluate` computes it, and the report's `size` (how
+    much was scored); None with neither."""
     if run_dir is None and data is None:
         return None
-    recipe = recipe_of(generators[0].meta)
+    recipe = recipe_of(models[0].meta)
     where = f"test split of {run_dir}" if data is None else str(data)
-    figures, data = [], None if data is None else str(data)
-    for generator in generators:
+    scored, data = [], None if data is None else str(data)
+    for model in models:
         try:
-            report = recipe.evaluate(generator, bundle_dir, run_dir, data)
+            report = recipe.evaluate(model, bundle_dir, run_dir, data)
         except LmforgeError as error:  # the run's data gone, say: the export stands without it
             if data is not None:
                 raise
             return {"data": where, "not_measured": str(error)}
-        figures.append({key: report[key] for key in ("test_loss", "perplexity")})
-    return {"data": where, "n_tokens": report["n_tokens"], "original": figures[0],
-            "result": figures[1]}
+        scored.append(figures(report))
+    return {"data": where, size: report[size], "original": scored[0], "result": scored[1]}
+
+
+def held_out_loss(bundle_dir: Path, run_dir: Path | None, data: str | Path | None,
+                  generators: list[Generator]) -> dict[str, Any] | None:
+    """Test loss and perplexity of each generator on the run's test split (or `data`'s
+    documents)."""
+    return held_out(bundle_dir, run_dir, data, generators,
+                    lambda report: {key: report[key] for key in ("test_loss", "perplexity")},
+                    "n_tokens")
 
 
 def export_gpt_bundle(bundle_dir: Path, run_dir: Path | None, out: Path, opset: int,

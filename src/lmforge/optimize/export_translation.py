@@ -47,6 +47,7 @@ from lmforge.optimize.export import trace_onnx
 from lmforge.optimize.export_gpt import (
     MAX_ABS_DIFF,
     PastCache,
+    held_out,
     runtimes_table,
     share_tied_embedding,
 )
@@ -228,7 +229,8 @@ def export_translation_bundle(bundle_dir: Path, run_dir: Path | None, out: Path,
                               ) -> dict[str, Any]:
     """`lmforge export --format onnx` of a translation bundle (with `int8`, `lmforge compress
     --quantize int8`): the encoder–decoder checked against PyTorch, written as a bundle beside
-    compress_report.json (its speed and PyTorch's)."""
+    compress_report.json (its speed and PyTorch's, and with a run or `data`, the test BLEU and
+    chrF of both)."""
     meta = read_meta(bundle_dir)
     if meta.get("runtime") == "onnx":
         raise LmforgeError(f"{bundle_dir} is already an ONNX bundle")
@@ -278,6 +280,10 @@ def export_translation_bundle(bundle_dir: Path, run_dir: Path | None, out: Path,
         }
         if int8:
             report["check_fp32"] = checks[0]
+        report["eval"] = held_out(
+            bundle_dir, run_dir, data, [translator, load(tmp, device="cpu")],
+            lambda scored: {"bleu": scored["model"]["bleu"], "chrf": scored["model"]["chrf"],
+                            "seconds": scored["seconds"]}, "n")
         write_json_atomic(tmp / REPORT_FILE, report)
     return report
 
@@ -297,4 +303,14 @@ def render_translation_report(report: dict[str, Any], console: Console) -> None:
             f"{check['max_new_tokens']} tokens) differ for {check['greedy_sources_differ']} "
             f"sources greedy, {check['beam_sources_differ']} with {check['beam_size']} beams",
             markup=False)
+    scored = report.get("eval")
+    if scored and "not_measured" in scored:
+        console.print(f"test BLEU not measured: {scored['not_measured']}", markup=False)
+    elif scored:
+        original, result = scored["original"], scored["result"]
+        console.print(f"{scored['data']} ({scored['n']} sentences): BLEU "
+                      f"{original['bleu']:.2f}, chrF {original['chrf']:.2f} in "
+                      f"{original['seconds']:.1f} s (PyTorch); BLEU {result['bleu']:.2f}, chrF "
+                      f"{result['chrf']:.2f} in {result['seconds']:.1f} s (ONNX Runtime)",
+                      markup=False)
     console.print(f"bundle written to {report['result']['bundle']}", markup=False)
