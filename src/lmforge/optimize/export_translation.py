@@ -242,11 +242,14 @@ def export_translation_bundle(bundle_dir: Path, run_dir: Path | None, out: Path,
     beam_size = max(2, int(settings.get("beam_size", 4)))
     length_penalty = float(settings.get("length_penalty", 1))
     files = {"file": ENCODER_FILE, "decoder_file": DECODER_FILE}
+    threads = torch.get_num_threads()
     with staged_dir(out) as tmp:
+        def exported() -> OnnxEncoderDecoder:
+            return OnnxEncoderDecoder(tmp / ENCODER_FILE, tmp / DECODER_FILE, model.config,
+                                      threads)
+
         export_encoder_decoder(model, tmp, opset)
-        checks = [compare(model, OnnxEncoderDecoder(tmp / ENCODER_FILE, tmp / DECODER_FILE,
-                                                    model.config),
-                          sources, beam_size, length_penalty)]
+        checks = [compare(model, exported(), sources, beam_size, length_penalty)]
         onnx = {**files, "opset": opset, "weights": "fp32",
                 "kv_cache": "self-attention: inputs and outputs of the decoder; "
                             "cross-attention: the encoder's outputs"}
@@ -254,14 +257,12 @@ def export_translation_bundle(bundle_dir: Path, run_dir: Path | None, out: Path,
             for name in files.values():
                 quantize_int8(tmp / name, tmp / f"int8-{name}")
                 (tmp / f"int8-{name}").replace(tmp / name)
-            checks.append(compare(model, OnnxEncoderDecoder(tmp / ENCODER_FILE,
-                                                            tmp / DECODER_FILE, model.config),
-                                  sources, beam_size, length_penalty, "int8"))
+            checks.append(compare(model, exported(), sources, beam_size, length_penalty,
+                                  "int8"))
             onnx.update(weights="int8",
                         quantization="dynamic int8 (onnxruntime quantize_dynamic, QInt8 weights)")
-        threads = torch.get_num_threads()
-        timed = OnnxEncoderDecoder(tmp / ENCODER_FILE, tmp / DECODER_FILE, model.config, threads)
-        speed = paired_speed([translator, Translator(timed, translator.tokenizer, meta)], texts)
+        speed = paired_speed([translator, Translator(exported(), translator.tokenizer, meta)],
+                             texts)
         translator.tokenizer.save(tmp)
         operation = "quantize int8" if int8 else "export"
         write_meta(tmp, {**meta, "runtime": "onnx", "onnx": onnx,
