@@ -288,6 +288,15 @@ def runtimes_table(report: dict[str, Any], rows: list[tuple[str, str, str]]) -> 
     return table
 
 
+def render_held_out(held_out: dict[str, Any] | None, console: Console, what: str,
+                    line: Callable[[dict[str, Any]], str]) -> None:
+    """held_out's figures as `line` says them, or why `what` was not measured."""
+    if held_out and "not_measured" in held_out:
+        console.print(f"{what} not measured: {held_out['not_measured']}", markup=False)
+    elif held_out:
+        console.print(line(held_out), markup=False)
+
+
 def render_gpt_report(report: dict[str, Any], console: Console) -> None:
     console.print(runtimes_table(report, [
         ("size (MB)", "size_mb", "{:.2f}"), ("parameters", "params", "{:,}"),
@@ -301,11 +310,8 @@ def render_gpt_report(report: dict[str, Any], console: Console) -> None:
         f"{check['max_abs_logit_diff_cached']:.1e} with it; greedy continuations "
         f"({check['greedy_tokens']} tokens) differ for {check['greedy_prompts_differ']} prompts",
         markup=False)
-    held_out = report.get("eval")
-    if held_out and "not_measured" in held_out:
-        console.print(f"test loss not measured: {held_out['not_measured']}", markup=False)
-    elif held_out:
-        console.print(f"{held_out['data']} ({held_out['n_tokens']} tokens): test loss "
-                      f"{held_out['original']['test_loss']:.4f} (PyTorch), "
-                      f"{held_out['result']['test_loss']:.4f} (ONNX Runtime)", markup=False)
+    render_held_out(report.get("eval"), console, "test loss", lambda held_out: (
+        f"{held_out['data']} ({held_out['n_tokens']} tokens): test loss "
+        f"{held_out['original']['test_loss']:.4f} (PyTorch), "
+        f"{held_out['result']['test_loss']:.4f} (ONNX Runtime)"))
     console.print(f"bundle written to {result['bundle']}", markup=False)

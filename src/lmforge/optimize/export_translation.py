@@ -48,6 +48,7 @@ from lmforge.optimize.export_gpt import (
     MAX_ABS_DIFF,
     PastCache,
     held_out,
+    render_held_out,
     runtimes_table,
     share_tied_embedding,
 )
@@ -304,14 +305,9 @@ def render_translation_report(report: dict[str, Any], console: Console) -> None:
             f"{check['max_new_tokens']} tokens) differ for {check['greedy_sources_differ']} "
             f"sources greedy, {check['beam_sources_differ']} with {check['beam_size']} beams",
             markup=False)
-    scored = report.get("eval")
-    if scored and "not_measured" in scored:
-        console.print(f"test BLEU not measured: {scored['not_measured']}", markup=False)
-    elif scored:
-        original, result = scored["original"], scored["result"]
-        console.print(f"{scored['data']} ({scored['n']} sentences): BLEU "
-                      f"{original['bleu']:.2f}, chrF {original['chrf']:.2f} in "
-                      f"{original['seconds']:.1f} s (PyTorch); BLEU {result['bleu']:.2f}, chrF "
-                      f"{result['chrf']:.2f} in {result['seconds']:.1f} s (ONNX Runtime)",
-                      markup=False)
+    render_held_out(report.get("eval"), console, "test BLEU", lambda scored: (
+        f"{scored['data']} ({scored['n']} sentences): " + "; ".join(
+            f"BLEU {side['bleu']:.2f}, chrF {side['chrf']:.2f} in {side['seconds']:.1f} s "
+            f"({runtime})" for runtime, side in (("PyTorch", scored["original"]),
+                                                  ("ONNX Runtime", scored["result"])))))
     console.print(f"bundle written to {report['result']['bundle']}", markup=False)
