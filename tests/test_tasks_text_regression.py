@@ -129,6 +129,7 @@ def test_feature_tables_still_go_to_the_table_recipe(tmp_path):
     assert inputs_of(cfg) == "text" and cfg.model.arch == "transformer"
     assert cfg.train.early_stopping_metric == "val_rmse"
     assert (cfg.model.d_model, cfg.model.dropout) == (128, 0.2)  # classification's encoder
+    assert cfg.train.epochs == 10  # text regression's schedule
     pooled = load_config({"task": "regression", "model": {"pooling": "cls"},
                           "data": {"path": str(texts), "label_column": "score"}})
     assert pooled.model.pooling == "cls"  # the encoder's pooling is regression's knob too
