@@ -5,6 +5,7 @@ step budget (the same for all three), beside TF-IDF + logistic regression and th
 train time per model.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_text_encoders.py [--steps 600]
+        [--archs rnn textcnn] [--set train.lr=2e-3 ...]
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--archs", nargs="+", default=["transformer", "rnn", "textcnn"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="a config override for every model, as `lmforge train --set`")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-text-encoders-"))
     baselines = None
@@ -29,7 +32,8 @@ def main() -> None:
         config = {"task": "classification", "model": {"arch": arch},
                   "train": {"max_steps": args.steps}}
         started = time.perf_counter()
-        result = lmforge.train(config, out=out / arch, show_progress=False, force=True)
+        result = lmforge.train(config, out=out / arch, overrides=args.overrides,
+                               show_progress=False, force=True)
         seconds = time.perf_counter() - started
         report = result.eval_report
         lo, hi = report["ci95"]["accuracy"]

@@ -23,6 +23,7 @@ from lmforge.config import (
     Config,
     DataConfig,
     ModelConfig,
+    fill_train_defaults,
     load_config,
     read_config_file,
 )
@@ -111,6 +112,12 @@ def make_collate(
     return collate
 
 
+# The RNN's and the TextCNN's schedule where the config gives none: shallow networks whose
+# embeddings start from scratch learn faster at a higher rate than the Transformer's 5e-4
+# (bench/RESULTS.md, "Text encoders: the RNN's and the TextCNN's defaults").
+CLASSIC_TEXT_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 5e-3}
+
+
 def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -> nn.Module:
     if cfg.arch == "pretrained":
         return load_pretrained_classifier(
@@ -118,7 +125,8 @@ def build_model(cfg: ModelConfig, tokenizer: TextTokenizer, labels: list[str]) -
         )
     if cfg.arch == "rnn":
         return RNNClassifier(RNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
-                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id))
+                                       cfg.n_layers, cfg.rnn_cell, cfg.dropout, tokenizer.pad_id,
+                                       pooling="max_mean"))
     if cfg.arch == "textcnn":
         return TextCNNClassifier(TextCNNConfig(tokenizer.vocab_size, len(labels), cfg.d_model,
                                                list(cfg.kernel_sizes), cfg.dropout,
@@ -220,7 +228,8 @@ class ClassificationTask:
     report_kind = "classification"  # report.html's views (evaluation.html_report.SECTIONS)
 
     def configure(self, cfg: Config) -> None:
-        """Refuse a model or tokenizer that cannot classify text."""
+        """Refuse a model or tokenizer that cannot classify text; the RNN's and the TextCNN's
+        own schedule where the config gives none."""
         model, tokenizer = cfg.model, cfg.tokenizer
         if model.arch == "gpt":
             raise ValueError("model.arch 'gpt' is a decoder for task generation; "
@@ -235,6 +244,8 @@ class ClassificationTask:
         if model.arch == "auto" and cfg.data.split.val == 0:
             raise ValueError("model.arch 'auto' picks its model on the validation split; "
                              "set data.split.val above 0")
+        if model.arch in ("rnn", "textcnn"):
+            fill_train_defaults(cfg.train, CLASSIC_TEXT_TRAIN_DEFAULTS)
 
     def starter_config(self, data: str) -> Config:
         """Its columns detected, and model.arch auto: the best on validation of lmforge's
