@@ -566,14 +566,19 @@ def _targets(splits: dict[str, FeatureRows], labels: list[str] | None
             {"mean": mean, "std": std})
 
 
-def _ridge_start(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge regression of the (standardized) target on the numeric inputs, its strength chosen
-    by cross-validation as the ridge baseline's is: the MLP's starting linear model."""
+def ridge_cv() -> Any:
+    """Ridge regression with its strength chosen by (leave-one-out) cross-validation."""
     from sklearn.linear_model import RidgeCV
 
+    return RidgeCV(alphas=np.logspace(-3, 3, 13))
+
+
+def _ridge_start(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression of the (standardized) target on the numeric inputs, its strength chosen
+    as the ridge baseline's is: the MLP's starting linear model."""
     if x.shape[1] == 0 or len(y) < 2:
         return torch.zeros(1, x.shape[1]), torch.tensor([float(y.mean()) if len(y) else 0.0])
-    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x, y)
+    ridge = ridge_cv().fit(x, y)
     return (torch.tensor(ridge.coef_, dtype=torch.float32).view(1, -1),
             torch.tensor([float(ridge.intercept_)]))
 
@@ -617,13 +622,12 @@ def _regression_baselines(schema: FeatureSchema, train: FeatureRows, x_test: np.
     """The training mean, ridge regression (its strength chosen by cross-validation) and
     HistGradientBoosting."""
     from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.linear_model import RidgeCV
 
     x_train = design_matrix(schema, schema.encode(train.cells), len(train.targets))
     schema.take_counts()
     y = np.array([float(t) for t in train.targets])
     x_eval = design_matrix(schema, x_test, len(x_test))
-    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x_train, y)
+    ridge = ridge_cv().fit(x_train, y)
     trees = HistGradientBoostingRegressor(random_state=seed).fit(x_train, y)
     guesses = {"train_mean": np.full(len(gold), y.mean()), "ridge": ridge.predict(x_eval),
                TREES: trees.predict(x_eval)}
