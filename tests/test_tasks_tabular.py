@@ -109,9 +109,11 @@ def test_bad_rows_are_counted_not_fatal_and_categories_unseen_map_to_unknown(tmp
 
 
 @pytest.mark.timeout(120)
-def test_training_resumes_exactly(tmp_path):
-    data = class_table(tmp_path / "c.csv", 200, seed=2)
-    cfg = {"task": "classification", "data": {"path": str(data)}, "model": {"arch": "mlp"},
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_training_resumes_exactly(tmp_path, task):
+    table = class_table if task == "classification" else function_table
+    data = table(tmp_path / "t.csv", 200, seed=2)
+    cfg = {"task": task, "data": {"path": str(data)}, "model": {"arch": "mlp"},
            "train": {"max_steps": 40, "eval_every": 10}}
     straight = lmforge.train(cfg, out=tmp_path / "a", show_progress=False)
     stopped = lmforge.train(cfg, out=tmp_path / "b", show_progress=False,
