@@ -178,3 +178,16 @@ def test_cross_validation_scores_each_fold(tmp_path):
     report = json.loads((tmp_path / "run" / "cv.json").read_text())
     assert len(report["folds"]) == 2
     assert all({"rmse", "mae", "r2"} <= fold["metrics"].keys() for fold in report["folds"])
+
+
+def test_init_finds_the_text_and_the_column_of_numbers(tmp_path):
+    data = tmp_path / "reviews.csv"
+    data.write_text("id,review,stars,verdict\n1,a fine and long enough review,4.5,good\n"
+                    "2,a dull and long enough review,2,bad\n3,another plain review here,3,ok\n",
+                    encoding="utf-8")
+    config = pipeline.init_config("regression", data)
+    assert "text_column: review" in config and "label_column: stars" in config
+    words = tmp_path / "words.csv"
+    words.write_text("text,verdict\na long enough text,good\n", encoding="utf-8")
+    with pytest.raises(LmforgeError, match="no column of numbers.*columns are: text, verdict"):
+        pipeline.init_config("regression", words)

@@ -11,6 +11,7 @@ from lmforge.errors import LmforgeError
 TEXT_NAMES = ("text", "sentence", "review", "content", "comment", "message", "body", "document")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
 MAX_CLASSES = 50
+NUMBER_NAMES = ("score", "rating", "stars", "value", "price", "y")  # a regression target's
 
 
 def detect_columns(path: str) -> dict[str, str]:
@@ -34,6 +35,25 @@ def detect_columns(path: str) -> dict[str, str]:
             f"2 to {MAX_CLASSES} distinct values); columns are: {', '.join(values)}"
         )
     return {"format": fmt, "text_column": text_column, "label_column": label_column}
+
+
+def detect_number_columns(path: str) -> dict[str, str]:
+    """{"format", "text_column", "label_column"} of a text table with a numeric target, for
+    `lmforge init --task regression`: the target is the column of numbers named as a label (or
+    score, rating, ...), else the last column of numbers (an id usually comes first)."""
+    fmt = resolve_format(path)
+    if fmt in ("txt", "folder"):
+        raise LmforgeError(f"{path} has no column of numbers; task regression needs a table with "
+                           "a text column and a numeric target (csv, tsv, jsonl, parquet)")
+    values, _ = _column_values(path, fmt)
+    text_column = _text_column(path, values)
+    numbers = [column for column, cells in values.items() if column != text_column and cells
+               and all(map(_is_number, cells))]
+    if not numbers:
+        raise LmforgeError(f"no column of numbers (the target) found in {path}; columns are: "
+                           f"{', '.join(values)}")
+    named = [c for c in numbers if c.strip().lower() in (*LABEL_NAMES, *NUMBER_NAMES)]
+    return {"format": fmt, "text_column": text_column, "label_column": (named or numbers[-1:])[0]}
 
 
 def detect_text_column(path: str) -> dict[str, str]:

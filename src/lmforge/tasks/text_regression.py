@@ -32,8 +32,9 @@ from lmforge.config import (
     fill_train_defaults,
     load_config,
 )
-from lmforge.data import PreparedData, Split, clean_text, detect_columns
+from lmforge.data import PreparedData, Split, clean_text
 from lmforge.data.clean import CleanedRows
+from lmforge.data.detect import detect_number_columns
 from lmforge.data.features import as_number
 from lmforge.data.prepare import read_and_clean, rows_report
 from lmforge.data.records import Records
@@ -238,7 +239,8 @@ class TextRegressionTask:
             fill_train_defaults(cfg.train, TRAIN_DEFAULTS)
 
     def starter_config(self, data: str) -> Config:
-        columns = detect_columns(data)
+        """Its text column and its column of numbers (the target) detected."""
+        columns = detect_number_columns(data)
         return load_config({"task": self.name, "data": {"path": data, **columns}})
 
     def quickstart_config(self, fast: bool) -> Config:
