@@ -191,3 +191,15 @@ def test_init_finds_the_text_and_the_column_of_numbers(tmp_path):
     words.write_text("text,verdict\na long enough text,good\n", encoding="utf-8")
     with pytest.raises(LmforgeError, match="no column of numbers.*columns are: text, verdict"):
         pipeline.init_config("regression", words)
+
+
+def test_a_bundle_without_its_target_scale_is_refused_naming_it(trained, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "model"
+    shutil.copytree(trained.bundle_dir, bundle)
+    meta = json.loads((bundle / "lmforge.json").read_text())
+    meta["target_scale"] = {"mean": 3.0, "std": 0}
+    (bundle / "lmforge.json").write_text(json.dumps(meta))
+    with pytest.raises(LmforgeError, match=r"lmforge.json: 'target_scale' must be"):
+        lmforge.load(bundle)

@@ -284,6 +284,13 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
         isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)
     ):
         return f"'labels' must be a non-empty list of label names (got {_shown(labels)})"
+    scale = meta.get("target_scale")
+    if task == "regression" and not (
+        isinstance(scale, dict) and all(type(scale.get(k)) in (int, float) for k in ("mean", "std"))
+        and scale["std"] > 0
+    ):
+        return ("'target_scale' must be {\"mean\": number, \"std\": number > 0} (got "
+                f"{_shown(scale)})")
     runtime, onnx = meta.get("runtime"), meta.get("onnx")
     if runtime not in (None, "onnx"):
         return f"'runtime' must be 'onnx' or absent (got {_shown(runtime)})"

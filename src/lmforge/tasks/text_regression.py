@@ -324,12 +324,10 @@ class TextRegressionTask:
                 "target_scale": run.parts["scale"]}
 
     def load(self, bundle_dir: Path, meta: dict[str, Any], device: str) -> TextRegressor:
-        from lmforge.bundle import META_FILE, open_network
+        """lmforge.json (its target_scale too), the tokenizer and the weights checked, as
+        bundle.open_network checks every network's bundle."""
+        from lmforge.bundle import open_network
 
-        if not _is_scale(meta.get("target_scale")):
-            raise LmforgeError(f"{Path(bundle_dir) / META_FILE}: 'target_scale' must be "
-                               "{\"mean\": number, \"std\": number > 0} (got "
-                               f"{meta.get('target_scale')!r:.80})")
         meta, tokenizer, model = open_network(Path(bundle_dir), device)
         return TextRegressor(model, tokenizer, meta)
 
@@ -353,11 +351,6 @@ class TextRegressionTask:
 
     def quickstart_notes(self, predictor: TextRegressor, bundle_dir: Path) -> list[str]:
         return [f"predict: lmforge predict {bundle_dir} --input TEXTS"]
-
-
-def _is_scale(scale: Any) -> bool:
-    return (isinstance(scale, dict) and isinstance(scale.get("mean"), (int, float))
-            and isinstance(scale.get("std"), (int, float)) and scale["std"] > 0)
 
 
 def render_report(report: dict[str, Any], console: Console, title: str) -> None:
