@@ -17,7 +17,7 @@ from lmforge.check import estimate_memory, parse_size
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
-from lmforge.tasks import TASKS
+from lmforge.tasks import INPUT_RECIPES, TASKS
 from lmforge.training.loop import make_optimizer
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(180)]
@@ -138,7 +138,7 @@ def test_a_bad_config_fails_as_training_does(chat_data, tmp_path, monkeypatch, c
 def test_a_task_without_a_transformer_is_checked_too():
     """A regression MLP on a built-in table: parameters as training builds them, and the
     weights' memory, with no activation estimate (and exit 0)."""
-    recipe = TASKS["regression"]
+    recipe = INPUT_RECIPES[("regression", "table")]
     cfg = recipe.quickstart_config(True)
     report = pipeline.check(cfg, show=False, gpu_memory="24GiB")
     real = recipe.build_model(recipe.prepare(cfg, None, False, lambda _: None), None, False,
