@@ -56,3 +56,23 @@ def test_token_cache_round_trip_and_damaged_entry_is_a_miss(tmp_path):
     assert info == {"train": 0}
     (tmp_path / "tokens" / f"{key}.npz").write_bytes(b"broken")
     assert cache.load(key) is None
+
+
+CHINESE = ["这本书很好看，推荐给大家", "质量太差了，不推荐购买", "物流很快，包装也很好",
+           "客服态度差，退货很麻烦"] * 30
+ENGLISH = ["great product, would buy again", "terrible quality, never again",
+           "fast delivery and good"] * 30
+
+
+def test_auto_trains_characters_for_chinese_and_bpe_for_spaced_text():
+    """Unspaced Chinese gets one token per character (BPE would merge whole clauses seen a few
+    times into single tokens); text written with spaces keeps BPE's word pieces."""
+    chinese = build_tokenizer(TokenizerConfig(), CHINESE, None)
+    sentence = "包装很差，不推荐"  # unseen, of seen characters
+    tokens = [chinese.backend.id_to_token(i) for i in chinese.encode([sentence], 64).ids[0][1:-1]]
+    assert tokens == list(sentence)
+    english = build_tokenizer(TokenizerConfig(), ENGLISH, None)
+    tokens = [english.backend.id_to_token(i) for i in english.encode(["great quality"], 64).ids[0]]
+    assert "great" in tokens and "quality" in tokens
+    bpe = build_tokenizer(TokenizerConfig(kind="bpe"), CHINESE, None)
+    assert len(bpe.encode([CHINESE[0]], 64).ids[0]) < len(CHINESE[0]) + 2  # merged: not chars

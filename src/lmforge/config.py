@@ -131,7 +131,8 @@ class DataConfig(Section):
 class TokenizerConfig(Section):
     kind: Literal["auto", "bpe", "wordpiece", "char", "byte_bpe", "pretrained"] = Field(
         "auto",
-        description="auto: the pretrained model's tokenizer with arch=pretrained, else bpe "
+        description="auto: the pretrained model's tokenizer with arch=pretrained, else char for "
+        "text mostly in Chinese or Japanese script and bpe for other text "
         "(byte_bpe, byte-level BPE that reads back exactly, for generation).",
     )
     vocab_size: int = Field(8000, ge=32, description="Vocabulary size of a trained tokenizer.")

@@ -14,7 +14,13 @@ from lmforge.config import Config
 from lmforge.data.split import SplitRecord
 from lmforge.errors import LmforgeError
 from lmforge.files import PREVIOUS, STAGED, write_json_atomic
-from lmforge.tokenization import TextTokenizer, TokenCache, build_tokenizer
+from lmforge.tokenization import (
+    TextTokenizer,
+    TokenCache,
+    auto_kind,
+    build_tokenizer,
+    unspaced_share,
+)
 from lmforge.training import distributed
 from lmforge.training.checkpoint import last_step
 
@@ -96,7 +102,13 @@ def tokenizer_for_run(
             return
         pretrained = cfg.model.pretrained if cfg.model.arch == "pretrained" else None
         cache = Path(cfg.data.cache_dir).expanduser() / "tokenizers"
-        key = TokenCache.key(data_hash, cfg.data.clean, cfg.data.split, cfg.tokenizer, pretrained)
+        kind = cfg.tokenizer.kind
+        if kind == "auto" and pretrained is None and cfg.tokenizer.pretrained is None:
+            kind = auto_kind(train_texts)
+            log(f"tokenizer: {kind} (tokenizer.kind auto; "
+                f"{unspaced_share(train_texts):.0%} of the text is in Chinese or Japanese script)")
+        key = TokenCache.key(data_hash, cfg.data.clean, cfg.data.split, cfg.tokenizer, pretrained,
+                             kind)
         cached = cache / key
         if pretrained is None and cfg.tokenizer.pretrained is None and cached.exists():
             log(f"tokenizer: reusing the one trained earlier on this data ({cached})")

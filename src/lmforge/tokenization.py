@@ -219,6 +219,37 @@ def train_tokenizer(texts: list[str], kind: str, vocab_size: int) -> TextTokeniz
     return TextTokenizer(tokenizer)
 
 
+def unspaced_share(texts: list[str], sample: int = 2000) -> float:
+    """The share of the non-space characters of (the first `sample` of) `texts` in scripts
+    written without spaces between words: Han ideographs and kana (Korean spaces its words)."""
+    written = unspaced = 0
+    for text in texts[:sample]:
+        for char in text:
+            if char.isspace():
+                continue
+            written += 1
+            point = ord(char)
+            unspaced += any(low <= point <= high for low, high in _UNSPACED_RANGES)
+    return unspaced / written if written else 0.0
+
+
+_UNSPACED_RANGES = (
+    (0x3040, 0x30FF),  # hiragana, katakana
+    (0x3400, 0x4DBF),  # Han, extension A
+    (0x4E00, 0x9FFF),  # Han
+    (0xF900, 0xFAFF),  # Han compatibility
+    (0x20000, 0x2FA1F),  # Han, extensions B and later
+)
+
+
+def auto_kind(train_texts: list[str]) -> str:
+    """The trained tokenizer `tokenizer.kind: auto` picks: characters for text mostly in Chinese
+    or Japanese script, where BPE's merges inside space-free clauses become whole phrases seen
+    once or twice (character models are the usual choice there, as BERT's Chinese vocabulary
+    is); BPE otherwise."""
+    return "char" if unspaced_share(train_texts) > 0.5 else "bpe"
+
+
 def build_tokenizer(
     cfg: TokenizerConfig,
     train_texts: list[str],
@@ -231,7 +262,7 @@ def build_tokenizer(
         return load_pretrained_tokenizer(cfg.pretrained, trust_remote_code=trust_remote_code)
     kind = cfg.kind
     if kind == "auto":
-        kind = "pretrained" if pretrained_model else "bpe"
+        kind = "pretrained" if pretrained_model else auto_kind(train_texts)
     if kind == "pretrained":
         if not pretrained_model:
             raise LmforgeError("tokenizer.kind is 'pretrained' but no tokenizer.pretrained is set")
