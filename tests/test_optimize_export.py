@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_reviews, tiny_config
 
 import lmforge
@@ -197,3 +198,18 @@ def test_pretrained_encoder_exports_and_quantizes(tmp_path):
     report = pipeline.compress(tmp_path / "onnx", quantize="int8", out=tmp_path / "int8")
     assert report["original"]["size_mb"] / report["result"]["size_mb"] > 3.5
     assert report["graph_optimizer"]["fused_ops"].get("Attention") == 6
+
+
+def test_an_onnx_bundle_runs_on_as_many_threads_as_torch(run, tmp_path):
+    """ONNX Runtime's own default (every core) ignores OMP_NUM_THREADS; a loaded ONNX bundle
+    takes torch's thread count, so one setting bounds every runtime in the process."""
+    out = tmp_path / "onnx"
+    pipeline.export(run.bundle_dir, out=out)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            session = lmforge.load(out).model.session
+            assert session.get_session_options().intra_op_num_threads == threads
+    finally:
+        torch.set_num_threads(before)

@@ -16,14 +16,15 @@ ONNX_OUTPUT = "logits"
 
 
 def open_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on the CPU; a missing or damaged file raises LmforgeError naming
-    it."""
+    """An ONNX Runtime session on the CPU, on `threads` threads or else as many as torch uses
+    (OMP_NUM_THREADS, torch.set_num_threads): ONNX Runtime's own default, every core, ignores
+    both and ran several times slower on a busy machine. A missing or damaged file raises
+    LmforgeError naming it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
     if not path.is_file():
         raise LmforgeError(f"{path}: missing; the bundle's ONNX model belongs there")
     try:

@@ -618,9 +618,7 @@ def open_translation_bundle(directory: Path, meta: dict[str, Any], device: str) 
         pretrained = pretrained_model.open_pretrained(directory, meta)
         return make_translator(pretrained.to(resolve_device(device)), tokenizer, meta)
     if meta.get("runtime") == "onnx":  # run by ONNX Runtime on the CPU, on torch's threads
-        # (OMP_NUM_THREADS): its own default, every core, is several times slower on a busy one
-        model = OnnxEncoderDecoder(*onnx_files(directory, meta["onnx"]), config,
-                                   torch.get_num_threads())
+        model = OnnxEncoderDecoder(*onnx_files(directory, meta["onnx"]), config)
         return Translator(model, tokenizer, meta)
     model = EncoderDecoder(config)
     try:
