@@ -1,8 +1,9 @@
 """Text regression at the defaults of a config that sets only task, data (and arch for rnn and
 textcnn): R², RMSE and MAE on the test split beside the training mean and TF-IDF ridge, and train
-time. The data: the 4,354 graded Chinese sentences of the `hsk-sentences-audio` package (CC
-BY-SA), read from the installed package at run time; the target is each sentence's HSK level
-(1-6), a number to predict from the sentence alone (difficulty estimation).
+time. The data: builtin:hsk-levels, the 4,354 graded Chinese sentences of the
+`hsk-sentences-audio` package (CC BY-SA), read from the installed package at run time; the
+target is each sentence's HSK level (1-6), a number to predict from the sentence alone
+(difficulty estimation).
 
     OMP_NUM_THREADS=2 python bench/bench_text_regression.py [--archs transformer rnn textcnn]
         [--set train.epochs=5 ...]
@@ -11,29 +12,17 @@ BY-SA), read from the installed package at run time; the target is each sentence
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import lmforge
+from lmforge.data.builtin import BUILTIN_HSK_LEVELS
 
 
-def hsk_levels(path: Path) -> Path:
-    """The package's sentences as a table: text (the sentence), level (its HSK level)."""
-    from hsk_sentences_audio import load_sentences
-
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "level"])
-        for sentence in load_sentences():
-            writer.writerow([sentence["chinese"], sentence["hsk_level"]])
-    return path
-
-
-def one_run(data: Path, arch: str, overrides: list[str], out: Path) -> dict:
-    config = {"task": "regression", "data": {"path": str(data), "label_column": "level"}}
+def one_run(arch: str, overrides: list[str], out: Path) -> dict:
+    config = {"task": "regression", "data": {"path": BUILTIN_HSK_LEVELS}}
     if arch != "transformer":
         config["model"] = {"arch": arch}
     started = time.perf_counter()
@@ -48,9 +37,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = hsk_levels(Path(tmp) / "hsk_levels.csv")
         for arch in args.archs:
-            report = one_run(data, arch, args.overrides, Path(tmp) / arch)
+            report = one_run(arch, args.overrides, Path(tmp) / arch)
             print(f"\n{arch}: n={report['n']} test sentences, trained in "
                   f"{report['seconds']:.0f} s")
             rows = {arch: report, **report["baselines"]}

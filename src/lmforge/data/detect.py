@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from lmforge.data.builtin import is_builtin
+from lmforge.data.builtin import BUILTIN_HSK_LEVELS, HSK_LEVELS_COLUMNS, is_builtin
 from lmforge.data.records import Records, cell_str
 from lmforge.data.sources import read_table, resolve_format
 from lmforge.errors import LmforgeError
@@ -41,6 +41,8 @@ def detect_number_columns(path: str) -> dict[str, str]:
     """{"format", "text_column", "label_column"} of a text table with a numeric target, for
     `lmforge init --task regression`: the target is the column of numbers named as a label (or
     score, rating, ...), else the last column of numbers (an id usually comes first)."""
+    if path == BUILTIN_HSK_LEVELS:
+        return {"format": "auto", **HSK_LEVELS_COLUMNS}
     fmt = resolve_format(path)
     if fmt in ("txt", "folder"):
         raise LmforgeError(f"{path} has no column of numbers; task regression needs a table with "

@@ -9,13 +9,12 @@ lengths are wildly apart, a repeated source (the first is kept) are dropped and 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import DataConfig, SplitConfig
-from lmforge.data.builtin import is_builtin, package_folder
+from lmforge.data.builtin import HSK_SENTENCES, is_builtin, read_package_json
 from lmforge.data.clean import clean_text
 from lmforge.data.records import Records, cell_str, decode_lines
 from lmforge.data.report import RowId, length_quantiles
@@ -30,9 +29,9 @@ from lmforge.data.split import split_dataset
 from lmforge.errors import LmforgeError
 
 BUILTIN_HSK = "builtin:hsk-zh-en"
-# name -> (package, file inside it); the file is the package's list of sentence records, each
-# with "id", "chinese" and "translation": {"en": ...} (CC BY-SA 4.0, read where it is installed).
-BUILTIN_PAIRS = {BUILTIN_HSK: ("hsk_sentences_audio", "data/sentences.json")}
+# name -> (package, file inside it, how to install it); builtin.HSK_SENTENCES's records, each
+# Chinese sentence paired with its "translation": {"en": ...}.
+BUILTIN_PAIRS = {BUILTIN_HSK: HSK_SENTENCES}
 PAIR_REASONS = ("missing_source", "missing_target", "empty", "too_short", "too_long",
                 "length_mismatch", "duplicate_source")
 
@@ -156,19 +155,10 @@ def _read_builtin_pairs(name: str) -> tuple[Records, Pairs]:
     if name not in BUILTIN_PAIRS:
         raise LmforgeError(f"unknown built-in sentence pairs '{name}'; known: "
                            f"{', '.join(BUILTIN_PAIRS)}")
-    package, file = BUILTIN_PAIRS[name]
-    folder, _, file_name = file.rpartition("/")
-    path = package_folder(package, folder, name, "pip install hsk-sentences-audio") / file_name
-    if not path.is_file():
-        raise LmforgeError(f"{name}: {path} is missing from the installed '{package}'")
-    data = read_bytes(path)
-    records = Records(source=name, format="builtin", data_hash=hashlib.sha256(data).hexdigest())
-    try:
-        items = json.loads(data)
-    except ValueError as error:
-        raise LmforgeError(f"{name}: {path} is not valid JSON ({error})") from None
+    items, digest = read_package_json(name, *BUILTIN_PAIRS[name])
+    records = Records(source=name, format="builtin", data_hash=digest)
     pairs = Pairs([], [], [])
-    for number, item in enumerate(items if isinstance(items, list) else [], start=1):
+    for number, item in enumerate(items, start=1):
         records.rows_read += 1
         row_id = item.get("id", number) if isinstance(item, dict) else number
         translation = item.get("translation") if isinstance(item, dict) else None

@@ -33,6 +33,7 @@ from lmforge.config import (
     load_config,
 )
 from lmforge.data import PreparedData, Split, clean_text
+from lmforge.data.builtin import BUILTIN_HSK_LEVELS, HSK_LEVELS_COLUMNS
 from lmforge.data.clean import CleanedRows
 from lmforge.data.detect import detect_number_columns
 from lmforge.data.features import as_number
@@ -65,6 +66,10 @@ TEXT_ARCHS = ("transformer", "pretrained", "rnn", "textcnn")
 # val step shipped (three, the shared default, left every model near the training mean on the
 # HSK sentences; bench/RESULTS.md, "Text regression").
 TRAIN_DEFAULTS = {"epochs": 10}
+# Sentences of rising difficulty the quickstart grades (none of them in builtin:hsk-levels).
+QUICKSTART_TEXTS = ["你好，我是学生。", "我明天想去商店买东西。",
+                    "虽然今天下雨了，但是我们还是去公园散步了。",
+                    "随着经济的迅速发展，人们对生活质量的要求越来越高。"]
 Batch = dict[str, torch.Tensor]
 
 
@@ -244,10 +249,13 @@ class TextRegressionTask:
         return load_config({"task": self.name, "data": {"path": data, **columns}})
 
     def quickstart_config(self, fast: bool) -> Config:
-        """No built-in text regression data: the quickstart is the built-in table's."""
-        from lmforge.tasks.tabular import REGRESSION
-
-        return REGRESSION.quickstart_config(fast)
+        """The HSK level of each built-in graded Chinese sentence, at text regression's
+        defaults (`--data builtin:diabetes` takes the table recipe's quickstart instead);
+        fast: half the epochs."""
+        data = {"path": BUILTIN_HSK_LEVELS, **HSK_LEVELS_COLUMNS}
+        fast_train = {"epochs": TRAIN_DEFAULTS["epochs"] // 2}
+        return load_config({"task": self.name, "data": data,
+                            **({"train": fast_train} if fast else {})})
 
     def prepare(self, cfg: Config, run_dir: Path, resume: bool, log: Log) -> Prepared:
         cfg_split = cfg.model_copy(update={"data": unstratified(cfg.data)})
@@ -350,7 +358,12 @@ class TextRegressionTask:
         render_report(report, console, title)
 
     def quickstart_notes(self, predictor: TextRegressor, bundle_dir: Path) -> list[str]:
-        return [f"predict: lmforge predict {bundle_dir} --input TEXTS"]
+        """A few sentences of rising difficulty with the number the model gives each, and
+        how to ask it for more."""
+        rows = predictor.predict(QUICKSTART_TEXTS)
+        return ["samples:", *(f"  {row['text']} → {row['value']:.2f}" for row in rows),
+                f"more with: lmforge predict {bundle_dir} --input TEXTS (a .txt file of one "
+                "text per line, a table, or - for stdin)"]
 
 
 def render_report(report: dict[str, Any], console: Console, title: str) -> None:
