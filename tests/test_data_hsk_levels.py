@@ -10,6 +10,7 @@ import yaml
 from lmforge import pipeline
 from lmforge.config import DataConfig, load_config
 from lmforge.data.builtin import BUILTIN_HSK_LEVELS, read_builtin
+from lmforge.errors import LmforgeError
 from lmforge.tasks import inputs_of, recipe_for, tabular, text_regression
 from lmforge.tasks.text_regression import QUICKSTART_TEXTS, prepare_regression_data
 
@@ -35,6 +36,9 @@ def test_init_writes_a_regression_config_that_trains_on_it():
     assert (cfg.task, cfg.data.path, cfg.data.label_column) == (
         "regression", BUILTIN_HSK_LEVELS, "level")
     assert recipe_for(cfg.task, "text") is text_regression.RECIPE
+    with pytest.raises(LmforgeError, match=f"builtin:reviews-zh has no numeric target.*"
+                                           f"{BUILTIN_HSK_LEVELS}"):
+        pipeline.init_config("regression", "builtin:reviews-zh")
 
 
 def test_the_diabetes_quickstart_still_trains_the_table_mlp():

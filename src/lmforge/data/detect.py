@@ -43,6 +43,9 @@ def detect_number_columns(path: str) -> dict[str, str]:
     score, rating, ...), else the last column of numbers (an id usually comes first)."""
     if path == BUILTIN_HSK_LEVELS:
         return {"format": "auto", **HSK_LEVELS_COLUMNS}
+    if is_builtin(path):
+        raise LmforgeError(f"{path} has no numeric target for task regression; the built-in "
+                           f"text regression data is {BUILTIN_HSK_LEVELS}")
     fmt = resolve_format(path)
     if fmt in ("txt", "folder"):
         raise LmforgeError(f"{path} has no column of numbers; task regression needs a table with "
