@@ -234,9 +234,18 @@ class SkeletonError(Exception):
 
 
 def _pretrained_skeleton(cfg: Config, run: Prepared) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
-    from lmforge.models.pretrained import PretrainedCausalLM, PretrainedClassifier
+    from lmforge.models.pretrained import (
+        PretrainedCausalLM,
+        PretrainedClassifier,
+        PretrainedSeq2SeqLM,
+    )
 
     m = cfg.model
     try:
@@ -245,16 +254,18 @@ def _pretrained_skeleton(cfg: Config, run: Prepared) -> nn.Module:
     except (OSError, ValueError) as error:
         raise LmforgeError(f"cannot load pretrained model '{m.pretrained}': "
                            f"{str(error).splitlines()[0]}") from None
-    generating = cfg.task == "generation"
-    if not generating:
+    generating, translating = cfg.task == "generation", cfg.task == "translation"
+    if not generating and not translating:
         labels = (run.labels or {}).get("train") or ["0", "1"]
         config.num_labels = len(set(labels))
-    auto = AutoModelForCausalLM if generating else AutoModelForSequenceClassification
+    auto = AutoModelForCausalLM if generating else AutoModelForSeq2SeqLM if translating \
+        else AutoModelForSequenceClassification
     with torch.device("meta"):
         hf = auto.from_config(config, trust_remote_code=m.trust_remote_code)
     if m.gradient_checkpointing and hasattr(hf, "gradient_checkpointing_enable"):
         hf.gradient_checkpointing_enable()
-    model: nn.Module = PretrainedCausalLM(hf) if generating else PretrainedClassifier(hf)
+    model: nn.Module = PretrainedCausalLM(hf) if generating else PretrainedSeq2SeqLM(hf) \
+        if translating else PretrainedClassifier(hf)
     adapter = getattr(m, "adapter", None)
     if adapter is not None:
         from lmforge.models.adapters import add_adapter

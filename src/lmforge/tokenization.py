@@ -1,7 +1,9 @@
 """Tokenizers: train BPE/WordPiece/char ones (HF `tokenizers`), load pretrained ones, encode, cache.
 
 Every tokenizer is used through one `tokenizers.Tokenizer` (a pretrained fast tokenizer exposes its
-own), so training, evaluation and serving share one encode path.
+own), so training, evaluation and serving share one encode path. A pretrained tokenizer with no
+fast version (Marian's, sentencepiece only) is held as its Hugging Face object alone: translation
+reads through that object, and what needs the Rust tokenizer (`backend`) refuses it by name.
 """
 
 from __future__ import annotations
@@ -40,30 +42,45 @@ class Encoded:
 
 
 class TextTokenizer:
-    """A `tokenizers.Tokenizer` plus the ids the model needs; `hf` is set for pretrained ones."""
+    """A `tokenizers.Tokenizer` plus the ids the model needs; `hf` is set for pretrained ones,
+    and alone (no Rust tokenizer) for a slow one."""
 
-    def __init__(self, backend: Tokenizer, hf_tokenizer: object | None = None) -> None:
-        self.backend = backend
+    def __init__(self, backend: Tokenizer | None, hf_tokenizer: object | None = None) -> None:
+        if backend is None and hf_tokenizer is None:
+            raise ValueError("a TextTokenizer needs a Rust tokenizer or a Hugging Face one")
+        self._backend = backend
         self.hf = hf_tokenizer
-        pad = backend.token_to_id(PAD)
-        if pad is None and hf_tokenizer is not None:
-            pad = getattr(hf_tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad or 0)
-        self.mask_id = backend.token_to_id(MASK)
-        if self.mask_id is None and hf_tokenizer is not None:
-            self.mask_id = getattr(hf_tokenizer, "mask_token_id", None)
-        self.eos_id = backend.token_to_id(END_OF_TEXT)
-        if self.eos_id is None and hf_tokenizer is not None:
-            self.eos_id = getattr(hf_tokenizer, "eos_token_id", None)
+
+        def own_id(token: str, name: str) -> int | None:
+            found = backend.token_to_id(token) if backend is not None else None
+            return getattr(hf_tokenizer, name, None) if found is None else found
+
+        self.pad_id = int(own_id(PAD, "pad_token_id") or 0)
+        self.mask_id = own_id(MASK, "mask_token_id")
+        self.eos_id = own_id(END_OF_TEXT, "eos_token_id")
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The Rust tokenizer; a slow pretrained tokenizer has none and is refused by name."""
+        if self._backend is None:
+            name = getattr(self.hf, "name_or_path", "") or type(self.hf).__name__
+            raise LmforgeError(f"tokenizer '{name}' has no fast (Rust) version, which lmforge "
+                               "needs here (only task translation with model.arch pretrained "
+                               "reads with a slow one)")
+        return self._backend
 
     @property
     def special_ids(self) -> list[int]:
         """Ids of the special tokens ([CLS], [SEP], ...), which masking and sampling skip."""
+        if self._backend is None:
+            return sorted(set(self.hf.all_special_ids))
         added = self.backend.get_added_tokens_decoder()
         return sorted(i for i, token in added.items() if token.special)
 
     @property
     def vocab_size(self) -> int:
+        if self._backend is None:
+            return len(self.hf)
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: list[str], max_length: int) -> Encoded:
@@ -90,6 +107,11 @@ class TextTokenizer:
     def encode_plain(self, texts: list[str], add_special_tokens: bool = False) -> list[np.ndarray]:
         """Token ids of each text, nothing truncated; special tokens (a pretrained tokenizer's
         BOS, say) only with add_special_tokens."""
+        if self._backend is None:
+            if not texts:
+                return []
+            ids = self.hf(texts, add_special_tokens=add_special_tokens)["input_ids"]
+            return [np.asarray(row, dtype=np.int64) for row in ids]
         encodings = self._untruncated.encode_batch(texts, add_special_tokens=add_special_tokens)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
@@ -117,10 +139,17 @@ class TextTokenizer:
         return backend
 
     def decode(self, ids: list[int]) -> str:
+        if self._backend is None:
+            return self.hf.decode(ids, skip_special_tokens=True)
         return self.backend.decode(ids, skip_special_tokens=True)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
+        if self._backend is None:  # a slow tokenizer: its class and vocabulary
+            vocab = json.dumps(sorted(self.hf.get_vocab().items()), ensure_ascii=False)
+            blob = f"{type(self.hf).__name__}\n{vocab}"
+        else:
+            blob = self.backend.to_str()
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -159,8 +188,8 @@ def load_pretrained_tokenizer(
         raise LmforgeError(
             f"cannot load tokenizer '{name}': {str(error).splitlines()[0]}"
         ) from None
-    if not getattr(hf, "is_fast", False):
-        raise LmforgeError(f"tokenizer '{name}' has no fast (Rust) version, which lmforge needs")
+    if not getattr(hf, "is_fast", False):  # sentencepiece only (Marian): `backend` refuses it
+        return TextTokenizer(None, hf)
     return TextTokenizer(hf.backend_tokenizer, hf)
 
 

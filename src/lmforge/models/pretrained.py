@@ -224,6 +224,12 @@ def load_pretrained_seq2seq(
     if decoder_start(model) is None:
         raise LmforgeError(f"pretrained model '{name}' names no decoder_start_token_id (in its "
                            "config.json or generation_config.json); its decoder needs one")
+    # weights the model never saves (Marian's sinusoidal positions, remade when it loads) stay
+    # as they are: trained, the bundle would load a model other than the one evaluated
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    for weight_name, weight in model.named_parameters():
+        if weight_name in unsaved:
+            weight.requires_grad_(False)
     seq2seq = PretrainedSeq2SeqLM(model)
     return add_adapter(seq2seq, adapter) if adapter is not None else seq2seq
 

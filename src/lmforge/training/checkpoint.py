@@ -141,8 +141,13 @@ def _save_weights(model: nn.Module, path: Path) -> None:
     if not frozen:
         save_model(model, str(path))
         return
-    trained = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-               if name not in frozen}
+    trained, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        if name in frozen or where in seen:  # a tied weight once (load_model ties it back)
+            continue
+        seen.add(where)
+        trained[name] = tensor.detach().contiguous()
     save_file(trained, str(path), metadata={"frozen_left_out": "true"})
 
 
