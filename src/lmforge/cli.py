@@ -27,14 +27,16 @@ def quickstart(
     ] = None,
     fast: Annotated[bool, typer.Option(help="A shorter run (about 2 minutes on 2 cores).")] = False,
     task: Annotated[
-        str, typer.Option(help="classification, or generation: a small GPT, then samples.")
-    ] = "classification",
+        str | None, typer.Option(help="The task: classification (the default), generation, "
+                                 "assistant, translation, regression, recommendation; with "
+                                 "only --data, the task of that built-in dataset.")
+    ] = None,
     data: Annotated[
         str | None, typer.Option(help="A built-in dataset (builtin:NAME) instead of the task's.")
     ] = None,
 ) -> None:
-    """Train, evaluate and bundle a model on the built-in review corpus (a classifier, or with
-    --task generation a small GPT), or on another built-in dataset (--data builtin:NAME)."""
+    """Train, evaluate and bundle a model on a task's built-in dataset (the review corpus for
+    classification), or on another built-in dataset (--data builtin:NAME)."""
     from lmforge import pipeline
 
     pipeline.quickstart(out=out, fast=fast, task=task, data=data)

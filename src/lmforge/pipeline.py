@@ -31,7 +31,7 @@ from lmforge.runs import (
     has_checkpoint,
     write_split_record,
 )
-from lmforge.tasks import TaskRecipe, inputs_of, recipe_for, recipe_of
+from lmforge.tasks import INPUT_RECIPES, TASKS, TaskRecipe, inputs_of, recipe_for, recipe_of
 from lmforge.training import distributed, fit
 from lmforge.training.checkpoint import load_checkpoint
 from lmforge.training.loop import parameter_counts
@@ -380,10 +380,26 @@ def _recipe_for_data(task: str, data: str) -> TaskRecipe:
     return recipe_for(task, inputs_of(load_config({"task": task, "data": {"path": data}})))
 
 
+def quickstart_task(data: str | None) -> str:
+    """The task a quickstart on `data` runs when none is named: the task whose own quickstart
+    trains on that built-in dataset (builtin:diabetes: regression; builtin:hsk-zh-en:
+    translation), else classification."""
+    if data is not None:
+        for task, recipe in [*TASKS.items(), *((t, r) for (t, _), r in INPUT_RECIPES.items())]:
+            try:
+                if recipe.quickstart_config(False).data.path == data:
+                    return task
+            except LmforgeError:  # a task without built-in data of its own
+                continue
+    return "classification"
+
+
 def quickstart_config(
-    fast: bool = False, task: str = "classification", data: str | None = None
+    fast: bool = False, task: str | None = None, data: str | None = None
 ) -> Config:
-    """The quickstart's config: the task's built-in dataset, or `data` (e.g. builtin:NAME)."""
+    """The quickstart's config: the task's built-in dataset, or `data` (e.g. builtin:NAME);
+    with no task, the one `quickstart_task` finds for `data`."""
+    task = task or quickstart_task(data)
     if data is None:
         return recipe_for(task).quickstart_config(fast)
     cfg = _recipe_for_data(task, data).quickstart_config(fast)
@@ -391,7 +407,7 @@ def quickstart_config(
 
 
 def quickstart(
-    out: str | Path | None = None, fast: bool = False, task: str = "classification",
+    out: str | Path | None = None, fast: bool = False, task: str | None = None,
     data: str | None = None,
 ) -> RunResult:
     """The whole pipeline on a built-in dataset (the task's own, or `data`); never overwrites
