@@ -8,18 +8,16 @@ What needs a fast tokenizer refuses the slow one by name."""
 import io
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from resume_support import recipe_training, straight_and_resumed
 from serve_support import app_client, auth, settings
-from test_tasks_translation_pretrained import pretrained_config
+from test_tasks_translation_pretrained import pretrained_config, run_cli
 
 import lmforge
 from lmforge.check import check
-from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.serve.billing import keys
@@ -126,16 +124,6 @@ def test_a_marian_model_fine_tunes_and_its_bundle_is_what_transformers_loads(tra
     # before fine-tuning it translated nothing right
     assert sum(a == b for a, b in zip(transformers_translations(base, sources),
                                       [row["reference"] for row in rows], strict=True)) == 0
-
-
-def run_cli(monkeypatch, capsys, *args, stdin=None):
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.mark.timeout(120)
