@@ -54,6 +54,21 @@ def test_translations_are_the_bundles_and_are_billed_in_tokens(served, bundle):
     assert [row["text"] for row in one] == [translator.translate(SOURCES[:1])[0].text]
 
 
+def test_a_request_sets_the_repetition_block_as_the_cli_does(served, bundle):
+    """no_repeat_ngram per request: the bundle's translations under that setting (an untrained
+    model loops, so the block changes them); unset is the bundle's own."""
+    client, secret = served
+    translator = lmforge.load(bundle)
+    got = {}
+    for n in (0, 1, None):
+        response = translate(client, secret, input=SOURCES, no_repeat_ngram=n)
+        assert response.status_code == 200, response.text
+        got[n] = [row["text"] for row in response.json()["data"]]
+        assert got[n] == [t.text for t in translator.translate(SOURCES, no_repeat_ngram=n)]
+    assert got[0] != got[1]
+    assert got[None] == [t.text for t in translator.translate(SOURCES)]
+
+
 @pytest.mark.parametrize(("body", "status"), [
     ({"input": []}, 422),
     ({"input": ["你好"] * 257}, 422),
@@ -65,6 +80,8 @@ def test_translations_are_the_bundles_and_are_billed_in_tokens(served, bundle):
     ({"input": "你好", "beam_size": 17}, 422),
     ({"input": "你好", "length_penalty": -1}, 422),
     ({"input": "你好", "max_new_tokens": 100000}, 422),
+    ({"input": "你好", "no_repeat_ngram": -1}, 422),
+    ({"input": "你好", "no_repeat_ngram": 17}, 422),
     ({"input": "你好", "temperature": 0.5}, 422),
     ({"input": "你好", "model": "reviews"}, 400),
     ({"input": "你好", "model": "nope"}, 404),

@@ -46,12 +46,18 @@ def test_translations_go_to_stdout_one_line_each_in_order(bundle, tmp_path, monk
     code, piped, _ = lmforge_cli(monkeypatch, capsys, "translate", bundle, "--input", "-",
                                  "--beam-size", "3", stdin="\n".join(lines))
     assert code == 0 and piped == out
+    code, unblocked, _ = lmforge_cli(monkeypatch, capsys, "translate", bundle, "--input", "-",
+                                     "--no-repeat-ngram", "0", stdin="\n".join(lines))
+    expected = lmforge.load(bundle).translate(lines, no_repeat_ngram=0)
+    assert code == 0 and unblocked.split("\n")[:-1] == [one_line(t.text) for t in expected]
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--input", "missing.txt"], ["sentence file not found: missing.txt"]),
     (["--input", "-", "--beam-size", "0"], ["beam_size must be greater than or equal to 1"]),
     (["--input", "-", "--length-penalty", "9"], ["length_penalty must be less than or equal"]),
+    (["--input", "-", "--no-repeat-ngram", "-1"],
+     ["no_repeat_ngram must be greater than or equal to 0"]),
 ])
 def test_mistakes_are_one_error_line(bundle, monkeypatch, capsys, args, fragments):
     result = lmforge_cli(monkeypatch, capsys, "translate", bundle, *args, stdin="你好\n")

@@ -252,13 +252,17 @@ def translate(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Tokens of a translation at most.")
     ] = None,
+    no_repeat_ngram: Annotated[
+        int | None, typer.Option(help="No n-gram of this many tokens twice in a translation; 0 "
+                                 "is off (default: the bundle's).")
+    ] = None,
 ) -> None:
     """Translate each line of the input with a translation model: only the translations go to
     stdout, one line per input line, in order; progress and timings go to stderr."""
     from lmforge import pipeline
 
     pipeline.translate(bundle, input, beam_size=beam_size, length_penalty=length_penalty,
-                       max_new_tokens=max_new_tokens)
+                       max_new_tokens=max_new_tokens, no_repeat_ngram=no_repeat_ngram)
 
 
 # --- compression and export: `lmforge export`, `lmforge compress` (the work is in lmforge.optimize)

@@ -307,6 +307,7 @@ def translate(
     length_penalty: float | None = None,
     max_new_tokens: int | None = None,
     chunk: int = 256,
+    no_repeat_ngram: int | None = None,
 ) -> list[str]:
     """Translate each line of `input` ('-' for stdin) with a translation bundle: the
     translations go to stdout as they are done, one plain line per input line in order (line
@@ -317,7 +318,8 @@ def translate(
     started, texts, tokens = time.perf_counter(), [], 0
     for start in range(0, len(lines), chunk):
         done = translator.translate(lines[start:start + chunk], beam_size=beam_size,
-                                    length_penalty=length_penalty, max_new_tokens=max_new_tokens)
+                                    length_penalty=length_penalty, max_new_tokens=max_new_tokens,
+                                    no_repeat_ngram=no_repeat_ngram)
         sys.stdout.write("".join(render.one_line(t.text) + "\n" for t in done))
         sys.stdout.flush()
         texts += [t.text for t in done]

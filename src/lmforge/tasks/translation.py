@@ -219,8 +219,8 @@ def decoding_settings(base: dict[str, Any], **given: Any) -> TranslationConfig:
 
 class Translator:
     """A loaded translation bundle: `translate(texts)` cleans each text as training did and
-    returns one Translation per text, in order; beam_size, length_penalty and max_new_tokens
-    default to the bundle's (the run's `translation` section)."""
+    returns one Translation per text, in order; beam_size, length_penalty, max_new_tokens and
+    no_repeat_ngram default to the bundle's (the run's `translation` section)."""
 
     def __init__(self, model: nn.Module, tokenizer: TextTokenizer, meta: dict[str, Any]) -> None:
         self.model = model.eval()
@@ -237,9 +237,11 @@ class Translator:
     def translate(
         self, texts: list[str], beam_size: int | None = None, length_penalty: float | None = None,
         max_new_tokens: int | None = None, batch_size: int = 32,
+        no_repeat_ngram: int | None = None,
     ) -> list[Translation]:
         settings = decoding_settings(self.defaults, beam_size=beam_size,
-                                     length_penalty=length_penalty, max_new_tokens=max_new_tokens)
+                                     length_penalty=length_penalty, max_new_tokens=max_new_tokens,
+                                     no_repeat_ngram=no_repeat_ngram)
         cleaned = [clean_text(text, self.clean) for text in texts]
         ids = self._encode(cleaned)
         out = [Translation("", 0, 0, True)] * len(texts)  # an empty text translates to ""

@@ -41,12 +41,12 @@ class TranslationEngine:
 
     async def translate(
         self, texts: list[str], beam_size: int | None, length_penalty: float | None,
-        max_new_tokens: int | None,
+        max_new_tokens: int | None, no_repeat_ngram: int | None = None,
     ) -> list[Translation]:
         if len(self._waiting) >= self.max_queue:
             raise APIError(503, f"model '{self.name}' has {self.max_queue} requests waiting; "
                            "retry later", code="overloaded", headers=retry_after(1))
-        request = _Request(texts, (beam_size, length_penalty, max_new_tokens))
+        request = _Request(texts, (beam_size, length_penalty, max_new_tokens, no_repeat_ngram))
         self._waiting.append(request)
         self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
         if not self._running:
@@ -90,8 +90,9 @@ class TranslationEngine:
             self._running = False
 
     def _run(self, texts: list[str], settings: tuple) -> list[Translation]:
-        beam_size, length_penalty, max_new_tokens = settings
+        beam_size, length_penalty, max_new_tokens, no_repeat_ngram = settings
         with self._lock:
             return self.translator.translate(texts, beam_size=beam_size,
                                              length_penalty=length_penalty,
-                                             max_new_tokens=max_new_tokens)
+                                             max_new_tokens=max_new_tokens,
+                                             no_repeat_ngram=no_repeat_ngram)

@@ -31,6 +31,9 @@ class TranslationRequest(BaseModel):
                                   "bundle's.")
     length_penalty: float | None = Field(None, ge=0, le=5)
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    no_repeat_ngram: int | None = Field(None, ge=0, le=16, description="No n-gram of this many "
+                                        "tokens twice in a translation; 0 is off; default: the "
+                                        "bundle's.")
 
     @field_validator("input")
     @classmethod
@@ -57,7 +60,8 @@ async def translations(body: TranslationRequest, request: Request, caller: Limit
         await call.reserve(prompt_tokens + len(texts) * min(most, engine.translator.max_length))
         try:
             done = await asyncio.wait_for(
-                engine.translate(texts, body.beam_size, body.length_penalty, body.max_new_tokens),
+                engine.translate(texts, body.beam_size, body.length_penalty, body.max_new_tokens,
+                                 body.no_repeat_ngram),
                 state.settings.timeout_s,
             )
         except LmforgeError as error:
