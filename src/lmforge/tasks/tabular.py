@@ -51,7 +51,7 @@ from lmforge.evaluation.metrics import (
     classification_metrics,
     paired_bootstrap_difference,
 )
-from lmforge.evaluation.regression import regression_metrics
+from lmforge.evaluation.regression import regression_metrics, ridge_cv
 from lmforge.files import write_atomic
 from lmforge.models.classic import MLP, MLPConfig
 from lmforge.models.onnx_runtime import ONNX_OUTPUT, OnnxClassifier
@@ -564,13 +564,6 @@ def _targets(splits: dict[str, FeatureRows], labels: list[str] | None
     mean, std = float(raw["train"].mean()), float(raw["train"].std()) or 1.0
     return ({name: ((v - mean) / std).astype(np.float32) for name, v in raw.items()},
             {"mean": mean, "std": std})
-
-
-def ridge_cv() -> Any:
-    """Ridge regression with its strength chosen by (leave-one-out) cross-validation."""
-    from sklearn.linear_model import RidgeCV
-
-    return RidgeCV(alphas=np.logspace(-3, 3, 13))
 
 
 def _ridge_start(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,7 @@ from lmforge.data.records import Records
 from lmforge.data.report import length_quantiles
 from lmforge.data.split import split_dataset
 from lmforge.errors import LmforgeError
-from lmforge.evaluation.regression import regression_metrics, val_regression_metrics
+from lmforge.evaluation.regression import regression_metrics, ridge_cv, val_regression_metrics
 from lmforge.models.tfidf import tfidf_vectorizer
 from lmforge.tasks.classification import (
     ClassificationTask,
@@ -203,11 +203,8 @@ def make_val_metrics(split: TokenizedSplit, pad_id: int) -> Callable[[nn.Module]
 def tfidf_ridge(train_texts: list[str], train_y: np.ndarray, texts: list[str]) -> np.ndarray:
     """Ridge regression over TF-IDF features of the texts (classification's TF-IDF), its
     strength chosen by leave-one-out cross-validation on the training split."""
-    from sklearn.linear_model import RidgeCV
-
     vectorizer = tfidf_vectorizer(len(train_texts))
-    x = vectorizer.fit_transform(train_texts)
-    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x, train_y)
+    ridge = ridge_cv().fit(vectorizer.fit_transform(train_texts), train_y)
     return ridge.predict(vectorizer.transform(texts))
 
 
