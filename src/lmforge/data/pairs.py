@@ -44,6 +44,18 @@ class Pairs:
     targets: list[str]
     row_ids: list[RowId]
 
+    def add(self, source: str | None, target: str | None, row_id: RowId,
+            records: Records) -> None:
+        """Keep a pair read, or count it in records.drops when a side is missing or blank."""
+        if source is None or not source.strip():
+            records.drops.add("missing_source", row_id)
+        elif target is None or not target.strip():
+            records.drops.add("missing_target", row_id)
+        else:
+            self.sources.append(source)
+            self.targets.append(target)
+            self.row_ids.append(row_id)
+
     def take(self, indices: Any) -> Pairs:
         return Pairs([self.sources[i] for i in indices], [self.targets[i] for i in indices],
                      [self.row_ids[i] for i in indices])
@@ -85,16 +97,8 @@ def read_pairs(path: str, cfg: DataConfig) -> tuple[Records, Pairs]:
                 cells.get(cfg.target_column), (list, dict)):
             records.drops.add("nested_cell", row_id)
             continue
-        source, target = cell_str(cells.get(cfg.source_column)), cell_str(
-            cells.get(cfg.target_column))
-        if source is None or not source.strip():
-            records.drops.add("missing_source", row_id)
-        elif target is None or not target.strip():
-            records.drops.add("missing_target", row_id)
-        else:
-            pairs.sources.append(source)
-            pairs.targets.append(target)
-            pairs.row_ids.append(row_id)
+        pairs.add(cell_str(cells.get(cfg.source_column)), cell_str(cells.get(cfg.target_column)),
+                  row_id, records)
     if records.rows_read == 0 and not table.rows:
         raise LmforgeError(f"{path} has no rows: no sentence pairs in it")
     records.rows_read = max(records.rows_read, len(table.rows))
@@ -128,14 +132,7 @@ def read_aligned_files(path: str, target_path: str) -> tuple[Records, Pairs]:
         records.rows_read += 1
         if number in bad_sources or number in bad_targets:
             records.undecodable.add(number)
-        if not source.strip():
-            records.drops.add("missing_source", number)
-        elif not target.strip():
-            records.drops.add("missing_target", number)
-        else:
-            pairs.sources.append(source)
-            pairs.targets.append(target)
-            pairs.row_ids.append(number)
+        pairs.add(source, target, number, records)
     return records, pairs
 
 
@@ -164,14 +161,7 @@ def _read_builtin_pairs(name: str) -> tuple[Records, Pairs]:
         translation = item.get("translation") if isinstance(item, dict) else None
         source = cell_str(item.get("chinese")) if isinstance(item, dict) else None
         target = cell_str(translation.get("en")) if isinstance(translation, dict) else None
-        if not source or not source.strip():
-            records.drops.add("missing_source", row_id)
-        elif not target or not target.strip():
-            records.drops.add("missing_target", row_id)
-        else:
-            pairs.sources.append(source)
-            pairs.targets.append(target)
-            pairs.row_ids.append(row_id)
+        pairs.add(source, target, row_id, records)
     return records, pairs
 
 
