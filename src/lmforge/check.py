@@ -235,7 +235,6 @@ class SkeletonError(Exception):
 
 def _pretrained_skeleton(cfg: Config, run: Prepared) -> nn.Module:
     from transformers import (
-        AutoConfig,
         AutoModelForCausalLM,
         AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
@@ -245,15 +244,11 @@ def _pretrained_skeleton(cfg: Config, run: Prepared) -> nn.Module:
         PretrainedCausalLM,
         PretrainedClassifier,
         PretrainedSeq2SeqLM,
+        pretrained_config,
     )
 
     m = cfg.model
-    try:
-        config = AutoConfig.from_pretrained(m.pretrained, revision=m.revision,
-                                            trust_remote_code=m.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise LmforgeError(f"cannot load pretrained model '{m.pretrained}': "
-                           f"{str(error).splitlines()[0]}") from None
+    config = pretrained_config(m.pretrained, m.revision, m.trust_remote_code)
     generating, translating = cfg.task == "generation", cfg.task == "translation"
     if not generating and not translating:
         labels = (run.labels or {}).get("train") or ["0", "1"]

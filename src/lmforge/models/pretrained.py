@@ -194,6 +194,21 @@ class PretrainedSeq2SeqLM(nn.Module):
         self.hf.save_pretrained(directory, safe_serialization=True)
 
 
+def pretrained_config(
+    name: str, revision: str | None, trust_remote_code: bool, what: str = "model"
+) -> Any:
+    """The config.json of a hub id or local folder (AutoConfig), without its weights; an error
+    names `what` could not be loaded."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision,
+                                          trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise LmforgeError(f"cannot load pretrained {what} '{name}': "
+                           f"{str(error).splitlines()[0]}") from None
+
+
 def decoder_start(hf_model: nn.Module) -> int | None:
     """The decoder's start token, from its config.json or its generation_config.json."""
     for config in (hf_model.config, getattr(hf_model, "generation_config", None)):

@@ -49,6 +49,7 @@ from lmforge.models.classic import CNNClassifier, CNNConfig
 from lmforge.models.pretrained import (
     PretrainedImageClassifier,
     load_pretrained_image_classifier,
+    pretrained_config,
 )
 from lmforge.tasks.classification import softmax
 from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan, bundle_meta
@@ -405,15 +406,10 @@ def _backbone_inputs(cfg: Config) -> dict[str, Any]:
     size (its config), and the normalisation of its image processor, where it has one."""
     if cfg.model.arch != "pretrained":
         return {}
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoImageProcessor
 
     name, revision = cfg.model.pretrained, cfg.model.revision
-    try:
-        config = AutoConfig.from_pretrained(name, revision=revision,
-                                            trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise LmforgeError(f"cannot load pretrained image model '{name}': "
-                           f"{str(error).splitlines()[0]}") from None
+    config = pretrained_config(name, revision, cfg.model.trust_remote_code, "image model")
     size = getattr(config, "image_size", None)
     found = {"channels": getattr(config, "num_channels", 3),
              "size": size if isinstance(size, int) else None}

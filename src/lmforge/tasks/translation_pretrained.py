@@ -23,6 +23,7 @@ from lmforge.decoding import Hypothesis
 from lmforge.errors import LmforgeError
 from lmforge.models import PretrainedSeq2SeqLM, load_pretrained_seq2seq
 from lmforge.models.adapters import check_adapter, load_adapter_model
+from lmforge.models.pretrained import pretrained_config
 from lmforge.tokenization import TextTokenizer
 
 # A fine-tune's schedule where the config gives none: a pretrained model moves little from its
@@ -53,15 +54,11 @@ def build_pretrained(cfg: Config) -> PretrainedSeq2SeqLM:
 
 def decoder_start_id(cfg: Config) -> int:
     """The decoder's start token of the model named in cfg (read from its config files only)."""
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
     model = cfg.model
-    try:
-        config = AutoConfig.from_pretrained(model.pretrained, revision=model.revision,
-                                            trust_remote_code=model.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise LmforgeError(f"cannot load pretrained seq2seq model '{model.pretrained}': "
-                           f"{str(error).splitlines()[0]}") from None
+    config = pretrained_config(model.pretrained, model.revision, model.trust_remote_code,
+                               "seq2seq model")
     start = getattr(config, "decoder_start_token_id", None)
     if start is None:
         try:
