@@ -102,19 +102,20 @@ def tokenizer_for_run(
             return
         pretrained = cfg.model.pretrained if cfg.model.arch == "pretrained" else None
         cache = Path(cfg.data.cache_dir).expanduser() / "tokenizers"
-        kind = cfg.tokenizer.kind
-        if kind == "auto" and pretrained is None and cfg.tokenizer.pretrained is None:
-            kind = auto_kind(train_texts)
-            log(f"tokenizer: {kind} (tokenizer.kind auto; "
-                f"{unspaced_share(train_texts):.0%} of the text is in Chinese or Japanese script)")
+        settings = cfg.tokenizer
+        if settings.kind == "auto" and pretrained is None and settings.pretrained is None:
+            share = unspaced_share(train_texts)
+            settings = settings.model_copy(update={"kind": auto_kind(share)})
+            log(f"tokenizer: {settings.kind} (tokenizer.kind auto; {share:.0%} of the text is in "
+                "Chinese or Japanese script)")
         key = TokenCache.key(data_hash, cfg.data.clean, cfg.data.split, cfg.tokenizer, pretrained,
-                             kind)
+                             settings.kind)
         cached = cache / key
         if pretrained is None and cfg.tokenizer.pretrained is None and cached.exists():
             log(f"tokenizer: reusing the one trained earlier on this data ({cached})")
             tokenizer = TextTokenizer.load(cached)
         else:
-            tokenizer = build_tokenizer(cfg.tokenizer, train_texts, pretrained,
+            tokenizer = build_tokenizer(settings, train_texts, pretrained,
                                         cfg.model.revision, cfg.model.trust_remote_code)
             if tokenizer.hf is None:
                 tokenizer.save(cached)

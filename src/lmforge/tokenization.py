@@ -271,12 +271,12 @@ _UNSPACED_RANGES = (
 )
 
 
-def auto_kind(train_texts: list[str]) -> str:
-    """The trained tokenizer `tokenizer.kind: auto` picks: characters for text mostly in Chinese
-    or Japanese script, where BPE's merges inside space-free clauses become whole phrases seen
-    once or twice (character models are the usual choice there, as BERT's Chinese vocabulary
-    is); BPE otherwise."""
-    return "char" if unspaced_share(train_texts) > 0.5 else "bpe"
+def auto_kind(unspaced: float) -> str:
+    """The trained tokenizer `tokenizer.kind: auto` picks for text whose `unspaced` share is in
+    Chinese or Japanese script (unspaced_share): characters when most of it is, where BPE's
+    merges inside space-free clauses become whole phrases seen once or twice (character models
+    are the usual choice there, as BERT's Chinese vocabulary is); BPE otherwise."""
+    return "char" if unspaced > 0.5 else "bpe"
 
 
 def build_tokenizer(
@@ -291,7 +291,7 @@ def build_tokenizer(
         return load_pretrained_tokenizer(cfg.pretrained, trust_remote_code=trust_remote_code)
     kind = cfg.kind
     if kind == "auto":
-        kind = "pretrained" if pretrained_model else auto_kind(train_texts)
+        kind = "pretrained" if pretrained_model else auto_kind(unspaced_share(train_texts))
     if kind == "pretrained":
         if not pretrained_model:
             raise LmforgeError("tokenizer.kind is 'pretrained' but no tokenizer.pretrained is set")
