@@ -138,3 +138,39 @@ def _best_baseline_not_beaten(report: dict) -> str | None:
     level = [name for name in BASELINES if name in baselines and any(
         baselines[name][key] >= report[key] for key in ("accuracy", "f1_macro"))]
     return max(level, key=lambda name: baselines[name]["accuracy"]) if level else None
+
+
+def render_beside_baselines(report: dict, console: Console, title: str, keys: Sequence[str],
+                            regression: bool, subject: str, advice: str) -> None:
+    """A regression's or a feature table's figures (with intervals) beside each baseline's; when
+    a baseline does better (R², or accuracy), one line says so: "{baseline} does better than
+    {subject} ({key}){advice}"."""
+    baselines = report.get("baselines", {})
+    table = Table(title=f"{title} (n={report['n']})")
+    for column in ("metric", "model", *baselines):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    intervals = report.get("ci95") or {}
+    for key in keys:
+        if report.get(key) is None and key == "roc_auc":
+            continue
+        cell = "—" if report.get(key) is None else f"{report[key]:.4f}"
+        if intervals.get(key):
+            cell += f" [{intervals[key][0]:.4f}, {intervals[key][1]:.4f}]"
+        others = ["—" if b.get(key) is None else f"{b[key]:.4f}" for b in baselines.values()]
+        table.add_row(key, cell, *others)
+    console.print(table)
+    better = baseline_winner(report, regression)
+    if better is not None:
+        key = "r2" if regression else "accuracy"
+        console.print(f"{better} does better than {subject} ({key}){advice}", markup=False)
+
+
+def baseline_winner(report: dict, regression: bool) -> str | None:
+    """The best baseline when it beats the model (accuracy, or R²), else None."""
+    key = "r2" if regression else "accuracy"
+    scored = {name: b[key] for name, b in report.get("baselines", {}).items()
+              if b.get(key) is not None}
+    if not scored or report.get(key) is None:
+        return None
+    best = max(scored, key=lambda name: scored[name])
+    return best if scored[best] > report[key] else None

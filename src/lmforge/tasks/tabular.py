@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.table import Table
 from safetensors.torch import load_model
 from torch import nn
 
@@ -52,6 +51,7 @@ from lmforge.evaluation.metrics import (
     paired_bootstrap_difference,
 )
 from lmforge.evaluation.regression import regression_metrics, ridge_cv
+from lmforge.evaluation.report import render_beside_baselines
 from lmforge.files import write_atomic
 from lmforge.models.classic import MLP, MLPConfig
 from lmforge.models.onnx_runtime import ONNX_OUTPUT, OnnxClassifier
@@ -631,38 +631,10 @@ def _regression_baselines(schema: FeatureSchema, train: FeatureRows, x_test: np.
 def render_report(report: dict[str, Any], console: Console, title: str,
                   regression: bool) -> None:
     """The model beside its baselines; says plainly when a baseline does better."""
-    baselines = report.get("baselines", {})
-    table = Table(title=f"{title} (n={report['n']})")
-    for column in ("metric", "model", *baselines):
-        table.add_column(column, justify="left" if column == "metric" else "right")
     keys = ("rmse", "mae", "r2") if regression else ("accuracy", "f1_macro", "roc_auc")
-    intervals = report.get("ci95") or {}
-    for key in keys:
-        if report.get(key) is None and key == "roc_auc":
-            continue
-        cell = "—" if report.get(key) is None else f"{report[key]:.4f}"
-        if intervals.get(key):
-            cell += f" [{intervals[key][0]:.4f}, {intervals[key][1]:.4f}]"
-        others = ["—" if b.get(key) is None else f"{b[key]:.4f}" for b in baselines.values()]
-        table.add_row(key, cell, *others)
-    console.print(table)
-    better = baseline_winner(report, regression)
-    if better is not None:
-        console.print(f"{better} does better than the MLP on this table "
-                      f"({'r2' if regression else 'accuracy'}); on small tables trees and "
-                      "linear models often win: ship it, or add rows and features",
-                      markup=False)
-
-
-def baseline_winner(report: dict[str, Any], regression: bool) -> str | None:
-    """The best baseline when it beats the model (accuracy, or R²), else None."""
-    key = "r2" if regression else "accuracy"
-    scored = {name: b[key] for name, b in report.get("baselines", {}).items()
-              if b.get(key) is not None}
-    if not scored or report.get(key) is None:
-        return None
-    best = max(scored, key=lambda name: scored[name])
-    return best if scored[best] > report[key] else None
+    render_beside_baselines(report, console, title, keys, regression, "the MLP on this table",
+                            "; on small tables trees and linear models often win: ship it, or "
+                            "add rows and features")
 
 
 CLASSIFICATION = TableTask("classification", ("f1_macro", "accuracy", "val_loss"),

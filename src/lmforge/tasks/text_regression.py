@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 import lmforge.render as render
@@ -43,6 +42,7 @@ from lmforge.data.report import length_quantiles
 from lmforge.data.split import split_dataset
 from lmforge.errors import LmforgeError
 from lmforge.evaluation.regression import regression_metrics, ridge_cv, val_regression_metrics
+from lmforge.evaluation.report import render_beside_baselines
 from lmforge.models.tfidf import tfidf_vectorizer
 from lmforge.tasks.classification import (
     ClassificationTask,
@@ -55,7 +55,6 @@ from lmforge.tasks.classification import (
     predict_logits,
 )
 from lmforge.tasks.recipe import Evaluated, Log, Prepared, TrainingPlan, bundle_meta
-from lmforge.tasks.tabular import baseline_winner
 from lmforge.tokenization import Encoded, TextTokenizer
 from lmforge.training import distributed, seed_everything
 
@@ -365,20 +364,9 @@ class TextRegressionTask:
 
 def render_report(report: dict[str, Any], console: Console, title: str) -> None:
     """MAE, RMSE and R² (with intervals) beside each baseline; says plainly when one wins."""
-    baselines = report.get("baselines", {})
-    table = Table(title=f"{title} (n={report['n']})")
-    for column in ("metric", "model", *baselines):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    intervals = report.get("ci95") or {}
-    for key in ("rmse", "mae", "r2"):
-        row = {key: report.get(key), f"{key}_ci95": intervals.get(key)}
-        table.add_row(key, render.with_interval(row, key),
-                      *(render.with_interval(b, key) for b in baselines.values()))
-    console.print(table)
-    better = baseline_winner(report, regression=True)
-    if better is not None:
-        console.print(f"{better} does better than the model on these texts (r2): ship the "
-                      "baseline, or give the model more data or steps", markup=False)
+    render_beside_baselines(report, console, title, ("rmse", "mae", "r2"), True,
+                            "the model on these texts", ": ship the baseline, or give the model "
+                            "more data or steps")
 
 
 RECIPE = TextRegressionTask()
