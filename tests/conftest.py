@@ -66,6 +66,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def lmforge_cli(monkeypatch, capsys, *args, stdin: str | None = None) -> tuple[int, str, str]:
+    """Run the command line in this process, `stdin` as its standard input if given:
+    (exit code, stdout, stderr)."""
+    import io
+    import sys
+
+    from lmforge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     """A user mistake as the command line reports it: exit 2 and one `error: ...` line on
     stderr, naming each fragment, and no traceback."""

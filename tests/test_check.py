@@ -4,17 +4,15 @@ a GPU, shows chat samples with their trained spans, and fails on a bad config as
 """
 
 import re
-import sys
 
 import pytest
 import torch
 from chat_support import chat_config, sums, tiny_llama, write_jsonl
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lmforge_cli
 from generation_support import tiny_generation_config, write_corpus
 
 from lmforge import pipeline
 from lmforge.check import estimate_memory, parse_size
-from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.tasks import INPUT_RECIPES, TASKS
@@ -96,14 +94,6 @@ def test_parse_size():
         parse_size("lots")
 
 
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 def test_the_command_shows_samples_lengths_and_memory_without_a_gpu(chat_data, tmp_path,
                                                                     monkeypatch, capsys):
     tmp, llama, data = chat_data
@@ -113,7 +103,7 @@ def test_the_command_shows_samples_lengths_and_memory_without_a_gpu(chat_data, t
         f"model: {{arch: pretrained, pretrained: {llama}, max_length: 36}}\n"
         "train: {batch_size: 4}\n", encoding="utf-8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, _, out = run_cli(monkeypatch, capsys, "check", config, "--gpu-memory", "24GiB")
+    code, _, out = lmforge_cli(monkeypatch, capsys, "check", config, "--gpu-memory", "24GiB")
     assert code in (0, None)
     assert "1 invalid_json" in out  # what training would drop
     assert out.count("sample ") == 2 and "<|im_start|>assistant" in out
@@ -122,15 +112,15 @@ def test_the_command_shows_samples_lengths_and_memory_without_a_gpu(chat_data, t
     assert not (tmp_path / "runs").exists()  # nothing trained, no run written
 
     # the same data with a context too short for any reply: training's own message
-    code, _, err = run_cli(monkeypatch, capsys, "check", config, "--set", "model.max_length=4")
+    code, _, err = lmforge_cli(monkeypatch, capsys, "check", config, "--set", "model.max_length=4")
     assert_one_line_error(code, err, "no training conversation has an assistant reply")
 
 
 def test_a_bad_config_fails_as_training_does(chat_data, tmp_path, monkeypatch, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("task: generation\nmodel: {arch: transformer}\n", encoding="utf-8")
-    checked = run_cli(monkeypatch, capsys, "check", config)
-    trained = run_cli(monkeypatch, capsys, "train", config, "--out", tmp_path / "run")
+    checked = lmforge_cli(monkeypatch, capsys, "check", config)
+    trained = lmforge_cli(monkeypatch, capsys, "train", config, "--out", tmp_path / "run")
     assert_one_line_error(checked[0], checked[2], "model.arch 'transformer'")
     assert checked[2] == trained[2]
 

@@ -5,19 +5,17 @@ is one clear error."""
 
 import json
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lmforge_cli
 from generation_support import random_bundle
 from serve_support import story_server
 
 import lmforge
-from lmforge.cli import main
 from lmforge.decoding import DecodeBatch, Sampling, left_padded
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, GPTConfig
@@ -27,15 +25,6 @@ from lmforge.optimize.export_gpt import export_gpt
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["the cat sat on", "a big red dog ran under the log"]
-
-
-def lmforge_cli(monkeypatch, capsys, *args):
-    """Run the command line in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")

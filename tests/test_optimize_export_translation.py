@@ -5,17 +5,15 @@ and served), and a damaged bundle or a model it cannot export is one clear error
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lmforge_cli
 from safetensors.torch import save_model
 from serve_support import app_client, auth, settings
 from translation_support import random_translation_bundle
 
 import lmforge
-from lmforge.cli import main
 from lmforge.decoding import beam_search, greedy_search
 from lmforge.errors import LmforgeError
 from lmforge.models import EncoderDecoder, Seq2SeqConfig
@@ -29,15 +27,6 @@ from lmforge.tasks.classification import pad_batch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SOURCES = ["我每天早上喝咖啡。", "他们明天去北京。", "这本书很有意思。", "你好", "I drink coffee."]
-
-
-def lmforge_cli(monkeypatch, capsys, *args):
-    """Run the command line in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def learn_to_copy(model: EncoderDecoder, steps: int = 300) -> EncoderDecoder:

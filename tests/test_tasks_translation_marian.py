@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import lmforge_cli
 from resume_support import recipe_training, straight_and_resumed
 from serve_support import app_client, auth, settings
-from test_tasks_translation_pretrained import pretrained_config, run_cli
+from test_tasks_translation_pretrained import pretrained_config
 
 import lmforge
 from lmforge.check import check
@@ -135,7 +136,7 @@ def test_translate_and_the_translations_api_run_a_marian_bundle_metered_in_its_t
     lines = ["ab cd ef", "gh ij", "op op kl mn"]
     translator = lmforge.load(bundle)
     expected = translator.translate(lines, beam_size=2)
-    code, out, err = run_cli(monkeypatch, capsys, "translate", bundle, "--input", "-",
+    code, out, err = lmforge_cli(monkeypatch, capsys, "translate", bundle, "--input", "-",
                              "--beam-size", "2", stdin="\n".join(lines) + "\n")
     assert code == 0, err
     assert out.split("\n")[:-1] == [t.text for t in expected]

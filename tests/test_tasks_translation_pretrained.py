@@ -6,18 +6,16 @@ as lmforge's own model does; exact resume; LoRA adapters. And two aligned text f
 import csv
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lmforge_cli
 from resume_support import recipe_training, straight_and_resumed
 from serve_support import app_client, auth, settings
 
 import lmforge
 import lmforge.pipeline as pipeline
-from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.data.pairs import prepare_pairs
 from lmforge.errors import LmforgeError
@@ -126,18 +124,6 @@ def test_a_pretrained_seq2seq_model_learns_to_copy_and_bundles_as_transformers_l
     assert all(t.output_tokens <= 2 for t in greedy)
 
 
-def run_cli(monkeypatch, capsys, *args, stdin=None):
-    import io
-
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 @pytest.mark.timeout(120)
 def test_translate_and_the_translations_api_run_a_pretrained_bundle(
         trained, tmp_path, monkeypatch, capsys, sqlite_url):
@@ -147,11 +133,11 @@ def test_translate_and_the_translations_api_run_a_pretrained_bundle(
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     translator = lmforge.load(bundle)
     expected = translator.translate(lines, beam_size=2)
-    code, out, err = run_cli(monkeypatch, capsys, "translate", bundle, "--input", source,
+    code, out, err = lmforge_cli(monkeypatch, capsys, "translate", bundle, "--input", source,
                              "--beam-size", "2")
     assert code == 0, err
     assert out.split("\n")[:-1] == [t.text for t in expected] and expected[1].text == ""
-    code, _, err = run_cli(monkeypatch, capsys, "translate", bundle, "--input", "-",
+    code, _, err = lmforge_cli(monkeypatch, capsys, "translate", bundle, "--input", "-",
                            "--beam-size", "0", stdin="ab\n")
     assert_one_line_error(code, err, "beam_size must be greater than or equal to 1")
 

@@ -1,15 +1,12 @@
 """`lmforge translate BUNDLE --input FILE|-`: one plain line per input line on stdout, in order;
 timings on stderr; a user mistake is one error line."""
 
-import io
-import sys
 
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, lmforge_cli
 from translation_support import random_translation_bundle
 
 import lmforge
-from lmforge.cli import main
 from lmforge.render import one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,16 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return random_translation_bundle(tmp_path_factory.mktemp("translation") / "model")
-
-
-def lmforge_cli(monkeypatch, capsys, *args, stdin=None):
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_translations_go_to_stdout_one_line_each_in_order(bundle, tmp_path, monkeypatch, capsys):
