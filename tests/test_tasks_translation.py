@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from resume_support import recipe_training, straight_and_resumed
+from translation_support import padded_sources, tiny_model
 
 import lmforge
 import lmforge.pipeline as pipeline
@@ -24,7 +25,7 @@ from lmforge.evaluation.translation import (
     target_tokenize,
     translation_scores,
 )
-from lmforge.models import EncoderDecoder, Seq2SeqConfig
+from lmforge.models import Seq2SeqConfig
 from lmforge.models.transformer import KVCache
 from lmforge.tasks import translation
 
@@ -112,20 +113,6 @@ def test_evaluate_on_a_new_file_leaves_out_what_the_model_trained_on(trained, tm
 
 
 # --- decoding -----------------------------------------------------------------------------------
-
-
-def tiny_model(seed: int = 0) -> EncoderDecoder:
-    torch.manual_seed(seed)
-    cfg = Seq2SeqConfig(vocab_size=24, max_length=12, d_model=32, n_layers=2, n_heads=4,
-                        d_ff=64, dropout=0.0, pad_id=3, bos_id=0, eos_id=0)
-    return EncoderDecoder(cfg).eval()
-
-
-def padded_sources() -> tuple[torch.Tensor, torch.Tensor]:
-    src = torch.randint(4, 24, (4, 7), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(src)
-    mask[1, 4:], mask[3, 2:] = 0, 0  # sources of different lengths, padded on the right
-    return src.masked_fill(mask == 0, 3), mask
 
 
 def test_kv_cache_decoding_equals_running_the_whole_target_every_step():

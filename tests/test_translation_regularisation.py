@@ -4,28 +4,15 @@
 
 import pytest
 import torch
+from translation_support import padded_sources, tiny_model
 
 from lmforge.config import load_config
 from lmforge.decoding import beam_search, greedy_search
 from lmforge.errors import LmforgeError
-from lmforge.models import EncoderDecoder, Seq2SeqConfig
 from lmforge.tasks.translation import drop_source_tokens, make_collate, make_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def tiny_model(seed: int = 0) -> EncoderDecoder:
-    torch.manual_seed(seed)
-    cfg = Seq2SeqConfig(vocab_size=24, max_length=12, d_model=32, n_layers=2, n_heads=4,
-                        d_ff=64, dropout=0.0, pad_id=3, bos_id=0, eos_id=0)
-    return EncoderDecoder(cfg).eval()
-
-
-def padded_sources() -> tuple[torch.Tensor, torch.Tensor]:
-    src = torch.randint(4, 24, (4, 7), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(src)
-    mask[1, 4:], mask[3, 2:] = 0, 0  # sources of different lengths, padded on the right
-    return src.masked_fill(mask == 0, 3), mask
 
 LOOP, SECOND, EOS = 5, 6, 0  # a decoder that always prefers LOOP, then SECOND, then the end
 

@@ -10,7 +10,7 @@ import torch
 
 from lmforge.bundle import save_bundle
 from lmforge.config import load_config
-from lmforge.models import EncoderDecoder
+from lmforge.models import EncoderDecoder, Seq2SeqConfig
 from lmforge.tasks import translation
 from lmforge.tasks.recipe import Prepared
 from lmforge.tokenization import train_tokenizer
@@ -30,3 +30,19 @@ def random_translation_bundle(directory: Path, max_length: int = 16) -> Path:
     run = Prepared(cfg, "0" * 64, tokenizer, {}, {})
     save_bundle(directory, model, tokenizer, translation.RECIPE.bundle_meta(run, model, None))
     return directory
+
+
+def tiny_model(seed: int = 0) -> EncoderDecoder:
+    """An untrained two-layer encoder–decoder over 24 token ids (pad 3, start and end 0)."""
+    torch.manual_seed(seed)
+    cfg = Seq2SeqConfig(vocab_size=24, max_length=12, d_model=32, n_layers=2, n_heads=4,
+                        d_ff=64, dropout=0.0, pad_id=3, bos_id=0, eos_id=0)
+    return EncoderDecoder(cfg).eval()
+
+
+def padded_sources() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four sources of ids 4-23, two of them shorter and padded on the right, and their mask."""
+    src = torch.randint(4, 24, (4, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(src)
+    mask[1, 4:], mask[3, 2:] = 0, 0
+    return src.masked_fill(mask == 0, 3), mask
